@@ -1,0 +1,243 @@
+"""Subcommands: fit, score, evaluate, demo, check-config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .artifact import ArtifactError
+from .backbones import BackboneError, file_sha256
+from .config import Config, ConfigError, load_config
+from .images import ImageError, ImageLimits, list_images, read_image
+
+log = logging.getLogger(__name__)
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="it", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+    return bar, bar.update
+
+
+def _load_cfg(args) -> Config:
+    return load_config(args.config, args.set or [])
+
+
+def _read_all(paths, limits: ImageLimits) -> list[np.ndarray]:
+    return [read_image(p, limits) for p in paths]
+
+
+def fit_model(cfg: Config, normal_paths, val_paths, out: Path, quiet: bool = False):
+    from .model import Model
+
+    mc = cfg.model.method_config
+    normal = _read_all(normal_paths, cfg.image)
+    val = _read_all(val_paths, cfg.image)
+    if getattr(mc, "mode", None) == "crop":
+        from .features import _positions
+
+        total = sum(len(_positions(g.shape[0], mc.patch_size, mc.stride)) *
+                    len(_positions(g.shape[1], mc.patch_size, mc.stride)) for g in normal)
+        unit = "patches"
+    else:
+        total, unit = len(normal), "images"
+    t0 = time.perf_counter()
+    bar, update = _progress(total, f"fit {cfg.model.method} ({unit})") if not quiet else (None, None)
+    try:
+        model = Model.fit(cfg.model.method, mc, normal, val, cfg.threshold, cfg.defects, cfg.model.device,
+                          update, [file_sha256(p) for p in normal_paths])
+    finally:
+        if bar is not None:
+            bar.close()
+    if not val:
+        log.warning("no --val images: the model has no threshold and will give no verdicts")
+    model_id = model.save(out)
+    return model, model_id, time.perf_counter() - t0
+
+
+def cmd_fit(args) -> int:
+    cfg = _load_cfg(args)
+    normal = list_images(args.normal)
+    val = list_images(args.val) if args.val else []
+    overlap = {p.resolve() for p in normal} & {p.resolve() for p in val}
+    if overlap:
+        raise ConfigError(f"validation images must not be training images: {sorted(map(str, overlap))[0]}")
+    if not normal:
+        raise ConfigError("no normal images found in " + " ".join(args.normal))
+    model, model_id, secs = fit_model(cfg, normal, val, Path(args.out), args.quiet)
+    th = model.threshold
+    print(json.dumps({"model_id": model_id, "out": str(args.out), "fit_seconds": round(secs, 2),
+                      "n_normal": len(normal), "n_val": len(val),
+                      "threshold": None if th is None else th.to_dict()}, indent=2))
+    return 0
+
+
+def _expect(cfg: Config) -> dict:
+    mc = cfg.model.method_config
+    return {k: getattr(mc, k) for k in ("backbone", "mode") if hasattr(mc, k)}
+
+
+def cmd_score(args) -> int:
+    from .model import Model
+    from .overlay import render_overlay, write_png
+
+    cfg = _load_cfg(args)
+    model = Model.load(args.model, cfg.model.device, _expect(cfg) if args.config else None)
+    failed = 0
+    for path in list_images(args.images):
+        t0 = time.perf_counter()
+        try:
+            img = read_image(path, cfg.image)
+        except ImageError as exc:
+            print(json.dumps({"image": str(path), "error": exc.reason}))
+            failed += 1
+            continue
+        t1 = time.perf_counter()
+        ins = model.inspect(img, cfg.alarm.coverage_threshold)
+        t2 = time.perf_counter()
+        out = {"image": str(path), **ins.summary(), "model_id": model.model_id,
+               "timings": {"load": round(t1 - t0, 4), "score": round(t2 - t1, 4), "total": round(t2 - t0, 4),
+                           **{k: round(v, 4) for k, v in ins.result.timings.items()}}}
+        if args.maps:
+            Path(args.maps).mkdir(parents=True, exist_ok=True)
+            np.save(Path(args.maps) / f"{path.stem}.npy", ins.result.anomaly_map.astype(np.float32))
+        if args.overlay:
+            cov = "n/a" if ins.report is None else f"{ins.report.coverage:.4%}"
+            caption = [f"{path.name}  verdict: {ins.verdict}  coverage: {cov}",
+                       f"model {model.model_id}  {time.strftime('%Y-%m-%d %H:%M:%S')}"]
+            pic = render_overlay(img, ins.result.anomaly_map, None if ins.report is None else ins.report.mask,
+                                 caption, ins.threshold)
+            write_png(Path(args.overlay) / f"{path.stem}.png", pic)
+        print(json.dumps(out))
+    return 1 if failed else 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate, load_dataset, roc_plot
+    from .images import read_mask
+    from .model import Model
+
+    cfg = _load_cfg(args)
+    ds = load_dataset(args.data, args.layout)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reports = {}
+    for mdir in args.model:
+        model = Model.load(mdir, cfg.model.device)
+        name = Path(mdir).name
+
+        def score(p, model=model):
+            return model.scorer.score(read_image(p, cfg.image)).anomaly_map
+
+        n = min(args.limit, len(ds.test)) if args.limit else len(ds.test)
+        bar, update = _progress(n, f"evaluate {name}")
+        try:
+            rep, raw = evaluate(score, ds, read_mask, args.limit, update)
+        finally:
+            bar.close()
+        rep["model_id"] = model.model_id
+        rep["model_dir"] = str(mdir)
+        rep["method"] = model.meta["method"]
+        rep["config"] = model.meta["scorer"]["config"]
+        reports[name] = rep
+        roc_plot(raw["maps"], raw["masks"], out_dir / f"roc_{name}.png", f"{name} pixel ROC")
+    (out_dir / "evaluation.json").write_text(json.dumps(reports, indent=2) + "\n")
+    (out_dir / "evaluation.md").write_text(markdown_table(reports))
+    print(markdown_table(reports))
+    return 0
+
+
+def markdown_table(reports: dict) -> str:
+    rows = ["| model | images | pixel ROC-AUC | pixel ROC-AUC (paper 35) | PRO-AUC 30% | median defect coverage @5% FPR | "
+            "defects >85% covered | time/image p50 | p95 |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in reports.items():
+        a, t = r["all"], r["time_per_image_seconds"]
+        p35 = r.get("paper35", {}).get("pixel_auroc")
+        c = a["coverage_at_5pct_fpr"]
+        rows.append(f"| {name} | {a['n_images']} | {a['pixel_auroc']:.4f} | "
+                    f"{'n/a' if p35 is None else f'{p35:.4f}'} | {a['pro_auc_30']:.4f} | {c['median']:.3f} | "
+                    f"{c['share_over_85']:.1%} | {t['p50']:.3f} s | {t['p95']:.3f} s |")
+    return "\n".join(rows) + "\n"
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.workdir), args.images, args.seed)
+
+
+def cmd_check_config(args) -> int:
+    cfg = _load_cfg(args)
+    print(json.dumps(_asdict(cfg), indent=2))
+    return 0
+
+
+def _asdict(cfg) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(cfg)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="monitor", description="SEM nanofiber defect monitor")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("--config", help="YAML configuration (default: built-in defaults = config.yaml)")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a configuration key, e.g. model.patch_dictionary.mode=crop")
+
+    sp = sub.add_parser("fit", help="fit a model on defect-free images")
+    common(sp)
+    sp.add_argument("--normal", nargs="+", required=True, help="defect-free images or folders (the dictionary)")
+    sp.add_argument("--val", nargs="+", help="held-out defect-free images or folders (the threshold)")
+    sp.add_argument("--out", required=True, help="model directory to write")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_fit)
+
+    sp = sub.add_parser("score", help="score images with a fitted model; one JSON line per image")
+    common(sp)
+    sp.add_argument("images", nargs="+")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--overlay", help="folder for overlay PNGs")
+    sp.add_argument("--maps", help="folder for raw float32 anomaly maps (.npy, same size as the image)")
+    sp.set_defaults(func=cmd_score)
+
+    sp = sub.add_parser("evaluate", help="pixel ROC-AUC, PRO, per-defect coverage and time on a labelled data set")
+    common(sp)
+    sp.add_argument("--data", required=True)
+    sp.add_argument("--layout", choices=("nanotwice", "mvtec"), default="nanotwice")
+    sp.add_argument("--model", required=True, action="append", help="model directory (repeat to compare)")
+    sp.add_argument("--out", default="evaluation", help="folder for evaluation.json/.md and ROC plots")
+    sp.add_argument("--limit", type=int, help="only the first N test images")
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("demo", help="fit on synthetic images and score a synthetic stream (no data needed)")
+    sp.add_argument("--workdir", default="demo-run")
+    sp.add_argument("--images", type=int, default=8)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("check-config", help="validate a configuration and print it with defaults filled in")
+    common(sp)
+    sp.set_defaults(func=cmd_check_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except (ConfigError, ArtifactError, BackboneError, ImageError, FileNotFoundError) as exc:
+        print(f"monitor: error: {exc}", file=sys.stderr)
+        return 2

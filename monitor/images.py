@@ -1,0 +1,159 @@
+"""Robust image loading: 8/16-bit TIFF and PNG, RGB to gray, size checks, optional SEM data-bar crop.
+
+Every file that cannot become a usable gray image raises :class:`ImageError` with the path and the reason.
+The header is read first (Pillow opens lazily), so a file that claims 20000x20000 pixels is refused before any
+pixel memory is allocated. Files are only ever opened for reading.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+
+
+class ImageError(ValueError):
+    """An image file cannot be used; ``reason`` says why."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    min_side: int = 64
+    max_pixels: int = 64_000_000
+    crop_bottom: int = 0  # rows of the SEM data bar to drop at the bottom
+
+    def __post_init__(self):
+        if self.min_side < 1:
+            raise ValueError(f"min_side must be >= 1, got {self.min_side}")
+        if self.max_pixels < self.min_side**2:
+            raise ValueError(f"max_pixels must be >= min_side**2, got {self.max_pixels}")
+        if self.crop_bottom < 0:
+            raise ValueError(f"crop_bottom must be >= 0, got {self.crop_bottom}")
+
+
+def to_gray_float(arr: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, C) integer/bool/float array -> float32 gray in [0, 1]."""
+    if arr.ndim == 3:
+        if arr.shape[2] == 4:  # drop alpha
+            arr = arr[..., :3]
+        if arr.shape[2] == 3:
+            w = np.array([0.299, 0.587, 0.114], dtype=np.float64)
+            scale = _scale(arr.dtype)
+            return (arr.astype(np.float64) @ w / scale).astype(np.float32)
+        arr = arr[..., 0]
+    return (arr.astype(np.float32) / np.float32(_scale(arr.dtype))).clip(0, 1)
+
+
+def _scale(dtype: np.dtype) -> float:
+    if dtype == np.bool_:
+        return 1.0
+    if np.issubdtype(dtype, np.integer):
+        return float(np.iinfo(dtype).max)
+    return 1.0  # float images are taken to be in [0, 1]
+
+
+def read_image(path: str | os.PathLike, limits: ImageLimits = ImageLimits()) -> np.ndarray:
+    """Read ``path`` as float32 gray (H, W) in [0, 1]. Raises :class:`ImageError`."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ImageError(path, "file not found (removed before it could be read?)") from None
+    except OSError as exc:
+        raise ImageError(path, f"cannot stat: {exc.strerror or exc}") from None
+    if size == 0:
+        raise ImageError(path, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > limits.max_pixels:
+                    raise ImageError(path, f"{w}x{h} pixels exceeds the limit of {limits.max_pixels} pixels")
+                if min(w, h) < limits.min_side:
+                    raise ImageError(path, f"{w}x{h} is too small; both sides must be >= {limits.min_side}")
+                im.load()
+                arr = _pil_to_array(im)
+    except ImageError:
+        raise
+    except PermissionError:
+        raise ImageError(path, "permission denied") from None
+    except FileNotFoundError:
+        raise ImageError(path, "file not found (removed before it could be read?)") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(path, "not a readable image (unknown or corrupt format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(path, f"refused as decompression bomb: {exc}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageError(path, f"truncated or corrupt image data: {exc}") from None
+    gray = to_gray_float(arr)
+    if limits.crop_bottom:
+        if gray.shape[0] - limits.crop_bottom < limits.min_side:
+            raise ImageError(path, f"crop_bottom={limits.crop_bottom} leaves fewer than {limits.min_side} rows")
+        gray = gray[: gray.shape[0] - limits.crop_bottom]
+    if not np.isfinite(gray).all():
+        raise ImageError(path, "image holds NaN or infinite values")
+    return np.ascontiguousarray(gray)
+
+
+def _pil_to_array(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode in ("1", "L", "I;16", "I;16B", "I;16L", "I;16N", "RGB", "RGBA", "LA", "F"):
+        pass
+    elif mode == "I":  # 32-bit int; SEM exporters use it for 16-bit data
+        arr = np.asarray(im)
+        if arr.min() >= 0 and arr.max() <= 65535:
+            return arr.astype(np.uint16)
+        raise ValueError(f"32-bit integer image with values outside 0..65535 ({arr.min()}..{arr.max()})")
+    else:
+        im = im.convert("RGB")
+    arr = np.asarray(im)
+    if mode == "LA":
+        arr = arr[..., 0]
+    if mode.startswith("I;16") and arr.dtype != np.uint16:
+        arr = arr.astype(np.uint16)
+    return arr
+
+
+def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a ground-truth mask as bool (H, W): any non-zero pixel (or palette index) is a defect."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.asarray(im)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(path, f"cannot read mask: {exc}") from None
+    if arr.ndim == 3:
+        arr = arr[..., :3].max(axis=2)
+    mask = arr > 0
+    if shape is not None and mask.shape != tuple(shape):
+        raise ImageError(path, f"mask is {mask.shape[1]}x{mask.shape[0]}, image is {shape[1]}x{shape[0]}")
+    return mask
+
+
+def list_images(paths: list[str | os.PathLike]) -> list[Path]:
+    """Expand files and folders into a sorted list of image files (non-recursive, hidden files skipped)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(q for q in p.iterdir()
+                              if q.suffix.lower() in IMAGE_SUFFIXES and not q.name.startswith(".")))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {p}")
+    return out

@@ -1,0 +1,102 @@
+"""A fitted model: scorer + threshold + defect extraction, saved as one artifact directory."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .artifact import ArtifactError, load_artifact, save_artifact
+from .defects import DefectConfig, DefectReport, find_defects
+from .scorers import METHODS, ScoreResult
+from .threshold import Threshold, ThresholdConfig, fit_threshold
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What one image gets: the score, the defects, the verdict."""
+
+    result: ScoreResult
+    report: DefectReport | None  # None when the model has no fitted threshold
+    verdict: str  # "defect", "ok", or "no-threshold"
+    threshold: float | None
+
+    def summary(self) -> dict:
+        r = self.report
+        return {
+            "verdict": self.verdict,
+            "coverage": None if r is None else round(r.coverage, 6),
+            "n_defects": None if r is None else len(r.defects),
+            "defects": [] if r is None else [d.to_dict() for d in r.defects],
+            "max_score": round(self.result.image_score, 4),
+            "threshold": None if self.threshold is None else round(self.threshold, 4),
+        }
+
+
+class Model:
+    def __init__(self, scorer, threshold: Threshold | None, defects: DefectConfig, meta: dict | None = None):
+        self.scorer = scorer
+        self.threshold = threshold
+        self.defects = defects
+        self.meta = meta or {}
+
+    @property
+    def model_id(self) -> str | None:
+        return self.meta.get("model_id")
+
+    @classmethod
+    def fit(cls, method: str, method_config, normal: Sequence[np.ndarray], val: Sequence[np.ndarray] = (),
+            threshold: ThresholdConfig = ThresholdConfig(), defects: DefectConfig = DefectConfig(),
+            device: str = "auto", progress=None, train_sha256: Sequence[str] = ()) -> "Model":
+        scorer_cls, _ = METHODS[method]
+        scorer = scorer_cls(method_config, device)
+        scorer.fit(normal, progress)
+        th = None
+        if val:
+            results = [scorer.score(v) for v in val]
+            th = fit_threshold([r.patch_scores for r in results], [r.anomaly_map for r in results], threshold)
+        meta = {"training_sha256": list(train_sha256)}
+        return cls(scorer, th, defects, meta)
+
+    def inspect(self, image: np.ndarray, coverage_threshold: float = 0.0) -> Inspection:
+        """Score ``image``; verdict "defect" when the defect coverage exceeds ``coverage_threshold``."""
+        result = self.scorer.score(image)
+        if self.threshold is None:
+            return Inspection(result, None, "no-threshold", None)
+        t = time.perf_counter()
+        report = find_defects(result.anomaly_map, self.threshold.value, self.defects)
+        result.timings["defects"] = time.perf_counter() - t
+        verdict = "defect" if report.defects and report.coverage > coverage_threshold else "ok"
+        return Inspection(result, report, verdict, self.threshold.value)
+
+    # ------------------------------------------------------------------------------------------------ persistence
+    def save(self, directory: str | os.PathLike) -> str:
+        smeta, arrays = self.scorer.state()
+        meta = {"method": self.scorer.method, "scorer": smeta,
+                "threshold": None if self.threshold is None else self.threshold.to_dict(),
+                "defects": asdict(self.defects), "training_sha256": self.meta.get("training_sha256", [])}
+        model_id = save_artifact(directory, meta, arrays)
+        self.meta = load_artifact(directory)[0]
+        return model_id
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, device: str = "auto", expect: dict | None = None) -> "Model":
+        """Load a model; ``expect`` (e.g. {"backbone": ..., "mode": ...}) must match the model's configuration."""
+        meta, arrays = load_artifact(directory)
+        method = meta.get("method")
+        if method not in METHODS:
+            raise ArtifactError(f"{directory}: unknown method {method!r}")
+        cfg = meta["scorer"]["config"]
+        for key, want in (expect or {}).items():
+            if key in cfg and cfg[key] != want:
+                raise ArtifactError(f"{directory}: model was made with {key}={cfg[key]!r}, "
+                                    f"the configuration asks for {key}={want!r}; refit or change the configuration")
+        scorer_cls, _ = METHODS[method]
+        try:
+            scorer = scorer_cls.from_state(meta["scorer"], arrays, device)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"{directory}: cannot rebuild the {method} scorer: {exc}") from None
+        return cls(scorer, Threshold.from_dict(meta.get("threshold")), DefectConfig(**meta["defects"]), meta)

@@ -1,0 +1,228 @@
+"""Patch dictionary of Napoletano, Piccoli, Schettini (Sensors 2018), with a dense fast path.
+
+fit:   patch features of defect-free images -> PCA keeping ``pca_variance`` of the variance -> each component
+       standardised -> dictionary of ``k`` words: the real features nearest to k-means centroids (the paper), or a
+       greedy coreset (k-center, as in PatchCore) when k is large.
+score: degree of abnormality of a patch = mean Euclidean distance to its ``m`` nearest words; pixel map from the
+       grid (see ``features.grid_to_map``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..backbones import build_backbone
+from ..features import MODES, CropExtractor, DenseExtractor, FeatureGrid, grid_to_map
+from .base import Progress, ScoreResult
+
+DICTIONARIES = ("kmeans", "coreset")
+
+
+@dataclass(frozen=True)
+class PatchDictionaryConfig:
+    backbone: str = "efficientnet_lite0"
+    weights: str = "package"  # efficientnet_lite0: "package"; resnet18: a checkpoint file; "none": random (tests)
+    mode: str = "dense"
+    layers: tuple[str, ...] = ("stage3", "stage5")
+    # dense mode
+    scale: float = 1.0
+    aggregate: int = 3
+    pad: int = 32
+    # crop mode (the paper)
+    patch_size: int = 32
+    stride: int = 8
+    input_size: int = 224
+    batch_size: int = 64
+    # dictionary
+    pca_variance: float = 0.99
+    whiten: bool = True
+    dictionary: str = "coreset"
+    k: int = 4096
+    m: int = 1
+    n_init: int = 10
+    max_fit_patches: int = 200_000
+    sigma: float = 4.0
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(self.layers))
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.dictionary not in DICTIONARIES:
+            raise ValueError(f"dictionary must be one of {', '.join(DICTIONARIES)}, got {self.dictionary!r}")
+        if not 0 < self.pca_variance <= 1:
+            raise ValueError(f"pca_variance must be in (0, 1], got {self.pca_variance}")
+        for key in ("k", "m", "n_init", "max_fit_patches"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.m > self.k:
+            raise ValueError(f"m ({self.m}) cannot exceed k ({self.k})")
+        if self.sigma < 0:
+            raise ValueError(f"sigma must be >= 0, got {self.sigma}")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    return torch.device(device)
+
+
+def greedy_coreset(x: torch.Tensor, k: int, seed: int = 0, proj_dim: int = 128) -> torch.Tensor:
+    """Indices of ``k`` rows of ``x`` chosen by greedy k-center (farthest point) selection.
+
+    Distances are computed in a random projection to ``proj_dim`` dimensions when x is wider (PatchCore's trick).
+    """
+    n = len(x)
+    if k >= n:
+        return torch.arange(n, device=x.device)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    if x.shape[1] > proj_dim:
+        proj = torch.randn(x.shape[1], proj_dim, generator=g).to(x.device) / proj_dim**0.5
+        x = x @ proj
+    first = int(torch.randint(n, (1,), generator=g))
+    selected = torch.empty(k, dtype=torch.long, device=x.device)
+    selected[0] = first
+    mind = ((x - x[first]) ** 2).sum(1)
+    for i in range(1, k):
+        nxt = int(torch.argmax(mind))
+        selected[i] = nxt
+        mind = torch.minimum(mind, ((x - x[nxt]) ** 2).sum(1))
+    return selected
+
+
+def nearest_distances(q: torch.Tensor, words: torch.Tensor, m: int, chunk: int = 8192) -> torch.Tensor:
+    """Mean Euclidean distance from each row of q (n, d) to its m nearest rows of words (k, d)."""
+    w2 = (words * words).sum(1)
+    out = []
+    for i in range(0, len(q), chunk):
+        a = q[i:i + chunk]
+        d2 = (a * a).sum(1, keepdim=True) - 2 * a @ words.T + w2  # (c, k)
+        if m == 1:
+            d = d2.min(1).values.clamp_min(0).sqrt()
+        else:
+            d = d2.topk(m, dim=1, largest=False).values.clamp_min(0).sqrt().mean(1)
+        out.append(d)
+    return torch.cat(out)
+
+
+class PatchDictionary:
+    method = "patch_dictionary"
+
+    def __init__(self, config: PatchDictionaryConfig = PatchDictionaryConfig(), device: str = "auto"):
+        self.config = config
+        self.device = resolve_device(device)
+        c = config
+        self.backbone = build_backbone(c.backbone, c.layers, c.weights).to(self.device)
+        if c.mode == "dense":
+            self.extractor = DenseExtractor(self.backbone, c.scale, c.aggregate, c.pad)
+        else:
+            self.extractor = CropExtractor(self.backbone, c.patch_size, c.stride, c.input_size, c.batch_size)
+        self.mean: torch.Tensor | None = None  # (C,)
+        self.components: torch.Tensor | None = None  # (C, r)
+        self.scale: torch.Tensor | None = None  # (r,) std of each component
+        self.words: torch.Tensor | None = None  # (k, r)
+
+    # ---------------------------------------------------------------------------------------------------- features
+    def extract(self, image: np.ndarray, progress: Progress | None = None) -> FeatureGrid:
+        if isinstance(self.extractor, CropExtractor):
+            return self.extractor(image, progress)
+        return self.extractor(image)
+
+    def project(self, feats: torch.Tensor) -> torch.Tensor:
+        """(n, C) backbone features -> (n, r) standardised PCA coordinates."""
+        return ((feats - self.mean) @ self.components) / self.scale
+
+    @property
+    def fitted(self) -> bool:
+        return self.words is not None
+
+    # ---------------------------------------------------------------------------------------------------------- fit
+    def fit(self, images: Sequence[np.ndarray], progress: Progress | None = None) -> None:
+        if not images:
+            raise ValueError("fit needs at least one normal image")
+        c = self.config
+        feats = []
+        for img in images:
+            grid = self.extract(img, progress if c.mode == "crop" else None)
+            feats.append(grid.features.reshape(-1, grid.features.shape[-1]))
+            if progress is not None and c.mode == "dense":
+                progress(1)
+        x = torch.cat(feats).double()
+        g = torch.Generator(device="cpu").manual_seed(c.seed)
+        if len(x) > c.max_fit_patches:
+            x = x[torch.randperm(len(x), generator=g)[: c.max_fit_patches].to(x.device)]
+        mean = x.mean(0)
+        xc = x - mean
+        _, s, vt = torch.linalg.svd(xc, full_matrices=False)
+        var = s**2
+        frac = var.cumsum(0) / var.sum()
+        r = int((frac < c.pca_variance - 1e-12).sum()) + 1
+        r = min(r, vt.shape[0])
+        comps = vt[:r].T  # (C, r)
+        z = xc @ comps
+        scale = z.std(0).clamp_min(1e-12) if c.whiten else torch.ones(r, dtype=z.dtype, device=z.device)
+        z = z / scale
+        if c.dictionary == "kmeans":
+            words = self._kmeans_words(z, c)
+        else:
+            words = z[greedy_coreset(z.float(), c.k, c.seed)]
+        self.mean, self.components, self.scale = mean.float(), comps.float(), scale.float()
+        self.words = words.float().contiguous()
+
+    @staticmethod
+    def _kmeans_words(z: torch.Tensor, c: PatchDictionaryConfig) -> torch.Tensor:
+        from sklearn.cluster import KMeans
+
+        zn = z.cpu().numpy()
+        k = min(c.k, len(zn))
+        km = KMeans(n_clusters=k, init="k-means++", n_init=c.n_init, random_state=c.seed).fit(zn)
+        # the words are the real feature vectors nearest to each centroid (the paper)
+        cent = torch.from_numpy(km.cluster_centers_).to(z)
+        idx = torch.cdist(cent, z).argmin(1)
+        return z[idx]
+
+    # -------------------------------------------------------------------------------------------------------- score
+    def patch_scores(self, grid: FeatureGrid) -> torch.Tensor:
+        if not self.fitted:
+            raise RuntimeError("the scorer is not fitted")
+        f = grid.features.reshape(-1, grid.features.shape[-1])
+        d = nearest_distances(self.project(f), self.words, self.config.m)
+        return d.reshape(grid.grid_shape)
+
+    def score(self, image: np.ndarray) -> ScoreResult:
+        t0 = time.perf_counter()
+        grid = self.extract(image)
+        t1 = time.perf_counter()
+        s = self.patch_scores(grid)
+        t2 = time.perf_counter()
+        amap = grid_to_map(s, grid, self.config.sigma)
+        t3 = time.perf_counter()
+        return ScoreResult(amap, s.cpu().numpy().astype(np.float32), float(amap.max()),
+                           {"features": t1 - t0, "distances": t2 - t1, "map": t3 - t2})
+
+    # ---------------------------------------------------------------------------------------------------- save/load
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        if not self.fitted:
+            raise RuntimeError("the scorer is not fitted")
+        meta = {"config": asdict(self.config), "backbone_sha256": self.backbone.weights_sha256}
+        arrays = {name: getattr(self, name).cpu().numpy() for name in ("mean", "components", "scale", "words")}
+        return meta, arrays
+
+    @classmethod
+    def from_state(cls, meta: dict, arrays: dict[str, np.ndarray], device: str = "auto") -> "PatchDictionary":
+        cfg = PatchDictionaryConfig(**meta["config"])
+        obj = cls(cfg, device)
+        if obj.backbone.weights_sha256 != meta["backbone_sha256"]:
+            raise ValueError(
+                f"backbone weights differ from those the model was fitted with "
+                f"({obj.backbone.weights_sha256[:12]} != {meta['backbone_sha256'][:12]}); refit the model")
+        for name in ("mean", "components", "scale", "words"):
+            setattr(obj, name, torch.from_numpy(np.asarray(arrays[name])).to(obj.device))
+        return obj
