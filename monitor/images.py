@@ -94,7 +94,7 @@ def read_image(path: str | os.PathLike, limits: ImageLimits = ImageLimits()) -> 
     except Image.UnidentifiedImageError:
         raise ImageError(path, "not a readable image (unknown or corrupt format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(path, f"refused as decompression bomb: {exc}") from None
+        raise ImageError(path, f"header size exceeds the limit of {limits.max_pixels} pixels ({exc})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError(path, f"truncated or corrupt image data: {exc}") from None
     gray = to_gray_float(arr)

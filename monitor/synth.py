@@ -83,7 +83,7 @@ def add_defect(img: np.ndarray, kind: str, rng: np.random.Generator, size: float
     else:  # film: a smooth flattened sheet that hides the fibers below
         ax = (int(rng.integers(22, 40) * size), int(rng.integers(14, 26) * size))
         cv2.ellipse(m, (cx, cy), ax, float(rng.uniform(0, 180)), 0, 360, 1, -1)
-        layer = np.where(m > 0, 0.62, 0).astype(np.float32)
+        layer = np.where(m > 0, 0.85, 0).astype(np.float32)
     sel = m > 0
     noise = rng.normal(0, 0.02, int(sel.sum())).astype(np.float32)
     if kind == "film":

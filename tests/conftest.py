@@ -1,0 +1,50 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monitor.defects import DefectConfig
+from monitor.model import Model
+from monitor.scorers import PatchDictionaryConfig
+from monitor.synth import defective_image, fiber_mat
+from monitor.threshold import ThresholdConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+NANOTWICE = ROOT.parent / "shared" / "data" / "nanotwice"
+SHAPE = (256, 320)
+
+# small and fast, same code path as the default: real pretrained weights, dense mode
+SMALL = PatchDictionaryConfig(k=512)
+
+
+@pytest.fixture(scope="session")
+def normal_images():
+    return [fiber_mat(SHAPE, seed=i) for i in range(8)]
+
+
+@pytest.fixture(scope="session")
+def val_images():
+    return [fiber_mat(SHAPE, seed=100 + i) for i in range(2)]
+
+
+@pytest.fixture(scope="session")
+def fitted_model(normal_images, val_images):
+    return Model.fit("patch_dictionary", SMALL, normal_images, val_images, ThresholdConfig(), DefectConfig(),
+                     device="cpu")
+
+
+@pytest.fixture(scope="session")
+def saved_model(fitted_model, tmp_path_factory):
+    d = tmp_path_factory.mktemp("model") / "m"
+    fitted_model.save(d)
+    return d
+
+
+@pytest.fixture
+def defect_sample():
+    return defective_image(SHAPE, kinds=("bead", "film", "clot"), seed=7)
+
+
+def assert_close_maps(a: np.ndarray, b: np.ndarray):
+    assert a.shape == b.shape and a.dtype == b.dtype
+    assert np.array_equal(a, b)

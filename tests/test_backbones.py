@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from monitor.backbones import BackboneError, build_backbone
+
+
+def _classify(img: np.ndarray) -> int:
+    bb = build_backbone("efficientnet_lite0", ["avgpool"])
+    x = torch.from_numpy(img.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    x = F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+    x = (x - bb.mean) / bb.std
+    with torch.no_grad():
+        return int(bb.net(x).argmax())
+
+
+def test_embedded_weights_are_real_imagenet_weights():
+    """A real photo lands in its ImageNet class; random weights would not (1000 classes)."""
+    skdata = pytest.importorskip("skimage.data")
+    assert _classify(skdata.chelsea()) in (281, 282, 283, 284, 285)  # tabby/tiger/Persian/Siamese/Egyptian cat
+    assert _classify(skdata.coffee()) in (967, 968, 504)  # espresso, cup, coffee mug
+
+
+def test_layers_have_announced_shapes():
+    bb = build_backbone("efficientnet_lite0", ["stage3", "stage5"])
+    out = bb(bb.prepare(torch.rand(1, 1, 96, 128)))
+    for name, t in out.items():
+        info = bb.info(name)
+        assert t.shape == (1, info.channels, 96 // info.stride, 128 // info.stride)
+
+
+def test_resnet18_without_weights_file_refuses_to_start():
+    with pytest.raises(BackboneError, match="needs a weights file"):
+        build_backbone("resnet18", ["avgpool"])
+
+
+def test_resnet18_from_a_torchvision_checkpoint_file(tmp_path):
+    import torchvision
+
+    net = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(net.state_dict(), path)
+    bb = build_backbone("resnet18", ["layer2", "avgpool"], str(path))
+    assert torch.equal(bb.net.conv1.weight, net.conv1.weight)
+    out = bb(bb.prepare(torch.rand(2, 1, 64, 64)))
+    assert out["avgpool"].shape == (2, 512, 1, 1) and out["layer2"].shape == (2, 128, 8, 8)
+
+
+def test_missing_or_mismatching_weights_file_is_an_error(tmp_path):
+    with pytest.raises(BackboneError, match="not found"):
+        build_backbone("resnet18", ["avgpool"], str(tmp_path / "nope.pth"))
+    torch.save({"fc.weight": torch.zeros(3)}, tmp_path / "bad.pth")
+    with pytest.raises(BackboneError, match="do not fit"):
+        build_backbone("resnet18", ["avgpool"], str(tmp_path / "bad.pth"))
+
+
+@pytest.mark.parametrize("name,layers,match", [
+    ("vgg19", ["x"], "unknown backbone"),
+    ("efficientnet_lite0", ["layer3"], "has no layer"),
+    ("efficientnet_lite0", [], "at least one layer"),
+])
+def test_bad_backbone_requests(name, layers, match):
+    with pytest.raises(BackboneError, match=match):
+        build_backbone(name, layers)
+
+
+def test_random_weights_only_when_asked():
+    bb = build_backbone("efficientnet_lite0", ["stage3"], "none")
+    assert bb.weights_sha256 == "random"
+    assert build_backbone("efficientnet_lite0", ["stage3"]).weights_sha256 != "random"

@@ -1,0 +1,136 @@
+import json
+
+import numpy as np
+import pytest
+
+from monitor.artifact import ArtifactError
+from monitor.defects import DefectConfig, find_defects
+from monitor.features import grid_to_map, FeatureGrid
+from monitor.model import Model
+from monitor.scorers.patch_dictionary import greedy_coreset, nearest_distances
+from monitor.synth import defective_image, fiber_mat
+from tests.conftest import SHAPE
+
+import torch
+
+
+def _coverage_and_precision(model, img, truth):
+    rep = model.inspect(img).report
+    prec = (rep.mask & truth).sum() / rep.mask.sum() if rep.mask.any() else None
+    return rep.coverage, prec
+
+
+def test_finds_synthetic_defects_where_they_are(fitted_model):
+    """Over 8 defective images: the defect coverage is well above clean images' and lies on the true defects."""
+    cov, prec = [], []
+    for seed in range(8):
+        img, truth = defective_image(SHAPE, kinds=("bead", "film", "clot"), seed=seed, size=1.5)
+        c, p = _coverage_and_precision(fitted_model, img, truth)
+        cov.append(c)
+        if p is not None:
+            prec.append(p)
+    clean = [fitted_model.inspect(fiber_mat(SHAPE, seed=300 + s)).report.coverage for s in range(8)]
+    assert np.median(cov) > 5 * max(np.median(clean), 1e-4), (cov, clean)
+    assert sum(c > max(clean) for c in cov) >= 5, (cov, clean)
+    assert np.mean(prec) > 0.5, prec  # detected pixels mostly lie on true defects
+
+
+def test_clean_images_give_almost_nothing(fitted_model):
+    """At the fitted threshold, clean images have a defect coverage near zero (the target fpr is 0.1%)."""
+    cov = [fitted_model.inspect(fiber_mat(SHAPE, seed=seed)).report.coverage for seed in range(200, 208)]
+    assert np.mean(cov) < 0.002 and max(cov) < 0.01, cov
+
+
+def test_map_has_image_size(fitted_model):
+    img = fiber_mat((250, 333), seed=5)
+    res = fitted_model.scorer.score(img)
+    assert res.anomaly_map.shape == img.shape and res.anomaly_map.dtype == np.float32
+
+
+def test_save_load_round_trip_is_bit_for_bit(fitted_model, saved_model, defect_sample):
+    loaded = Model.load(saved_model, "cpu")
+    a, b = fitted_model.scorer.state()[1], loaded.scorer.state()[1]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype
+    assert loaded.threshold == fitted_model.threshold
+    img = defect_sample[0]
+    assert np.array_equal(fitted_model.scorer.score(img).anomaly_map, loaded.scorer.score(img).anomaly_map)
+    assert loaded.model_id == fitted_model.model_id
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_corrupted_arrays_are_rejected(saved_model, tmp_path):
+    d = _copy(saved_model, tmp_path / "m")
+    data = bytearray((d / "arrays.npz").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (d / "arrays.npz").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="sha256"):
+        Model.load(d, "cpu")
+
+
+def test_edited_metadata_is_rejected(saved_model, tmp_path):
+    d = _copy(saved_model, tmp_path / "m")
+    meta = json.loads((d / "model.json").read_text())
+    meta["scorer"]["config"]["m"] = 3
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="model_id"):
+        Model.load(d, "cpu")
+
+
+def test_model_for_another_backbone_or_mode_is_refused(saved_model):
+    with pytest.raises(ArtifactError, match="backbone"):
+        Model.load(saved_model, "cpu", expect={"backbone": "resnet18"})
+    with pytest.raises(ArtifactError, match="mode"):
+        Model.load(saved_model, "cpu", expect={"mode": "crop"})
+
+
+def test_not_a_model_directory(tmp_path):
+    with pytest.raises(ArtifactError, match="not a model directory"):
+        Model.load(tmp_path, "cpu")
+
+
+def test_unfitted_threshold_gives_no_verdict(normal_images):
+    from tests.conftest import SMALL
+
+    m = Model.fit("patch_dictionary", SMALL, normal_images[:2], (), device="cpu")
+    ins = m.inspect(normal_images[3])
+    assert m.threshold is None and ins.verdict == "no-threshold" and ins.report is None
+
+
+def test_nearest_distances_against_brute_force():
+    g = torch.Generator().manual_seed(0)
+    q, w = torch.randn(50, 7, generator=g), torch.randn(30, 7, generator=g)
+    d = torch.cdist(q, w)
+    assert torch.allclose(nearest_distances(q, w, 1), d.min(1).values, atol=1e-4)
+    assert torch.allclose(nearest_distances(q, w, 3, chunk=16), d.topk(3, largest=False).values.mean(1), atol=1e-4)
+
+
+def test_coreset_picks_far_points_first():
+    x = torch.tensor([[0.0, 0], [0.1, 0], [10, 0], [0, 10], [0.05, 0.05]])
+    sel = greedy_coreset(x, 3).tolist()
+    assert set(sel[1:]) <= {2, 3} or 2 in sel and 3 in sel
+
+
+def test_crop_map_is_the_mean_of_covering_patches():
+    # two 4x4 patches at x=0 and x=2 in a 4x6 image: columns 2-3 are covered by both
+    grid = FeatureGrid(torch.zeros(1, 2, 1), (4, 6), np.array([0]), np.array([0, 2]), 4.0)
+    m = grid_to_map(torch.tensor([[1.0, 3.0]]), grid)
+    assert np.allclose(m[:, :2], 1) and np.allclose(m[:, 2:4], 2) and np.allclose(m[:, 4:], 3)
+
+
+def test_defect_mask_drops_specks_and_measures_components():
+    amap = np.zeros((50, 60), np.float32)
+    amap[10:20, 10:25] = 5  # 150 px defect
+    amap[40, 40] = 5  # a single-pixel speck
+    r = find_defects(amap, 1.0, DefectConfig(opening=3, min_area=16))
+    assert len(r.defects) == 1
+    d = r.defects[0]
+    assert d.bbox == (10, 10, 15, 10) and d.peak == 5
+    assert r.coverage == pytest.approx(d.area / amap.size)
