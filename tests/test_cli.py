@@ -1,0 +1,80 @@
+"""The command line, run as a user runs it (subprocess of the installed console script's module)."""
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from monitor.synth import defective_image, fiber_mat, to_uint8
+from tests.conftest import NANOTWICE, SHAPE
+
+
+def monitor(*args, check=True):
+    r = subprocess.run([sys.executable, "-m", "monitor", *map(str, args)], capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise AssertionError(f"monitor {' '.join(map(str, args))} -> {r.returncode}\n{r.stderr}")
+    return r
+
+
+def test_fit_then_score_with_overlays_and_maps(tmp_path):
+    for i in range(4):
+        cv2.imwrite(str(tmp_path / f"n{i}.png"), to_uint8(fiber_mat(SHAPE, seed=i)))
+    cv2.imwrite(str(tmp_path / "v.png"), to_uint8(fiber_mat(SHAPE, seed=50)))
+    img, _ = defective_image(SHAPE, seed=3, size=1.5)
+    cv2.imwrite(str(tmp_path / "d.png"), to_uint8(img))
+    (tmp_path / "bad.tif").write_text("not an image")
+    out = monitor("fit", "--normal", *[tmp_path / f"n{i}.png" for i in range(4)], "--val", tmp_path / "v.png",
+                  "--out", tmp_path / "model", "--quiet", "--set", "model.patch_dictionary.k=256")
+    assert json.loads(out.stdout)["threshold"] is not None
+    r = monitor("score", tmp_path / "d.png", tmp_path / "bad.tif", "--model", tmp_path / "model",
+                "--overlay", tmp_path / "ov", "--maps", tmp_path / "maps", check=False)
+    assert r.returncode == 1  # one image failed
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert lines[0]["verdict"] in ("ok", "defect") and "coverage" in lines[0] and "timings" in lines[0]
+    assert lines[1]["error"].startswith("not a readable image")
+    amap = np.load(tmp_path / "maps" / "d.npy", allow_pickle=False)
+    assert amap.shape == SHAPE and amap.dtype == np.float32
+    assert (tmp_path / "ov" / "d.png").exists()
+
+
+def test_clear_error_for_a_missing_model(tmp_path):
+    r = monitor("score", tmp_path / "x.png", "--model", tmp_path / "nomodel", check=False)
+    assert r.returncode == 2 and "not a model directory" in r.stderr
+
+
+def test_check_config_rejects_unknown_keys(tmp_path):
+    (tmp_path / "c.yaml").write_text("model:\n  patch_dictionary:\n    kk: 3\n")
+    r = monitor("check-config", "--config", tmp_path / "c.yaml", check=False)
+    assert r.returncode == 2 and "unknown key 'kk'" in r.stderr
+
+
+def test_demo_runs_on_synthetic_images(tmp_path):
+    r = monitor("demo", "--workdir", tmp_path / "demo", "--images", 2)
+    verdicts = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    assert len(verdicts) == 2 and (tmp_path / "demo" / "overlays" / "sem_0001.png").exists()
+
+
+@pytest.mark.nanotwice
+@pytest.mark.skipif(not NANOTWICE.exists(), reason="NanoTWICE data not present")
+def test_maps_reproduce_the_evaluated_pixel_auc(tmp_path):
+    """`monitor score --maps` writes maps whose independently computed pixel AUC equals `monitor evaluate`'s."""
+    root = NANOTWICE / "Dataset" / "SEM_Data"
+    monitor("fit", "--normal", *[root / "Normal" / f"ITIA114{i}.tif" for i in (1, 2, 3, 4)],
+            "--val", root / "Normal" / "ITIA1145.tif", "--out", tmp_path / "model", "--quiet",
+            "--set", "model.patch_dictionary.k=512")
+    monitor("evaluate", "--data", NANOTWICE, "--model", tmp_path / "model", "--out", tmp_path / "ev", "--limit", 3)
+    reported = json.loads((tmp_path / "ev" / "evaluation.json").read_text())["model"]["all"]["pixel_auroc"]
+    images = sorted((root / "Anomalous" / "images").glob("*.tif"))[:3]
+    monitor("score", *images, "--model", tmp_path / "model", "--maps", tmp_path / "maps")
+    from PIL import Image
+
+    y, s = [], []
+    for p in images:
+        y.append(np.asarray(Image.open(root / "Anomalous" / "gt" / f"{p.stem}_gt.png")).astype(bool).ravel())
+        s.append(np.load(tmp_path / "maps" / f"{p.stem}.npy").ravel())
+    assert roc_auc_score(np.concatenate(y), np.concatenate(s)) == pytest.approx(reported, abs=1e-9)
+    assert (tmp_path / "ev" / "roc_model.png").exists()
