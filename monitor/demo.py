@@ -32,7 +32,7 @@ def run_demo(workdir: Path, n_images: int = 8, seed: int = 0, cfg: Config = Conf
     normal_dir, val_dir, line_dir = workdir / "normal", workdir / "val", workdir / "export"
     out_dir, model_dir = workdir / "overlays", workdir / "model"
     if not (model_dir / "model.json").exists():
-        normal = [_write(normal_dir / f"normal_{i:02d}.png", fiber_mat(SHAPE, seed=seed * 1000 + i)) for i in range(4)]
+        normal = [_write(normal_dir / f"normal_{i:02d}.png", fiber_mat(SHAPE, seed=seed * 1000 + i)) for i in range(8)]
         val = [_write(val_dir / f"val_{i:02d}.png", fiber_mat(SHAPE, seed=seed * 1000 + 100 + i)) for i in range(2)]
         print(f"demo: fitting a model on {len(normal)} synthetic normal images (threshold from {len(val)}) ...")
         _, model_id, secs = fit_model(cfg, normal, val, model_dir, quiet=True)
@@ -42,7 +42,7 @@ def run_demo(workdir: Path, n_images: int = 8, seed: int = 0, cfg: Config = Conf
     counts = {"ok": 0, "defect": 0}
     for i in range(n_images):
         if i % 2:
-            img, truth = defective_image(SHAPE, seed=seed * 1000 + 500 + i)
+            img, truth = defective_image(SHAPE, seed=seed * 1000 + 500 + i, size=1.5)
         else:
             img, truth = fiber_mat(SHAPE, seed=seed * 1000 + 500 + i), None
         path = _write(line_dir / f"sem_{i:04d}.png", img)
