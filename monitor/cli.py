@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -175,14 +176,8 @@ def cmd_demo(args) -> int:
 
 def cmd_check_config(args) -> int:
     cfg = _load_cfg(args)
-    print(json.dumps(_asdict(cfg), indent=2))
+    print(json.dumps(dataclasses.asdict(cfg), indent=2))
     return 0
-
-
-def _asdict(cfg) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,12 +47,13 @@ def run_demo(workdir: Path, n_images: int = 8, seed: int = 0, cfg: Config = Conf
             img, truth = fiber_mat(SHAPE, seed=seed * 1000 + 500 + i), None
         path = _write(line_dir / f"sem_{i:04d}.png", img)
         t0 = time.perf_counter()
-        ins = model.inspect(read_image(path, cfg.image), cfg.alarm.coverage_threshold)
+        gray = read_image(path, cfg.image)
+        ins = model.inspect(gray, cfg.alarm.coverage_threshold)
         dt = time.perf_counter() - t0
         counts[ins.verdict] = counts.get(ins.verdict, 0) + 1
         cov = ins.report.coverage if ins.report else float("nan")
         cap = [f"{path.name}  verdict: {ins.verdict}  coverage: {cov:.3%}", f"model {model.model_id}"]
-        write_png(out_dir / f"{path.stem}.png", render_overlay(read_image(path), ins.result.anomaly_map,
+        write_png(out_dir / f"{path.stem}.png", render_overlay(gray, ins.result.anomaly_map,
                                                                ins.report.mask if ins.report else None, cap,
                                                                ins.threshold))
         truth_s = "defects drawn" if truth is not None else "clean"

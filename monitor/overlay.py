@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -29,9 +32,6 @@ def render_overlay(image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray 
 
 def write_png(path, picture: np.ndarray) -> None:
     """Write a PNG atomically: a temporary name beside it, then rename."""
-    import os
-    from pathlib import Path
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ok, buf = cv2.imencode(".png", picture)
