@@ -15,14 +15,11 @@ import json
 import os
 import platform
 import time
-from pathlib import Path
-
-import numpy as np
 import torch
 
 from monitor.backbones import build_backbone
 from monitor.evaluate import percentiles
-from monitor.features import CropExtractor, _positions
+from monitor.features import CropExtractor, patch_count
 from monitor.images import list_images, read_image
 from monitor.model import Model
 
@@ -37,7 +34,8 @@ def main() -> None:
     a = ap.parse_args()
     paths = list_images(a.images)[: a.limit]
     model = Model.load(a.model, a.device)
-    model.inspect(read_image(paths[0]))  # warm-up
+    img = read_image(paths[0])
+    model.inspect(img)  # warm-up
     times = []
     for p in paths:
         t0 = time.perf_counter()
@@ -45,7 +43,6 @@ def main() -> None:
         times.append(time.perf_counter() - t0)
     dense = percentiles(times)
 
-    img = read_image(paths[0])
     H, W = img.shape
     bb = build_backbone("efficientnet_lite0", ["avgpool"]).to(a.device)
     ex = CropExtractor(bb, 32, 8, 224, 64)
@@ -55,7 +52,7 @@ def main() -> None:
     g = ex(strip)
     dt = time.perf_counter() - t0
     n_strip = g.grid_shape[0] * g.grid_shape[1]
-    n_full = len(_positions(H, 32, 8)) * len(_positions(W, 32, 8))
+    n_full = patch_count((H, W), 32, 8)
     rate = n_strip / dt
     crop_est = n_full / rate
     out = {

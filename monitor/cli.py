@@ -42,10 +42,9 @@ def fit_model(cfg: Config, normal_paths, val_paths, out: Path, quiet: bool = Fal
     normal = _read_all(normal_paths, cfg.image)
     val = _read_all(val_paths, cfg.image)
     if getattr(mc, "mode", None) == "crop":
-        from .features import _positions
+        from .features import patch_count
 
-        total = sum(len(_positions(g.shape[0], mc.patch_size, mc.stride)) *
-                    len(_positions(g.shape[1], mc.patch_size, mc.stride)) for g in normal)
+        total = sum(patch_count(g.shape, mc.patch_size, mc.stride) for g in normal)
         unit = "patches"
     else:
         total, unit = len(normal), "images"

@@ -44,6 +44,11 @@ def _positions(length: int, patch: int, stride: int) -> np.ndarray:
     return np.asarray(pos)
 
 
+def patch_count(shape: tuple[int, int], patch: int, stride: int) -> int:
+    """Number of crop-mode patches (and network passes) for an image of ``shape``."""
+    return len(_positions(shape[0], patch, stride)) * len(_positions(shape[1], patch, stride))
+
+
 class DenseExtractor:
     def __init__(self, backbone: Backbone, scale: float = 1.0, aggregate: int = 3, pad: int = 32):
         if not 0.1 <= scale <= 4:

@@ -1,6 +1,5 @@
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from monitor.defects import DefectConfig
@@ -44,7 +43,3 @@ def saved_model(fitted_model, tmp_path_factory):
 def defect_sample():
     return defective_image(SHAPE, kinds=("bead", "film", "clot"), seed=7)
 
-
-def assert_close_maps(a: np.ndarray, b: np.ndarray):
-    assert a.shape == b.shape and a.dtype == b.dtype
-    assert np.array_equal(a, b)

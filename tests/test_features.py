@@ -3,12 +3,14 @@ import pytest
 import torch
 
 from monitor.backbones import build_backbone
-from monitor.features import CropExtractor, DenseExtractor, _positions
+from monitor.features import CropExtractor, DenseExtractor, _positions, patch_count
 
 
 def test_positions_cover_the_whole_length():
     assert _positions(40, 32, 8).tolist() == [0, 8]
     assert _positions(45, 32, 8).tolist() == [0, 8, 13]
+    assert patch_count((700, 1024), 32, 8) == 85 * 125  # rows 0..664 step 8, plus 668 flush with the border
+    assert patch_count((696, 1024), 32, 8) == 84 * 125 == 10500
 
 
 def test_crop_features_are_l1_normalised_and_on_the_patch_grid():
