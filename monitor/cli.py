@@ -16,6 +16,8 @@ from .artifact import ArtifactError
 from .backbones import BackboneError, file_sha256
 from .config import Config, ConfigError, load_config
 from .images import ImageError, ImageLimits, list_images, read_image
+from .ledger import LedgerError
+from .metrics import MetricsError
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +175,56 @@ def cmd_demo(args) -> int:
     return run_demo(Path(args.workdir), args.images, args.seed)
 
 
+def cmd_run(args) -> int:
+    from .service import Service
+
+    cfg = _load_cfg(args)
+    return Service(cfg, args.config).run()
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str) -> float:
+    """'90s', '15m', '1h', '2d' -> that long ago, as unix time."""
+    text = text.strip()
+    if len(text) < 2 or text[-1] not in _UNITS:
+        raise ConfigError(f"--since {text!r}: expected a number and a unit (s, m, h, d), e.g. 1h")
+    try:
+        n = float(text[:-1])
+    except ValueError:
+        raise ConfigError(f"--since {text!r}: expected a number and a unit (s, m, h, d), e.g. 1h") from None
+    return time.time() - n * _UNITS[text[-1]]
+
+
+def cmd_history(args) -> int:
+    from .ledger import Ledger
+
+    cfg = _load_cfg(args)
+    path = Path(args.ledger or cfg.output.ledger)
+    if not path.is_file():
+        raise FileNotFoundError(f"no ledger at {path} (output.ledger)")
+    ledger = Ledger(path)
+    try:
+        rows = ledger.history(parse_since(args.since) if args.since else None, args.alarms, args.limit)
+    finally:
+        ledger.close()
+    if args.json:
+        for r in rows:
+            print(json.dumps(r.to_dict()))
+        return 0
+    print(f"{'id':>6}  {'seen':19}  {'state':7}  {'verdict':8}  {'coverage':>9}  {'defects':>7}  {'score s':>7}  "
+          f"{'e2e s':>7}  image / error")
+    for r in rows:
+        cov = "" if r.coverage is None else f"{r.coverage:.4%}"
+        what = Path(r.path).name + (f"  [{r.error_kind}] {r.error}" if r.error else "")
+        print(f"{r.id:>6}  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r.seen_at))}  {r.state:7}  "
+              f"{r.verdict or '':8}  {cov:>9}  {'' if r.n_defects is None else r.n_defects:>7}  "
+              f"{'' if r.score_seconds is None else f'{r.score_seconds:.2f}':>7}  "
+              f"{'' if r.e2e_seconds is None else f'{r.e2e_seconds:.2f}':>7}  {what}")
+    return 0
+
+
 def cmd_check_config(args) -> int:
     cfg = _load_cfg(args)
     print(json.dumps(dataclasses.asdict(cfg), indent=2))
@@ -220,6 +272,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=cmd_demo)
 
+    sp = sub.add_parser("run", help="the daemon: watch the export folder, score every new image, raise alarms")
+    common(sp)
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("history", help="print the ledger: what was seen, scored, failed")
+    common(sp)
+    sp.add_argument("--ledger", help="ledger file (default: output.ledger of the configuration)")
+    sp.add_argument("--since", help="only images seen in the last N s/m/h/d, e.g. 1h")
+    sp.add_argument("--alarms", action="store_true", help="only images that raised the alarm")
+    sp.add_argument("--limit", type=int, help="only the last N rows")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    sp.set_defaults(func=cmd_history)
+
     sp = sub.add_parser("check-config", help="validate a configuration and print it with defaults filled in")
     common(sp)
     sp.set_defaults(func=cmd_check_config)
@@ -232,6 +297,6 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return args.func(args)
-    except (ConfigError, ArtifactError, BackboneError, ImageError, FileNotFoundError) as exc:
+    except (ConfigError, ArtifactError, BackboneError, ImageError, LedgerError, MetricsError, FileNotFoundError) as exc:
         print(f"monitor: error: {exc}", file=sys.stderr)
         return 2

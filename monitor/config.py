@@ -26,6 +26,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelSection:
+    path: str = "model"  # the fitted model directory the daemon loads (`monitor fit --out`)
     method: str = "patch_dictionary"
     device: str = "auto"
     patch_dictionary: PatchDictionaryConfig = field(default_factory=PatchDictionaryConfig)
@@ -44,10 +45,85 @@ class ModelSection:
 @dataclass(frozen=True)
 class AlarmSection:
     coverage_threshold: float = 0.001  # defect pixels / image pixels above which an image is "defect"
+    max_defect_area: int = 0  # also "defect" when one defect is larger than this many pixels (0 = off)
+    clear_after: int = 1  # consecutive clean images that clear the alarm
 
     def __post_init__(self):
         if not 0 <= self.coverage_threshold < 1:
             raise ValueError(f"alarm.coverage_threshold must be in [0, 1), got {self.coverage_threshold}")
+        if self.max_defect_area < 0:
+            raise ValueError(f"alarm.max_defect_area must be >= 0, got {self.max_defect_area}")
+        if self.clear_after < 1:
+            raise ValueError(f"alarm.clear_after must be >= 1, got {self.clear_after}")
+
+
+OBSERVERS = ("native", "polling")
+OVERLAYS = ("alarms", "all", "none")
+
+
+@dataclass(frozen=True)
+class WatchSection:
+    dir: str = "export"  # the microscope export folder; only ever read
+    patterns: tuple[str, ...] = ("*.tif", "*.tiff", "*.png")  # file names to take (case-insensitive)
+    ignore: tuple[str, ...] = ("*.tmp", "*.part", "*.partial", "~*")  # temporary names; hidden files always ignored
+    observer: str = "native"  # native: close-after-write and rename events (inotify) | polling: network shares
+    settle_seconds: float = 2.0  # polling (and start-up scan): size and mtime unchanged this long = complete
+    poll_seconds: float = 1.0  # polling observer interval
+    recursive: bool = False
+    queue_size: int = 10000  # events waiting to be recorded; on overflow the folder is re-scanned
+
+    def __post_init__(self):
+        object.__setattr__(self, "patterns", tuple(self.patterns))
+        object.__setattr__(self, "ignore", tuple(self.ignore))
+        if self.observer not in OBSERVERS:
+            raise ValueError(f"watch.observer must be one of {', '.join(OBSERVERS)}, got {self.observer!r}")
+        if not self.patterns:
+            raise ValueError("watch.patterns must name at least one pattern")
+        if self.settle_seconds < 0 or self.poll_seconds <= 0:
+            raise ValueError("watch.settle_seconds must be >= 0 and watch.poll_seconds > 0")
+        if self.queue_size < 1:
+            raise ValueError(f"watch.queue_size must be >= 1, got {self.queue_size}")
+
+
+@dataclass(frozen=True)
+class OutputSection:
+    dir: str = "output"  # overlays and result JSON (never inside watch.dir)
+    overlays: str = "alarms"  # alarms | all | none
+    ledger: str = "ledger.sqlite"  # the SQLite ledger of every image
+
+    def __post_init__(self):
+        if self.overlays not in OVERLAYS:
+            raise ValueError(f"output.overlays must be one of {', '.join(OVERLAYS)}, got {self.overlays!r}")
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    enabled: bool = True
+    address: str = "127.0.0.1"  # bind address of the /metrics endpoint
+    port: int = 9808  # 0 = any free port (tests)
+    certfile: str = ""  # TLS when both certfile and keyfile are set
+    keyfile: str = ""
+
+    def __post_init__(self):
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"metrics.port must be in 0..65535, got {self.port}")
+        if bool(self.certfile) != bool(self.keyfile):
+            raise ValueError("metrics.certfile and metrics.keyfile go together")
+
+
+@dataclass(frozen=True)
+class ServiceSection:
+    line: str = "line1"  # name of the production line (metrics and overlays)
+    budget_seconds: float = 2.0  # production-time budget per image; slower images count as overruns
+    batch: int = 8  # pending images taken from the ledger at once
+    max_attempts: int = 3  # an image that was being scored during this many crashes is failed, not retried
+    stall_seconds: float = 120.0  # no worker progress for this long = unhealthy (no systemd watchdog ping)
+
+    def __post_init__(self):
+        if self.budget_seconds <= 0 or self.stall_seconds <= 0:
+            raise ValueError("service.budget_seconds and service.stall_seconds must be > 0")
+        if self.batch < 1 or self.max_attempts < 1:
+            raise ValueError("service.batch and service.max_attempts must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -57,6 +133,18 @@ class Config:
     defects: DefectConfig = field(default_factory=DefectConfig)
     alarm: AlarmSection = field(default_factory=AlarmSection)
     image: ImageLimits = field(default_factory=ImageLimits)
+    watch: WatchSection = field(default_factory=WatchSection)
+    output: OutputSection = field(default_factory=OutputSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    service: ServiceSection = field(default_factory=ServiceSection)
+
+    def __post_init__(self):
+        watch = Path(self.watch.dir).resolve()
+        for key, value in (("output.dir", self.output.dir), ("output.ledger", self.output.ledger)):
+            p = Path(value).resolve()
+            if p == watch or watch in p.parents:
+                raise ValueError(f"{key} ({value}) must not lie inside the export folder watch.dir ({self.watch.dir}); "
+                                 "the monitor never writes there")
 
 
 def _build(cls, data: Any, where: str):

@@ -18,12 +18,19 @@ from PIL import Image
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
 
-class ImageError(ValueError):
-    """An image file cannot be used; ``reason`` says why."""
+# the bounded set of ImageError kinds (a metric label; the free-text reason goes to the ledger)
+ERROR_KINDS = ("missing", "permission", "empty", "too_large", "too_small", "unreadable", "corrupt")
 
-    def __init__(self, path: str | os.PathLike, reason: str):
+
+class ImageError(ValueError):
+    """An image file cannot be used; ``reason`` says why, ``kind`` (one of ERROR_KINDS) says what sort of failure."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, kind: str = "corrupt"):
+        if kind not in ERROR_KINDS:
+            raise ValueError(f"unknown ImageError kind {kind!r}")
         self.path = str(path)
         self.reason = reason
+        self.kind = kind
         super().__init__(f"{path}: {reason}")
 
 
@@ -69,38 +76,42 @@ def read_image(path: str | os.PathLike, limits: ImageLimits = ImageLimits()) -> 
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise ImageError(path, "file not found (removed before it could be read?)") from None
+        raise ImageError(path, "file not found (removed before it could be read?)", "missing") from None
     except OSError as exc:
-        raise ImageError(path, f"cannot stat: {exc.strerror or exc}") from None
+        raise ImageError(path, f"cannot stat: {exc.strerror or exc}", "unreadable") from None
     if size == 0:
-        raise ImageError(path, "empty file (0 bytes)")
+        raise ImageError(path, "empty file (0 bytes)", "empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 w, h = im.size
                 if w * h > limits.max_pixels:
-                    raise ImageError(path, f"{w}x{h} pixels exceeds the limit of {limits.max_pixels} pixels")
+                    raise ImageError(path, f"{w}x{h} pixels exceeds the limit of {limits.max_pixels} pixels",
+                                     "too_large")
                 if min(w, h) < limits.min_side:
-                    raise ImageError(path, f"{w}x{h} is too small; both sides must be >= {limits.min_side}")
+                    raise ImageError(path, f"{w}x{h} is too small; both sides must be >= {limits.min_side}",
+                                     "too_small")
                 im.load()
                 arr = _pil_to_array(im)
     except ImageError:
         raise
     except PermissionError:
-        raise ImageError(path, "permission denied") from None
+        raise ImageError(path, "permission denied", "permission") from None
     except FileNotFoundError:
-        raise ImageError(path, "file not found (removed before it could be read?)") from None
+        raise ImageError(path, "file not found (removed before it could be read?)", "missing") from None
     except Image.UnidentifiedImageError:
-        raise ImageError(path, "not a readable image (unknown or corrupt format)") from None
+        raise ImageError(path, "not a readable image (unknown or corrupt format)", "unreadable") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(path, f"header size exceeds the limit of {limits.max_pixels} pixels ({exc})") from None
+        raise ImageError(path, f"header size exceeds the limit of {limits.max_pixels} pixels ({exc})",
+                         "too_large") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError(path, f"truncated or corrupt image data: {exc}") from None
     gray = to_gray_float(arr)
     if limits.crop_bottom:
         if gray.shape[0] - limits.crop_bottom < limits.min_side:
-            raise ImageError(path, f"crop_bottom={limits.crop_bottom} leaves fewer than {limits.min_side} rows")
+            raise ImageError(path, f"crop_bottom={limits.crop_bottom} leaves fewer than {limits.min_side} rows",
+                             "too_small")
         gray = gray[: gray.shape[0] - limits.crop_bottom]
     if not np.isfinite(gray).all():
         raise ImageError(path, "image holds NaN or infinite values")

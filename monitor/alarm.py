@@ -1,0 +1,63 @@
+"""The alarm: the decision for one image, the alarm state over the stream, and the operator's files.
+
+Files (overlay PNG and result JSON) go to the output folder, written atomically (temporary name, then rename);
+never into the export folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import AlarmSection
+from .model import Inspection
+from .overlay import render_overlay, write_png
+
+
+def is_defect(ins: Inspection, cfg: AlarmSection) -> bool:
+    """Coverage over the threshold, or (when configured) one defect larger than ``max_defect_area``."""
+    r = ins.report
+    if r is None:  # a model without a fitted threshold raises no alarm (and says so in its verdict)
+        return False
+    return ins.verdict == "defect" or bool(cfg.max_defect_area and r.largest_area > cfg.max_defect_area)
+
+
+@dataclass
+class AlarmState:
+    """Raised by a defective image; cleared by ``clear_after`` consecutive clean images."""
+
+    cfg: AlarmSection
+    active: bool = False
+    clean_run: int = 0
+
+    def update(self, defect: bool) -> bool:
+        if defect:
+            self.active, self.clean_run = True, 0
+        elif self.active:
+            self.clean_run += 1
+            if self.clean_run >= self.cfg.clear_after:
+                self.active, self.clean_run = False, 0
+        return self.active
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def write_outputs(out_dir: Path, stem: str, image, ins: Inspection, result: dict, model_id: str | None,
+                  line: str) -> Path:
+    """Overlay PNG + result JSON named ``stem``; returns the overlay path."""
+    cov = "n/a" if ins.report is None else f"{ins.report.coverage:.4%}"
+    caption = [f"{line}  {result['image']}  verdict: {result['verdict']}  coverage: {cov}",
+               f"model {model_id}  {time.strftime('%Y-%m-%d %H:%M:%S')}"]
+    overlay = out_dir / f"{stem}.png"
+    write_png(overlay, render_overlay(image, ins.result.anomaly_map, None if ins.report is None else ins.report.mask,
+                                      caption, ins.threshold))
+    write_json(out_dir / f"{stem}.json", {**result, "overlay": str(overlay)})
+    return overlay

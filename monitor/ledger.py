@@ -1,0 +1,208 @@
+"""The ledger: one SQLite file (WAL) that records every image the daemon sees. It is the source of truth.
+
+An image is identified by its path *and* the sha256 of its content: the same file seen twice (a close event and the
+start-up scan, say) is one row; a changed file under the same name is a new row. A row is written before the image
+is scored (state ``pending``) and finished as ``done`` (with the result) or ``failed`` (with the reason). After a
+crash every ``pending`` row is scored again, so nothing is lost, and a ``done`` row is never scored again.
+
+Each public method is one short transaction; the connection is shared between threads under a lock.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+STATES = ("pending", "done", "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,   -- arrival order
+    path          TEXT    NOT NULL,
+    size          INTEGER NOT NULL,
+    mtime_ns      INTEGER NOT NULL,
+    sha256        TEXT    NOT NULL,
+    state         TEXT    NOT NULL CHECK (state IN ('pending', 'done', 'failed')),
+    seen_at       REAL    NOT NULL,                    -- unix time the file was complete and recorded
+    started_at    REAL,                                -- last time scoring started
+    finished_at   REAL,
+    attempts      INTEGER NOT NULL DEFAULT 0,          -- scoring attempts (more than one after a crash)
+    verdict       TEXT,                                -- ok / defect / no-threshold
+    alarm         INTEGER,                             -- 1 when this image raised the alarm
+    coverage      REAL,
+    n_defects     INTEGER,
+    largest_area  INTEGER,
+    max_score     REAL,
+    score_seconds REAL,
+    e2e_seconds   REAL,                                -- seen_at -> finished_at
+    model_id      TEXT,
+    overlay       TEXT,
+    result_json   TEXT,
+    error_kind    TEXT,
+    error         TEXT,
+    UNIQUE (path, sha256)
+);
+CREATE INDEX IF NOT EXISTS images_state ON images (state, id);
+CREATE INDEX IF NOT EXISTS images_finished ON images (finished_at);
+"""
+
+_COLUMNS = ("id", "path", "size", "mtime_ns", "sha256", "state", "seen_at", "started_at", "finished_at", "attempts",
+            "verdict", "alarm", "coverage", "n_defects", "largest_area", "max_score", "score_seconds", "e2e_seconds",
+            "model_id", "overlay", "result_json", "error_kind", "error")
+
+
+@dataclass(frozen=True)
+class Row:
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+    state: str
+    seen_at: float
+    started_at: float | None
+    finished_at: float | None
+    attempts: int
+    verdict: str | None
+    alarm: int | None
+    coverage: float | None
+    n_defects: int | None
+    largest_area: int | None
+    max_score: float | None
+    score_seconds: float | None
+    e2e_seconds: float | None
+    model_id: str | None
+    overlay: str | None
+    result_json: str | None
+    error_kind: str | None
+    error: str | None
+
+    def to_dict(self) -> dict:
+        return {c: getattr(self, c) for c in _COLUMNS if c != "result_json"}
+
+
+class LedgerError(RuntimeError):
+    pass
+
+
+class Ledger:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")  # a done row survives a power cut, not only a crash
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise LedgerError(f"{self.path}: ledger schema {version}, this version reads {SCHEMA_VERSION}")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path}: cannot open the ledger: {exc}") from None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _one(self, sql: str, args=()) -> Row | None:
+        r = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM images {sql}", args).fetchone()
+        return None if r is None else Row(*r)
+
+    def _all(self, sql: str, args=()) -> list[Row]:
+        return [Row(*r) for r in self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM images {sql}", args)]
+
+    # --------------------------------------------------------------------------------------------------- writes
+    def record(self, path: str, size: int, mtime_ns: int, sha256: str, seen_at: float | None = None
+               ) -> tuple[Row, bool]:
+        """Record a complete image. Returns (row, created); an existing (path, sha256) row is returned unchanged."""
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO images (path, size, mtime_ns, sha256, state, seen_at) "
+                "VALUES (?, ?, ?, ?, 'pending', ?)", (path, size, mtime_ns, sha256, seen_at or time.time()))
+            created = cur.rowcount == 1
+            return self._one("WHERE path = ? AND sha256 = ?", (path, sha256)), created
+
+    def start(self, row_id: int) -> int:
+        """Mark scoring as started; returns the attempt number (1 on the first try)."""
+        with self._lock:
+            self._db.execute("UPDATE images SET started_at = ?, attempts = attempts + 1 WHERE id = ?",
+                             (time.time(), row_id))
+            return self._db.execute("SELECT attempts FROM images WHERE id = ?", (row_id,)).fetchone()[0]
+
+    def finish(self, row_id: int, *, verdict: str, alarm: bool, coverage: float | None, n_defects: int | None,
+               largest_area: int | None, max_score: float, score_seconds: float, model_id: str | None,
+               overlay: str | None = None, result_json: str | None = None) -> Row:
+        with self._lock:
+            now = time.time()
+            self._db.execute(
+                "UPDATE images SET state = 'done', finished_at = ?, verdict = ?, alarm = ?, coverage = ?, "
+                "n_defects = ?, largest_area = ?, max_score = ?, score_seconds = ?, e2e_seconds = ? - seen_at, "
+                "model_id = ?, overlay = ?, result_json = ?, error_kind = NULL, error = NULL "
+                "WHERE id = ? AND state = 'pending'",
+                (now, verdict, int(alarm), coverage, n_defects, largest_area, max_score, score_seconds, now,
+                 model_id, overlay, result_json, row_id))
+            return self._one("WHERE id = ?", (row_id,))
+
+    def fail(self, row_id: int, kind: str, reason: str, model_id: str | None = None) -> Row:
+        with self._lock:
+            now = time.time()
+            self._db.execute(
+                "UPDATE images SET state = 'failed', finished_at = ?, e2e_seconds = ? - seen_at, error_kind = ?, "
+                "error = ?, model_id = ? WHERE id = ? AND state = 'pending'",
+                (now, now, kind, reason, model_id, row_id))
+            return self._one("WHERE id = ?", (row_id,))
+
+    # ---------------------------------------------------------------------------------------------------- reads
+    def get(self, row_id: int) -> Row | None:
+        with self._lock:
+            return self._one("WHERE id = ?", (row_id,))
+
+    def pending(self, limit: int = 1, after_id: int = 0) -> list[Row]:
+        """The oldest pending rows (arrival order)."""
+        with self._lock:
+            return self._all("WHERE state = 'pending' AND id > ? ORDER BY id LIMIT ?", (after_id, limit))
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM images WHERE state = 'pending'").fetchone()[0]
+
+    def known(self, path: str, size: int, mtime_ns: int) -> bool:
+        """True when a row exists for this path with this size and mtime (lets a re-scan skip hashing)."""
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM images WHERE path = ? AND size = ? AND mtime_ns = ? LIMIT 1",
+                                    (path, size, mtime_ns)).fetchone() is not None
+
+    def totals(self) -> dict:
+        """Counts the metrics start from: rows, done by verdict, failed by kind, alarms, budget overruns."""
+        with self._lock:
+            q = self._db.execute
+            return {
+                "received": q("SELECT COUNT(*) FROM images").fetchone()[0],
+                "done": dict(q("SELECT verdict, COUNT(*) FROM images WHERE state = 'done' GROUP BY verdict")),
+                "failed": dict(q("SELECT error_kind, COUNT(*) FROM images WHERE state = 'failed' GROUP BY error_kind")),
+                "alarms": q("SELECT COUNT(*) FROM images WHERE state = 'done' AND alarm = 1").fetchone()[0],
+                "pending": q("SELECT COUNT(*) FROM images WHERE state = 'pending'").fetchone()[0],
+            }
+
+    def history(self, since: float | None = None, alarms_only: bool = False, limit: int | None = None) -> list[Row]:
+        """Rows seen since ``since`` (unix time), oldest first; ``alarms_only`` keeps the images that raised it."""
+        where, args = ["1 = 1"], []
+        if since is not None:
+            where.append("seen_at >= ?")
+            args.append(since)
+        if alarms_only:
+            where.append("alarm = 1")
+        sql = f"WHERE {' AND '.join(where)} ORDER BY id"
+        if limit:
+            sql = (f"WHERE id IN (SELECT id FROM images WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?) "
+                   "ORDER BY id")
+            args.append(limit)
+        with self._lock:
+            return self._all(sql, args)

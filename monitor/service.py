@@ -1,0 +1,217 @@
+"""The composition root of the daemon: start/stop order, signals, systemd notifications.
+
+start:  ledger -> metrics (counters from the ledger) -> model -> /metrics endpoint -> worker -> observer + backlog
+        scan -> READY=1.
+stop:   STOPPING=1 -> observer and intake -> worker (finishes the image in hand) -> endpoint -> ledger. Idempotent.
+SIGTERM/SIGINT set one stop event; SIGHUP reloads configuration and model (a model that fails to load keeps the
+old one). WATCHDOG=1 is sent at half of WATCHDOG_USEC, only while the worker makes progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from .artifact import ArtifactError
+from .config import Config, load_config
+from .ledger import Ledger, Row
+from .metrics import Metrics
+from .model import Model
+from .watcher import Intake
+from .worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+class Notifier:
+    """sd_notify(3) over the NOTIFY_SOCKET datagram socket; a no-op outside systemd."""
+
+    def __init__(self, address: str | None = None):
+        self.address = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
+        usec = os.environ.get("WATCHDOG_USEC", "")
+        pid = os.environ.get("WATCHDOG_PID", "")
+        mine = not pid or pid == str(os.getpid())
+        self.watchdog_seconds = int(usec) / 1e6 if usec.isdigit() and int(usec) > 0 and mine else None
+
+    def __call__(self, *lines: str) -> None:
+        if not self.address:
+            return
+        addr = self.address
+        if addr.startswith("@"):  # abstract namespace
+            addr = "\0" + addr[1:]
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+                s.connect(addr)
+                s.sendall("\n".join(lines).encode())
+        except OSError as exc:
+            log.warning("sd_notify to %s failed: %s", self.address, exc)
+
+
+def load_model(cfg: Config) -> Model:
+    path = Path(cfg.model.path)
+    if not (path / "model.json").is_file():
+        raise ArtifactError(f"model.path {path}: no fitted model there; run `monitor fit ... --out {path}` first")
+    mc = cfg.model.method_config
+    expect = {k: getattr(mc, k) for k in ("backbone", "mode") if hasattr(mc, k)}
+    model = Model.load(path, cfg.model.device, expect)
+    if model.meta.get("method") != cfg.model.method:
+        raise ArtifactError(f"model.path {path} holds a {model.meta.get('method')} model, "
+                            f"the configuration asks for {cfg.model.method}")
+    return model
+
+
+class Service:
+    def __init__(self, cfg: Config, config_path: str | os.PathLike | None = None,
+                 notifier: Notifier | None = None, on_result: Callable[[Row], None] | None = None):
+        self.cfg = cfg
+        self.config_path = config_path
+        self.notify = notifier or Notifier()
+        self.on_result = on_result
+        self.stop_event = threading.Event()
+        self.reload_event = threading.Event()
+        self._wake = threading.Event()  # set by signals; serve() wakes up
+        self.ledger: Ledger | None = None
+        self.metrics: Metrics | None = None
+        self.worker: Worker | None = None
+        self.intake: Intake | None = None
+        self.port: int | None = None
+        self._stopped = False
+        self._stop_lock = threading.Lock()
+
+    # ---------------------------------------------------------------------------------------------------- start
+    def start(self) -> None:
+        cfg = self.cfg
+        self.notify("STATUS=starting: opening the ledger")
+        self.ledger = Ledger(cfg.output.ledger)
+        self.metrics = m = Metrics()
+        m.restore(self.ledger.totals())
+        m.budget_seconds.set(cfg.service.budget_seconds)
+        m.coverage_threshold_ratio.set(cfg.alarm.coverage_threshold)
+        self.notify(f"STATUS=loading model {cfg.model.path}")
+        model = load_model(cfg)
+        self._model_info(model)
+        if cfg.metrics.enabled:
+            self.port = m.serve(cfg.metrics.address, cfg.metrics.port, cfg.metrics.certfile, cfg.metrics.keyfile)
+            log.info("metrics on http%s://%s:%d/metrics", "s" if cfg.metrics.certfile else "",
+                     cfg.metrics.address, self.port)
+        self.worker = Worker(cfg, self.ledger, model, m, self.on_result)
+        self.worker.start()
+        self.intake = Intake(cfg.watch, self.ledger, self._recorded, self._gone)
+        self.intake.start_watching()
+        pending = self.ledger.pending_count()
+        self.notify("READY=1", f"STATUS=watching {cfg.watch.dir}; model {model.model_id}; {pending} pending")
+        log.info("ready: model %s, %d image(s) pending", model.model_id, pending)
+
+    def _model_info(self, model: Model) -> None:
+        mc = model.meta.get("scorer", {}).get("config", {})
+        self.metrics.set_model(model.model_id, model.meta.get("method", "?"), mc.get("backbone", ""))
+
+    def _recorded(self, row: Row, created: bool) -> None:
+        if created:
+            self.metrics.images_received_total.inc()
+            self.metrics.last_received_timestamp_seconds.set(row.seen_at)
+            self.metrics.queue_depth.inc()
+        if row.state == "pending":
+            self.worker.wake.set()
+
+    def _gone(self, path: str) -> None:
+        """A file that vanished before it could be hashed still gets a (failed) row: nothing disappears silently."""
+        row, created = self.ledger.record(path, 0, 0, f"missing:{time.time_ns()}")
+        if created:
+            self.metrics.images_received_total.inc()
+            self.ledger.fail(row.id, "missing", "file removed before it could be read")
+            self.metrics.images_failed_total.labels(reason="missing").inc()
+
+    # ------------------------------------------------------------------------------------------------------ run
+    def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT, stop. Returns the exit code. Call from the main thread."""
+        handlers = {signal.SIGTERM: self._on_stop, signal.SIGINT: self._on_stop, signal.SIGHUP: self._on_hup}
+        old = {s: signal.signal(s, h) for s, h in handlers.items()}
+        try:
+            self.start()
+            self.serve()
+        finally:
+            self.stop()
+            for s, h in old.items():
+                signal.signal(s, h)
+        return 0
+
+    def _on_stop(self, signum, frame) -> None:
+        log.info("%s: stopping", signal.Signals(signum).name)
+        self.stop_event.set()
+        self._wake.set()
+
+    def _on_hup(self, signum, frame) -> None:
+        log.info("SIGHUP: reloading configuration and model")
+        self.reload_event.set()
+        self._wake.set()
+
+    def serve(self) -> None:
+        """Wait for stop; meanwhile send watchdog pings while healthy and handle reloads."""
+        period = self.notify.watchdog_seconds / 2 if self.notify.watchdog_seconds else 5.0
+        while not self.stop_event.is_set():
+            self._wake.wait(timeout=period)
+            self._wake.clear()
+            if self.stop_event.is_set():
+                return
+            if self.reload_event.is_set():
+                self.reload_event.clear()
+                self.reload()
+            healthy = self.worker.healthy() and self.intake.is_alive()
+            self.metrics.worker_healthy.set(int(healthy))
+            if healthy:
+                self.notify("WATCHDOG=1")
+            else:
+                log.error("worker stalled or dead: no watchdog ping (systemd will restart the service)")
+
+    def reload(self) -> None:
+        self.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        try:
+            cfg = load_config(self.config_path) if self.config_path else self.cfg
+            model = load_model(cfg)
+        except Exception as exc:
+            log.error("reload failed, keeping model %s: %s", self.worker.model.model_id, exc)
+            self.notify("READY=1", f"STATUS=reload failed, kept model {self.worker.model.model_id}: {exc}")
+            return
+        for section in ("watch", "metrics", "output"):
+            if getattr(cfg, section) != getattr(self.cfg, section):
+                log.warning("reload: changes to the %s section take effect at the next restart", section)
+                cfg = _replace(cfg, section, getattr(self.cfg, section))
+        self.worker.swap(model, cfg)
+        self.cfg = cfg
+        self.metrics.budget_seconds.set(cfg.service.budget_seconds)
+        self.metrics.coverage_threshold_ratio.set(cfg.alarm.coverage_threshold)
+        self._model_info(model)
+        log.info("reloaded: model %s", model.model_id)
+        self.notify("READY=1", f"STATUS=watching {cfg.watch.dir}; model {model.model_id}")
+
+    # ----------------------------------------------------------------------------------------------------- stop
+    def stop(self) -> None:
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self.stop_event.set()
+        self._wake.set()
+        self.notify("STOPPING=1", "STATUS=stopping")
+        if self.intake is not None:
+            self.intake.stop()
+        if self.worker is not None:
+            self.worker.stop()
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.ledger is not None:
+            self.ledger.close()
+        log.info("stopped")
+
+
+def _replace(cfg: Config, section: str, value) -> Config:
+    import dataclasses
+
+    return dataclasses.replace(cfg, **{section: value})

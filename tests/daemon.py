@@ -1,0 +1,155 @@
+"""Helpers to run the real daemon (`python -m monitor run`) in a subprocess on real folders, a real SQLite ledger,
+a real metrics endpoint and a real NOTIFY_SOCKET."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitor.synth import to_uint8
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def png_bytes(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", to_uint8(img))
+    assert ok
+    return buf.tobytes()
+
+
+def write_renamed(folder: Path, name: str, data: bytes) -> Path:
+    """The way microscope software writes: a temporary name, then a rename into place."""
+    tmp = folder / f"{name}.tmp"
+    tmp.write_bytes(data)
+    dest = folder / name
+    os.rename(tmp, dest)
+    return dest
+
+
+def wait_for(predicate, timeout: float = 30, what: str = "condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Daemon:
+    def __init__(self, root: Path, model_dir: Path, **sections):
+        self.root = root
+        self.export = root / "export"
+        self.export.mkdir(parents=True, exist_ok=True)
+        self.out = root / "out"
+        self.ledger_path = root / "state" / "ledger.sqlite"
+        self.port = free_port()
+        cfg = {"model": {"path": str(model_dir)},
+               "watch": {"dir": str(self.export), "settle_seconds": 0.5, "poll_seconds": 0.2},
+               "output": {"dir": str(self.out), "ledger": str(self.ledger_path)},
+               "metrics": {"port": self.port},
+               "service": {"stall_seconds": 60}}
+        for key, val in sections.items():
+            cfg.setdefault(key, {}).update(val)
+        self.config = root / "config.yaml"
+        self.config.write_text(yaml.safe_dump(cfg))
+        self.proc: subprocess.Popen | None = None
+        self.messages: list[str] = []
+        self.log = root / "daemon.log"
+
+    # ------------------------------------------------------------------------------------------------ process
+    def start(self, wait_ready: bool = True, watchdog_usec: int = 1_000_000) -> "Daemon":
+        sock_path = self.root / f"notify-{len(self.messages)}-{time.monotonic_ns()}.sock"
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(sock_path))
+        self._sock.settimeout(0.2)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": str(watchdog_usec)}
+        env.pop("WATCHDOG_PID", None)
+        self._logf = open(self.log, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "monitor", "run", "--config", str(self.config)],
+                                     stdout=self._logf, stderr=subprocess.STDOUT, env=env)
+        if wait_ready:
+            self.wait_message("READY=1", timeout=90)
+        return self
+
+    def _read(self):
+        while True:
+            try:
+                data = self._sock.recv(4096)
+            except socket.timeout:
+                if self.proc is not None and self.proc.poll() is not None:
+                    return
+                continue
+            except OSError:
+                return
+            self.messages.extend(data.decode().split("\n"))
+
+    def wait_message(self, msg: str, timeout: float = 30):
+        def seen():
+            if self.proc.poll() is not None and msg not in self.messages:
+                raise AssertionError(f"daemon exited ({self.proc.returncode}) before {msg}:\n{self.log_text()}")
+            return msg in self.messages
+        wait_for(seen, timeout, msg)
+
+    def send(self, sig) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._logf.close()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+        self._logf.close()
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    # ---------------------------------------------------------------------------------------------- observing
+    def rows(self) -> list[dict]:
+        if not self.ledger_path.exists():
+            return []
+        with sqlite3.connect(f"file:{self.ledger_path}?mode=ro", uri=True) as db:
+            db.row_factory = sqlite3.Row
+            return [dict(r) for r in db.execute("SELECT * FROM images ORDER BY id")]
+
+    def finished(self) -> list[dict]:
+        return [r for r in self.rows() if r["state"] != "pending"]
+
+    def wait_finished(self, n: int, timeout: float = 60) -> list[dict]:
+        return wait_for(lambda: len(self.finished()) >= n and self.finished(), timeout, f"{n} finished rows")
+
+    def scrape(self) -> dict:
+        """{(name, frozenset(labels)): value} of every sample on /metrics, over real HTTP."""
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5).read().decode()
+        return {(s.name, frozenset(s.labels.items())): s.value
+                for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+    @staticmethod
+    def value(metrics: dict, name: str, **labels) -> float:
+        return metrics[(name, frozenset(labels.items()))]
