@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean install-service
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -13,10 +13,20 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
-	$(BIN)/monitor demo --workdir demo-run --images 8
+	$(BIN)/monitor demo --workdir demo-run --images 12
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
 
 clean:
 	rm -rf demo-run evaluation
+
+# as root: system user, units rendered for this host, default configuration; see systemd/README.md
+PREFIX ?= /opt/sem-line-monitor
+EXPORT ?= /srv/sem-export
+install-service:
+	id -u sem-monitor >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin sem-monitor
+	systemd/render.sh $(PREFIX) $(EXPORT) /etc/systemd/system
+	install -d /etc/sem-line-monitor
+	test -e /etc/sem-line-monitor/config.yaml || install -m 0644 config.yaml /etc/sem-line-monitor/config.yaml
+	systemctl daemon-reload

@@ -172,7 +172,7 @@ def markdown_table(reports: dict) -> str:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(Path(args.workdir), args.images, args.seed)
+    return run_demo(Path(args.workdir), args.images, args.seed, args.interval)
 
 
 def cmd_run(args) -> int:
@@ -266,9 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=int, help="only the first N test images")
     sp.set_defaults(func=cmd_evaluate)
 
-    sp = sub.add_parser("demo", help="fit on synthetic images and score a synthetic stream (no data needed)")
+    sp = sub.add_parser("demo", help="the daemon on a synthetic line: fit, watch, score, alarm (no data needed)")
     sp.add_argument("--workdir", default="demo-run")
-    sp.add_argument("--images", type=int, default=8)
+    sp.add_argument("--images", type=int, default=12, help="images the synthetic microscope writes, then stop")
+    sp.add_argument("--interval", type=float, default=1.0, help="seconds between two images")
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=cmd_demo)
 

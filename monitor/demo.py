@@ -1,64 +1,112 @@
-"""The embedded demo: synthetic normal images -> a model -> a stream of synthetic images scored one by one.
+"""The embedded demo: the daemon on a synthetic line.
+
+Fits a model on synthetic normal images (once), starts the daemon on a demo export folder, plays a microscope that
+writes synthetic images the way a real one does (a temporary name, then a rename), prints each verdict as the
+daemon records it, and stops by itself after ``n_images``.
 
 Everything here is SYNTHETIC (see ``synth.py``); it needs no data and no weights beyond the installed package.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import threading
 import time
 from pathlib import Path
 
 import cv2
 
 from .config import Config
-from .images import read_image
-from .model import Model
-from .overlay import render_overlay, write_png
+from .ledger import Row
 from .synth import defective_image, fiber_mat, to_uint8
 
 SHAPE = (384, 512)
 
 
+def _png(img) -> bytes:
+    ok, buf = cv2.imencode(".png", to_uint8(img))
+    if not ok:
+        raise OSError("cannot encode a PNG")
+    return buf.tobytes()
+
+
 def _write(path: Path, img) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), to_uint8(img))
+    path.write_bytes(_png(img))
     return path
 
 
-def run_demo(workdir: Path, n_images: int = 8, seed: int = 0, cfg: Config = Config()) -> int:
-    from .cli import fit_model
+def demo_config(workdir: Path, cfg: Config = Config()) -> Config:
+    """The default configuration pointed at the demo's folders; metrics on any free loopback port."""
+    r = dataclasses.replace
+    return r(cfg,
+             model=r(cfg.model, path=str(workdir / "model")),
+             watch=r(cfg.watch, dir=str(workdir / "export"), settle_seconds=0.5),
+             output=r(cfg.output, dir=str(workdir / "output"), ledger=str(workdir / "ledger.sqlite"), overlays="all"),
+             metrics=r(cfg.metrics, port=0))
 
-    normal_dir, val_dir, line_dir = workdir / "normal", workdir / "val", workdir / "export"
-    out_dir, model_dir = workdir / "overlays", workdir / "model"
+
+def run_demo(workdir: Path, n_images: int = 12, seed: int = 0, interval: float = 1.0, cfg: Config = Config()) -> int:
+    from .cli import fit_model
+    from .service import Service
+
+    workdir = Path(workdir).resolve()
+    cfg = demo_config(workdir, cfg)
+    model_dir = Path(cfg.model.path)
     if not (model_dir / "model.json").exists():
-        normal = [_write(normal_dir / f"normal_{i:02d}.png", fiber_mat(SHAPE, seed=seed * 1000 + i)) for i in range(8)]
-        val = [_write(val_dir / f"val_{i:02d}.png", fiber_mat(SHAPE, seed=seed * 1000 + 100 + i)) for i in range(2)]
+        normal = [_write(workdir / "normal" / f"normal_{i:02d}.png", fiber_mat(SHAPE, seed=seed * 1000 + i))
+                  for i in range(8)]
+        val = [_write(workdir / "val" / f"val_{i:02d}.png", fiber_mat(SHAPE, seed=seed * 1000 + 100 + i))
+               for i in range(2)]
         print(f"demo: fitting a model on {len(normal)} synthetic normal images (threshold from {len(val)}) ...")
         _, model_id, secs = fit_model(cfg, normal, val, model_dir, quiet=True)
         print(f"demo: model {model_id} fitted in {secs:.1f} s -> {model_dir}")
-    model = Model.load(model_dir, cfg.model.device)
-    print(f"demo: scoring {n_images} synthetic SEM images (every second one has defects); overlays -> {out_dir}")
-    counts = {"ok": 0, "defect": 0}
-    for i in range(n_images):
-        if i % 2:
-            img, truth = defective_image(SHAPE, seed=seed * 1000 + 500 + i, size=1.5)
-        else:
-            img, truth = fiber_mat(SHAPE, seed=seed * 1000 + 500 + i), None
-        path = _write(line_dir / f"sem_{i:04d}.png", img)
-        t0 = time.perf_counter()
-        gray = read_image(path, cfg.image)
-        ins = model.inspect(gray, cfg.alarm.coverage_threshold)
-        dt = time.perf_counter() - t0
-        counts[ins.verdict] = counts.get(ins.verdict, 0) + 1
-        cov = ins.report.coverage if ins.report else float("nan")
-        cap = [f"{path.name}  verdict: {ins.verdict}  coverage: {cov:.3%}", f"model {model.model_id}"]
-        write_png(out_dir / f"{path.stem}.png", render_overlay(gray, ins.result.anomaly_map,
-                                                               ins.report.mask if ins.report else None, cap,
-                                                               ins.threshold))
-        truth_s = "defects drawn" if truth is not None else "clean"
-        print(json.dumps({"image": path.name, "truth": truth_s, "verdict": ins.verdict,
-                          "coverage": round(cov, 5), "defects": len(ins.report.defects) if ins.report else None,
-                          "seconds": round(dt, 3)}))
-    print(f"demo: done: {counts}; overlays in {out_dir}")
+    export = Path(cfg.watch.dir)
+    export.mkdir(parents=True, exist_ok=True)
+
+    truth: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    done = threading.Event()
+    seen: list[Row] = []
+
+    def on_result(row: Row) -> None:
+        name = os.path.basename(row.path)
+        seen.append(row)
+        key = row.verdict or f"failed:{row.error_kind}"
+        counts[key] = counts.get(key, 0) + 1
+        print(json.dumps({"image": name, "truth": truth.get(name, "?"), "verdict": key,
+                          "coverage": None if row.coverage is None else round(row.coverage, 5),
+                          "defects": row.n_defects, "score_s": None if row.score_seconds is None else
+                          round(row.score_seconds, 3), "end_to_end_s": round(row.e2e_seconds or 0, 3)}), flush=True)
+        if len(seen) >= n_images:
+            done.set()
+
+    svc = Service(cfg, on_result=on_result)
+    svc.start()
+    try:
+        first = svc.ledger.totals()["received"]
+        print(f"demo: daemon ready; metrics http://{cfg.metrics.address}:{svc.port}/metrics ; "
+              f"overlays and result JSON in {cfg.output.dir} ; ledger {cfg.output.ledger}")
+        print(f"demo: a synthetic microscope writes {n_images} images into {export} "
+              f"(temporary name, then rename; every second one has defects)")
+        for i in range(n_images):
+            name = f"sem_{first + i:05d}.png"
+            if i % 2:
+                img, _ = defective_image(SHAPE, seed=seed * 1000 + 500 + first + i, size=1.5)
+                truth[name] = "defects drawn"
+            else:
+                img = fiber_mat(SHAPE, seed=seed * 1000 + 500 + first + i)
+                truth[name] = "clean"
+            tmp = export / f"{name}.part"
+            tmp.write_bytes(_png(img))
+            os.rename(tmp, export / name)
+            time.sleep(interval)
+        if not done.wait(timeout=120 + 10 * n_images):
+            print("demo: timed out waiting for the daemon")
+            return 1
+    finally:
+        svc.stop()
+    print(f"demo: done: {counts}; `monitor history --ledger {cfg.output.ledger}` lists them all")
     return 0

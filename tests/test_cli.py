@@ -52,10 +52,17 @@ def test_check_config_rejects_unknown_keys(tmp_path):
     assert r.returncode == 2 and "unknown key 'kk'" in r.stderr
 
 
-def test_demo_runs_on_synthetic_images(tmp_path):
-    r = monitor("demo", "--workdir", tmp_path / "demo", "--images", 2)
+def test_demo_runs_the_daemon_on_a_synthetic_line(tmp_path):
+    r = monitor("demo", "--workdir", tmp_path / "demo", "--images", 3, "--interval", 0.2)
     verdicts = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
-    assert len(verdicts) == 2 and (tmp_path / "demo" / "overlays" / "sem_0001.png").exists()
+    assert [v["image"] for v in verdicts] == ["sem_00000.png", "sem_00001.png", "sem_00002.png"]
+    assert all(v["verdict"] in ("ok", "defect") for v in verdicts)
+    assert "/metrics" in r.stdout
+    out = tmp_path / "demo" / "output"
+    assert sorted(p.name for p in out.glob("*.png")) == ["sem_00000-1.png", "sem_00001-2.png", "sem_00002-3.png"]
+    assert sorted(p.name for p in (tmp_path / "demo" / "export").iterdir()) == [v["image"] for v in verdicts]
+    h = monitor("history", "--ledger", tmp_path / "demo" / "ledger.sqlite", "--json")
+    assert [json.loads(x)["state"] for x in h.stdout.splitlines()] == ["done"] * 3
 
 
 @pytest.mark.nanotwice
