@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean install-service
+.PHONY: demo test install clean install-service tools
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,8 +15,18 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/monitor demo --workdir demo-run --images 12
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed tools
 	$(BIN)/python -m pytest -q
+
+# the real Prometheus, promtool, Alertmanager and amtool the tests run against (Debian packages), when missing
+TOOLS := prometheus promtool prometheus-alertmanager amtool
+tools:
+	@missing=0; for t in $(TOOLS); do command -v $$t >/dev/null || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq \
+	    --no-install-recommends prometheus prometheus-alertmanager; \
+	fi
 
 clean:
 	rm -rf demo-run evaluation

@@ -118,10 +118,11 @@ class ServiceSection:
     batch: int = 8  # pending images taken from the ledger at once
     max_attempts: int = 3  # an image that was being scored during this many crashes is failed, not retried
     stall_seconds: float = 120.0  # no worker progress for this long = unhealthy (no systemd watchdog ping)
+    expected_interval_seconds: float = 300.0  # the line's usual time between two images (the no-image alert)
 
     def __post_init__(self):
-        if self.budget_seconds <= 0 or self.stall_seconds <= 0:
-            raise ValueError("service.budget_seconds and service.stall_seconds must be > 0")
+        if self.budget_seconds <= 0 or self.stall_seconds <= 0 or self.expected_interval_seconds <= 0:
+            raise ValueError("service.budget_seconds, stall_seconds and expected_interval_seconds must be > 0")
         if self.batch < 1 or self.max_attempts < 1:
             raise ValueError("service.batch and service.max_attempts must be >= 1")
 

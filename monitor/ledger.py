@@ -189,6 +189,8 @@ class Ledger:
                 "failed": dict(q("SELECT error_kind, COUNT(*) FROM images WHERE state = 'failed' GROUP BY error_kind")),
                 "alarms": q("SELECT COUNT(*) FROM images WHERE state = 'done' AND alarm = 1").fetchone()[0],
                 "pending": q("SELECT COUNT(*) FROM images WHERE state = 'pending'").fetchone()[0],
+                "last_seen": q("SELECT MAX(seen_at) FROM images").fetchone()[0],
+                "last_finished": q("SELECT MAX(finished_at) FROM images").fetchone()[0],
             }
 
     def history(self, since: float | None = None, alarms_only: bool = False, limit: int | None = None) -> list[Row]:

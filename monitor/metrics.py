@@ -35,6 +35,7 @@ TABLE = (
     ("last_processed_timestamp_seconds", Gauge, "Unix time of the last recorded result", ()),
     ("last_received_timestamp_seconds", Gauge, "Unix time the last complete image was recorded", ()),
     ("budget_seconds", Gauge, "Configured production-time budget per image", ()),
+    ("expected_interval_seconds", Gauge, "Configured usual time between two images of the line", ()),
     ("budget_overruns_total", Counter, "Images whose scoring took longer than the budget", ()),
     ("worker_healthy", Gauge, "1 while the scoring worker makes progress, else 0", ()),
     ("model", Info, "The model in use", ()),
@@ -71,6 +72,11 @@ class Metrics:
             self.images_failed_total.labels(reason=kind if kind in FAILURE_KINDS else "internal").inc(n)
         self.alarms_total.inc(totals["alarms"])
         self.queue_depth.set(totals["pending"])
+        # "time since the last image" must not jump to decades after a restart
+        if totals.get("last_seen"):
+            self.last_received_timestamp_seconds.set(totals["last_seen"])
+        if totals.get("last_finished"):
+            self.last_processed_timestamp_seconds.set(totals["last_finished"])
 
     def set_model(self, model_id: str | None, method: str, backbone: str) -> None:
         self.model.info({"model_id": model_id or "", "method": method, "backbone": backbone})

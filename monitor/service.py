@@ -91,8 +91,7 @@ class Service:
         self.ledger = Ledger(cfg.output.ledger)
         self.metrics = m = Metrics()
         m.restore(self.ledger.totals())
-        m.budget_seconds.set(cfg.service.budget_seconds)
-        m.coverage_threshold_ratio.set(cfg.alarm.coverage_threshold)
+        self._config_gauges(cfg)
         self.notify(f"STATUS=loading model {cfg.model.path}")
         model = load_model(cfg)
         self._model_info(model)
@@ -107,6 +106,11 @@ class Service:
         pending = self.ledger.pending_count()
         self.notify("READY=1", f"STATUS=watching {cfg.watch.dir}; model {model.model_id}; {pending} pending")
         log.info("ready: model %s, %d image(s) pending", model.model_id, pending)
+
+    def _config_gauges(self, cfg: Config) -> None:
+        self.metrics.budget_seconds.set(cfg.service.budget_seconds)
+        self.metrics.coverage_threshold_ratio.set(cfg.alarm.coverage_threshold)
+        self.metrics.expected_interval_seconds.set(cfg.service.expected_interval_seconds)
 
     def _model_info(self, model: Model) -> None:
         mc = model.meta.get("scorer", {}).get("config", {})
@@ -185,8 +189,7 @@ class Service:
                 cfg = _replace(cfg, section, getattr(self.cfg, section))
         self.worker.swap(model, cfg)
         self.cfg = cfg
-        self.metrics.budget_seconds.set(cfg.service.budget_seconds)
-        self.metrics.coverage_threshold_ratio.set(cfg.alarm.coverage_threshold)
+        self._config_gauges(cfg)
         self._model_info(model)
         log.info("reloaded: model %s", model.model_id)
         self.notify("READY=1", f"STATUS=watching {cfg.watch.dir}; model {model.model_id}")

@@ -121,6 +121,7 @@ def test_sigkill_in_a_burst_then_restart_loses_nothing_and_scores_nothing_twice(
     processed = sum(Daemon.value(m, "monitor_images_processed_total", verdict=v) for v in ("ok", "defect"))
     assert processed == 50
     assert Daemon.value(m, "monitor_queue_depth") == 0
+    assert Daemon.value(m, "monitor_last_received_timestamp_seconds") >= max(r["seen_at"] for r in rows)
     assert daemon.stop() == 0
 
 

@@ -1,0 +1,57 @@
+"""The ledger on a real SQLite file, and the watcher's name filter."""
+
+import sqlite3
+
+import pytest
+
+from monitor.config import ConfigError, WatchSection, parse_config
+from monitor.ledger import Ledger, LedgerError
+from monitor.watcher import wanted
+
+
+def test_same_content_is_one_row_changed_content_a_new_one(tmp_path):
+    lg = Ledger(tmp_path / "l.sqlite")
+    a, created = lg.record("/x/a.tif", 10, 1, "aa")
+    assert created and a.state == "pending"
+    again, created = lg.record("/x/a.tif", 10, 1, "aa")
+    assert not created and again.id == a.id
+    b, created = lg.record("/x/a.tif", 11, 2, "bb")
+    assert created and b.id > a.id
+    assert [r.id for r in lg.pending(10)] == [a.id, b.id]
+
+
+def test_rows_survive_reopening_and_done_rows_are_final(tmp_path):
+    path = tmp_path / "l.sqlite"
+    lg = Ledger(path)
+    r, _ = lg.record("/x/a.tif", 10, 1, "aa")
+    assert lg.start(r.id) == 1
+    lg.finish(r.id, verdict="ok", alarm=False, coverage=0.0, n_defects=0, largest_area=0, max_score=1.0,
+              score_seconds=0.5, model_id="m")
+    lg.fail(r.id, "internal", "late failure must not overwrite a result")
+    lg.close()
+    lg = Ledger(path)
+    row = lg.get(r.id)
+    assert row.state == "done" and row.verdict == "ok" and row.error is None and row.e2e_seconds >= 0
+    assert lg.pending(10) == [] and lg.totals()["done"] == {"ok": 1}
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_file_that_is_not_a_ledger_is_refused(tmp_path):
+    p = tmp_path / "l.sqlite"
+    p.write_text("not a database, just text that is long enough to have a header" * 20)
+    with pytest.raises(LedgerError, match="cannot open the ledger"):
+        Ledger(p)
+
+
+@pytest.mark.parametrize("name, ok", [
+    ("a.tif", True), ("A.TIF", True), ("b.tiff", True), ("c.png", True), ("d.jpg", False),
+    (".hidden.tif", False), ("a.tif.tmp", False), ("a.tif.part", False), ("~a.tif", False), ("notes.txt", False),
+])
+def test_watched_names(name, ok):
+    assert wanted(name, WatchSection()) is ok
+
+
+def test_output_inside_the_export_folder_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="must not lie inside the export folder"):
+        parse_config({"watch": {"dir": str(tmp_path)}, "output": {"ledger": str(tmp_path / "sub" / "l.sqlite")}})

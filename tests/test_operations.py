@@ -1,0 +1,200 @@
+"""The operators' side against the real tools: Alertmanager routing and inhibition, the Grafana dashboard JSON, and a
+real Prometheus scraping a real daemon that scores synthetic images (every dashboard and alert expression
+evaluated through Prometheus' HTTP API)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import urllib.parse
+import urllib.request
+
+import pytest
+import yaml
+
+from monitor.synth import defective_image, fiber_mat
+from tests.conftest import SHAPE
+from tests.daemon import Daemon, free_port, png_bytes, wait_for, write_renamed
+from tests.test_prometheus import OPS, RULES, _needs, rules
+
+AM_CONFIG = OPS / "alertmanager" / "alertmanager.yml"
+DASHBOARD = OPS / "grafana" / "dashboards" / "sem-line-monitor.json"
+
+
+def _get(url: str, timeout: float = 5):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read().decode())
+
+
+def _post(url: str, data) -> None:
+    req = urllib.request.Request(url, json.dumps(data).encode(), {"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=5).read()
+
+
+def _up(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=1).read()
+        return True
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------------- alertmanager
+
+
+def test_alertmanager_config_passes_amtool():
+    r = subprocess.run([_needs("amtool"), "check-config", str(AM_CONFIG)], capture_output=True, text=True)
+    assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
+
+
+def _route(**labels) -> str:
+    r = subprocess.run([_needs("amtool"), "config", "routes", "test", f"--config.file={AM_CONFIG}",
+                        *[f"{k}={v}" for k, v in labels.items()]], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_every_alert_reaches_the_right_receiver():
+    want = {"operators": {"critical": "operators-urgent", "warning": "operators"}, "maintenance": "maintenance"}
+    table = {}
+    for name, rule in rules().items():
+        lab = rule["labels"]
+        got = _route(alertname=name, line="line1", **lab)
+        exp = want[lab["team"]][lab["severity"]] if lab["team"] == "operators" else want["maintenance"]
+        table[name] = got
+        assert got == exp, (name, lab, got)
+    assert table["SemDefectCoverageHigh"] == "operators-urgent"
+    assert table["SemMonitorDown"] == "maintenance"
+
+
+def test_monitor_down_inhibits_no_image_in_a_real_alertmanager(tmp_path):
+    binary = shutil.which("prometheus-alertmanager") or _needs("alertmanager")
+    port = free_port()
+    proc = subprocess.Popen([binary, f"--config.file={AM_CONFIG}", f"--storage.path={tmp_path}",
+                             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=",  # no peers
+                             "--log.level=warn"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _up(f"{base}/-/ready"), 30, "alertmanager ready")
+        alerts = [{"labels": {"alertname": n, "line": line, **rules()[n]["labels"]}}
+                  for n in ("SemMonitorDown", "SemNoImageReceived") for line in ("line1",)]
+        alerts.append({"labels": {"alertname": "SemNoImageReceived", "line": "line2",
+                                  **rules()["SemNoImageReceived"]["labels"]}})
+        _post(f"{base}/api/v2/alerts", alerts)
+
+        def states():
+            got = _get(f"{base}/api/v2/alerts")
+            if len(got) != 3:
+                return None
+            return {(a["labels"]["alertname"], a["labels"]["line"]): a["status"] for a in got}
+
+        st = wait_for(states, 20, "three alerts")
+        assert st[("SemNoImageReceived", "line1")]["inhibitedBy"], st  # inhibited by the down monitor of line1
+        assert not st[("SemNoImageReceived", "line2")]["inhibitedBy"]  # another line is not
+        assert not st[("SemMonitorDown", "line1")]["inhibitedBy"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# ------------------------------------------------------------------------------------------------------ grafana
+
+
+def _dashboard_exprs(dash: dict) -> list[str]:
+    return [t["expr"] for p in dash["panels"] for t in p["targets"]]
+
+
+def test_dashboard_is_valid_grafana_json():
+    dash = json.loads(DASHBOARD.read_text())
+    assert isinstance(dash["schemaVersion"], int) and dash["schemaVersion"] >= 36
+    assert dash["uid"] == "sem-line-monitor" and dash["title"]
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids)) and all(isinstance(i, int) for i in ids)
+    names = {v["name"]: v for v in dash["templating"]["list"]}
+    assert names["datasource"]["type"] == "datasource" and names["datasource"]["query"] == "prometheus"
+    assert names["line"]["type"] == "query" and "line" in names["line"]["definition"]
+    for p in dash["panels"]:
+        assert p["datasource"]["uid"] == "${datasource}", p["title"]
+        assert p["gridPos"]["w"] > 0 and p["gridPos"]["h"] > 0
+        for t in p["targets"]:
+            assert t["datasource"]["uid"] == "${datasource}", p["title"]
+            assert '$line' in t["expr"], (p["title"], t["expr"])
+    titles = " ".join(p["title"].lower() for p in dash["panels"])
+    for want in ("coverage", "alarm", "verdict", "failures", "scoring", "end-to-end", "queue", "last image",
+                 "up", "model"):
+        assert want in titles, want
+
+
+# --------------------------------------------------------------------------------------- real Prometheus, e2e
+
+
+@pytest.fixture
+def prometheus(tmp_path):
+    binary = _needs("prometheus")
+
+    def start(target_port: int):
+        port = free_port()
+        cfg = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+               "rule_files": [str(RULES)],
+               "scrape_configs": [{"job_name": "sem-monitor", "static_configs": [
+                   {"targets": [f"127.0.0.1:{target_port}"], "labels": {"line": "line1"}}]}]}
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+        proc = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
+                                 "--log.level=warn"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(proc)
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _up(f"{base}/-/ready"), 60, "prometheus ready")
+        return base
+
+    procs: list[subprocess.Popen] = []
+    yield start
+    for p in procs:
+        p.terminate()
+        p.wait(20)
+
+
+def _query(base: str, expr: str) -> list:
+    r = _get(f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+    assert r["status"] == "success", (expr, r)
+    return r["data"]["result"]
+
+
+def test_real_prometheus_scrapes_the_daemon_and_every_expression_returns_data(tmp_path, saved_model, prometheus):
+    d = Daemon(tmp_path / "d", saved_model, alarm={"coverage_threshold": 0.005})
+    d.start()
+    try:
+        base = prometheus(d.port)
+        wait_for(lambda: _query(base, 'up{job="sem-monitor"} == 1'), 30, "first scrape")
+        write_renamed(d.export, "clean.png", png_bytes(fiber_mat(SHAPE, seed=303)))
+        write_renamed(d.export, "broken.tif", b"not an image")
+        img, _ = defective_image(SHAPE, kinds=("bead", "film", "clot"), seed=9)
+        write_renamed(d.export, "defect.png", png_bytes(img))
+        rows = d.wait_finished(3)
+        assert [r["verdict"] for r in rows if r["state"] == "done"][-1] == "defect"
+
+        def coverage_alert():
+            got = _get(f"{base}/api/v1/alerts")["data"]["alerts"]
+            return [a for a in got if a["labels"]["alertname"] == "SemDefectCoverageHigh"
+                    and a["state"] in ("pending", "firing")]
+        alert = wait_for(coverage_alert, 30, "SemDefectCoverageHigh in /api/v1/alerts")[0]
+        assert alert["labels"]["line"] == "line1" and alert["labels"]["team"] == "operators"
+
+        dash = json.loads(DASHBOARD.read_text())
+        for expr in _dashboard_exprs(dash):
+            q = expr.replace("$line", ".*")
+            wait_for(lambda q=q: _query(base, q), 30, f"data for dashboard query {q}")
+        values = _get(f"{base}/api/v1/label/line/values?" + urllib.parse.urlencode({"match[]": "monitor_build_info"}))
+        assert "line1" in values["data"]  # the dashboard's line variable
+
+        for name, rule in rules().items():
+            _query(base, rule["expr"])  # every alert expression is valid against the live data
+            for metric in set(re.findall(r"\b(monitor_[a-z_]+|up)\b", rule["expr"])):
+                if metric.endswith(("_bucket",)) or metric == "monitor_scoring_seconds":
+                    metric = "monitor_scoring_seconds_bucket"
+                assert _query(base, metric), (name, metric)  # ... and every series it reads exists
+        assert _query(base, rules()["SemImagesFailing"]["expr"])  # the broken file shows up as a failure
+    finally:
+        assert d.stop() == 0

@@ -1,0 +1,169 @@
+"""Prometheus configuration and alert rules, checked with the real promtool; every alert has unit tests that show
+it firing when it should and silent when it should not (including its `for:` duration)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+OPS = ROOT / "ops"
+RULES = OPS / "prometheus" / "sem-monitor.rules.yml"
+DASHBOARD_JSON = OPS / "grafana" / "dashboards" / "sem-line-monitor.json"
+L = {"job": "sem-monitor", "instance": "127.0.0.1:9808", "line": "line1"}
+
+
+def _needs(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:  # the project's setup (make test) installs it; its absence is a failure, not a skip
+        pytest.fail(f"{tool} not installed: run `make tools` (Debian packages prometheus, prometheus-alertmanager)")
+    return path
+
+
+def _sel(name: str, **labels) -> str:
+    lab = {**L, **labels}
+    return name + "{" + ",".join(f'{k}="{v}"' for k, v in lab.items()) + "}"
+
+
+def rules() -> dict[str, dict]:
+    data = yaml.safe_load(RULES.read_text())
+    return {r["alert"]: r for g in data["groups"] for r in g["rules"] if "alert" in r}
+
+
+def expected(alert: str, **labels) -> dict:
+    """The alert as promtool reports it: its labels, and its annotations rendered for ``labels``."""
+    r = rules()[alert]
+    ann = {}
+    for k, v in r.get("annotations", {}).items():
+        for name, val in labels.items():
+            v = v.replace("{{ $labels.%s }}" % name, val)
+        ann[k] = v
+    return {"exp_labels": {**labels, **r["labels"]}, "exp_annotations": ann}
+
+
+HIST = {  # all observations in the (2, 5] s bucket: p95 ~ 4.85 s; or all in (0, 1]: p95 ~ 0.95 s
+    "slow": {"1.0": "0+0x40", "2.0": "0+0x40", "5.0": "0+10x40", "+Inf": "0+10x40"},
+    "fast": {"1.0": "0+10x40", "2.0": "0+10x40", "5.0": "0+10x40", "+Inf": "0+10x40"},
+}
+
+
+def _hist(kind: str) -> list[dict]:
+    return [{"series": _sel("monitor_scoring_seconds_bucket", le=le), "values": v} for le, v in HIST[kind].items()] + [
+        {"series": _sel("monitor_budget_seconds"), "values": "2x40"}]
+
+
+# (name, input series, [(eval time, alert, [expected alerts])]); each alert appears firing and silent
+CASES = [
+    ("defect alarm: immediate, then sustained after 10 min, then cleared",
+     [{"series": _sel("monitor_alarm"), "values": "0 0 1x14 0x5"}],
+     [("1m", "SemDefectCoverageHigh", []), ("2m", "SemDefectCoverageHigh", [("line", "line1")]),
+      ("11m", "SemDefectCoverageSustained", []), ("12m", "SemDefectCoverageSustained", [("line", "line1")]),
+      ("17m", "SemDefectCoverageHigh", []), ("17m", "SemDefectCoverageSustained", [])]),
+    ("monitor down for 2 min",
+     [{"series": _sel("up"), "values": "1 1 0 0 0 0"}],
+     [("1m", "SemMonitorDown", []), ("3m", "SemMonitorDown", []), ("4m", "SemMonitorDown", [("full", None)]),
+      ("4m", "SemMonitorNotScraped", [])]),
+    ("no monitor scraped at all",
+     [{"series": 'up{job="node",instance="x:9100"}', "values": "1x10"}],
+     [("4m", "SemMonitorNotScraped", []), ("6m", "SemMonitorNotScraped", [("job", "sem-monitor")])]),
+    ("no image for 3x the expected interval while the line runs, silent once it stopped for 2 h",
+     [{"series": _sel("monitor_last_received_timestamp_seconds"), "values": "60x300"},
+      {"series": _sel("monitor_expected_interval_seconds"), "values": "300x300"},
+      {"series": _sel("monitor_images_received_total"), "values": "1 2 2x300"}],
+     [("10m", "SemNoImageReceived", []), ("20m", "SemNoImageReceived", []),
+      ("23m", "SemNoImageReceived", [("full", None)]), ("200m", "SemNoImageReceived", [])]),
+    ("scoring p95 over the budget for 10 min", _hist("slow"),
+     [("5m", "SemScoringOverBudget", []), ("12m", "SemScoringOverBudget", [("line", "line1")])]),
+    ("scoring within the budget", _hist("fast"),
+     [("20m", "SemScoringOverBudget", [])]),
+    ("images failing",
+     [{"series": _sel("monitor_images_failed_total", reason="corrupt"), "values": "0 0 0 1x30"}],
+     [("2m", "SemImagesFailing", []), ("4m", "SemImagesFailing", [("line", "line1"), ("reason", "corrupt")]),
+      ("25m", "SemImagesFailing", [])]),
+    ("backlog growing for 10 min",
+     [{"series": _sel("monitor_queue_depth"), "values": "0+3x40"}],
+     [("10m", "SemBacklogGrowing", []), ("18m", "SemBacklogGrowing", [("line", "line1")])]),
+    ("a large but steady backlog is no alert",
+     [{"series": _sel("monitor_queue_depth"), "values": "25x40"}],
+     [("25m", "SemBacklogGrowing", [])]),
+    ("model changed, announced for 30 min",
+     [{"series": _sel("monitor_model_info", model_id="aaaa", method="patch_dictionary"), "values": "1x10"},
+      {"series": _sel("monitor_model_info", model_id="bbbb", method="patch_dictionary"), "values": "_x10 1x60"}],
+     [("5m", "SemModelChanged", []), ("15m", "SemModelChanged", [("line", "line1")]),
+      ("50m", "SemModelChanged", [])]),
+    ("worker stalled for 2 min",
+     [{"series": _sel("monitor_worker_healthy"), "values": "1 1 0 0 0 0"}],
+     [("3m", "SemWorkerStalled", []), ("4m", "SemWorkerStalled", [("line", "line1")])]),
+]
+
+
+def _alert_spec(alert: str, labels) -> dict:
+    if labels == [("full", None)]:
+        return expected(alert, **L)
+    return expected(alert, **dict(labels))
+
+
+def build_unit_tests() -> dict:
+    tests = []
+    for name, series, evals in CASES:
+        tests.append({
+            "name": name, "interval": "1m", "input_series": series,
+            "alert_rule_test": [{"eval_time": t, "alertname": a, "exp_alerts": [_alert_spec(a, lab)] if lab else []}
+                                for t, a, lab in evals]})
+    return {"rule_files": [str(RULES)], "evaluation_interval": "1m", "tests": tests}
+
+
+def test_rules_pass_promtool_check():
+    r = subprocess.run([_needs("promtool"), "check", "rules", str(RULES)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("name", ["prometheus.yml", "prometheus-lines.yml"])
+def test_scrape_configs_pass_promtool_check(name, tmp_path):
+    cfg = yaml.safe_load((OPS / "prometheus" / name).read_text())
+    assert all("line" in t["labels"] for j in cfg["scrape_configs"] for t in j["static_configs"])
+    cfg["rule_files"] = [str(RULES)]  # the installed path, pointed at the repository's file
+    (tmp_path / name).write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([_needs("promtool"), "check", "config", str(tmp_path / name)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_every_alert_is_unit_tested_firing_and_silent():
+    firing = {a for _, _, ev in CASES for _, a, lab in ev if lab}
+    silent = {a for _, _, ev in CASES for _, a, lab in ev if not lab}
+    assert firing == set(rules()) and silent == set(rules())
+
+
+def test_alert_unit_tests_pass_promtool(tmp_path):
+    f = tmp_path / "sem-monitor.rules.test.yml"
+    f.write_text(yaml.safe_dump(build_unit_tests(), sort_keys=False))
+    r = subprocess.run([_needs("promtool"), "test", "rules", str(f)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_unit_tests_catch_a_broken_rule(tmp_path):
+    broken = RULES.read_text().replace("for: 10m\n        labels:\n          severity: critical",
+                                       "for: 1m\n        labels:\n          severity: critical", 1)
+    assert broken != RULES.read_text()
+    (tmp_path / "rules.yml").write_text(broken)
+    spec = build_unit_tests()
+    spec["rule_files"] = [str(tmp_path / "rules.yml")]
+    f = tmp_path / "t.yml"
+    f.write_text(yaml.safe_dump(spec, sort_keys=False))
+    r = subprocess.run([_needs("promtool"), "test", "rules", str(f)], capture_output=True, text=True)
+    assert r.returncode != 0 and "SemDefectCoverageSustained" in r.stdout + r.stderr
+
+
+def test_every_alert_has_a_runbook_and_a_dashboard_link():
+    dash = {p["id"] for p in json.loads(DASHBOARD_JSON.read_text())["panels"]}
+    for name, r in rules().items():
+        a = r["annotations"]
+        assert a["summary"] and a["description"] and len(a["runbook"]) > 40, name
+        assert r["labels"]["severity"] in ("critical", "warning", "info") and r["labels"]["team"], name
+        panel = int(a["dashboard"].split("viewPanel=")[1])
+        assert panel in dash, (name, panel)
