@@ -115,7 +115,7 @@ class MetricsSection:
 class ServiceSection:
     line: str = "line1"  # name of the production line (metrics and overlays)
     budget_seconds: float = 2.0  # production-time budget per image; slower images count as overruns
-    batch: int = 8  # pending images taken from the ledger at once
+    batch: int = 0  # images scored together when they queue up (0 = auto: 8 on a GPU, 1 on CPU)
     max_attempts: int = 3  # an image that was being scored during this many crashes is failed, not retried
     stall_seconds: float = 120.0  # no worker progress for this long = unhealthy (no systemd watchdog ping)
     expected_interval_seconds: float = 300.0  # the line's usual time between two images (the no-image alert)
@@ -123,8 +123,8 @@ class ServiceSection:
     def __post_init__(self):
         if self.budget_seconds <= 0 or self.stall_seconds <= 0 or self.expected_interval_seconds <= 0:
             raise ValueError("service.budget_seconds, stall_seconds and expected_interval_seconds must be > 0")
-        if self.batch < 1 or self.max_attempts < 1:
-            raise ValueError("service.batch and service.max_attempts must be >= 1")
+        if self.batch < 0 or self.max_attempts < 1:
+            raise ValueError("service.batch must be >= 0 and service.max_attempts >= 1")
 
 
 @dataclass(frozen=True)

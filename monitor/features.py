@@ -69,8 +69,14 @@ class DenseExtractor:
         self.device = backbone.mean.device
 
     def __call__(self, gray: np.ndarray) -> FeatureGrid:
-        H, W = gray.shape
-        x = torch.from_numpy(gray).to(self.device)[None, None]
+        return self.batch([gray])[0]
+
+    def batch(self, grays: list[np.ndarray]) -> list[FeatureGrid]:
+        """One forward pass for several images of one size (a queue of images on the GPU)."""
+        H, W = grays[0].shape
+        if any(g.shape != (H, W) for g in grays):
+            raise ValueError("a batch needs images of one size")
+        x = torch.from_numpy(np.stack(grays)).to(self.device)[:, None]  # (B, 1, H, W)
         if self.scale != 1.0:
             size = (max(32, round(H * self.scale)), max(32, round(W * self.scale)))
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=self.scale < 1)
@@ -83,7 +89,7 @@ class DenseExtractor:
         fs = self.backbone.info(finest).stride
         gh, gw = -(-h_in // fs), -(-w_in // fs)  # grid of the unpadded input
         parts = []
-        for name in self.backbone.layers:  # (1, C, h, w) each
+        for name in self.backbone.layers:  # (B, C, h, w) each
             f = maps[name].float()
             if self.pad:
                 s, p = self.backbone.info(name).stride, self.pad // self.backbone.info(name).stride
@@ -93,9 +99,9 @@ class DenseExtractor:
             if f.shape[-2:] != (gh, gw):
                 f = F.interpolate(f, size=(gh, gw), mode="bilinear", align_corners=False)
             parts.append(f)
-        feats = torch.cat(parts, dim=1)[0].permute(1, 2, 0).contiguous()  # (gh, gw, C)
+        feats = torch.cat(parts, dim=1).permute(0, 2, 3, 1)  # (B, gh, gw, C)
         cell = self.backbone.info(finest).stride / self.scale
-        return FeatureGrid(feats, (H, W), np.zeros(0, int), np.zeros(0, int), cell)
+        return [FeatureGrid(f.contiguous(), (H, W), np.zeros(0, int), np.zeros(0, int), cell) for f in feats]
 
 
 class CropExtractor:

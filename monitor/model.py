@@ -63,7 +63,15 @@ class Model:
 
     def inspect(self, image: np.ndarray, coverage_threshold: float = 0.0) -> Inspection:
         """Score ``image``; verdict "defect" when the defect coverage exceeds ``coverage_threshold``."""
-        result = self.scorer.score(image)
+        return self._judge(self.scorer.score(image), coverage_threshold)
+
+    def inspect_batch(self, images: Sequence[np.ndarray], coverage_threshold: float = 0.0) -> list[Inspection]:
+        """``inspect`` for several images at once (one forward pass where the scorer can batch them)."""
+        batch = getattr(self.scorer, "score_batch", None)
+        results = batch(images) if batch is not None else [self.scorer.score(im) for im in images]
+        return [self._judge(r, coverage_threshold) for r in results]
+
+    def _judge(self, result: ScoreResult, coverage_threshold: float) -> Inspection:
         if self.threshold is None:
             return Inspection(result, None, "no-threshold", None)
         t = time.perf_counter()

@@ -40,7 +40,6 @@ class Worker(threading.Thread):
         self._halt = threading.Event()
         self.alarm = AlarmState(cfg.alarm)
         self.last_progress = time.monotonic()  # updated at every loop turn and every image
-        self.busy_since: float | None = None
 
     # ------------------------------------------------------------------------------------------------ control
     @property
@@ -66,48 +65,70 @@ class Worker(threading.Thread):
         return self.is_alive() and time.monotonic() - self.last_progress < stall
 
     # --------------------------------------------------------------------------------------------------- loop
+    def batch_size(self) -> int:
+        b = self.cfg.service.batch
+        if b == 0:  # auto: batches pay off on a GPU; on CPU cores they only delay the first image of a batch
+            return 8 if self.model.scorer.device.type == "cuda" else 1
+        return b
+
     def run(self) -> None:
         while not self._halt.is_set():
             self.last_progress = time.monotonic()
-            rows = self.ledger.pending(self.cfg.service.batch)
+            rows = self.ledger.pending(self.batch_size())
             if not rows:
                 self.metrics.queue_depth.set(0)
                 self.wake.wait(timeout=1.0)
                 self.wake.clear()
                 continue
-            for row in rows:
-                if self._halt.is_set():
-                    break
-                self.process(row)
-                self.metrics.queue_depth.set(self.ledger.pending_count())
+            self.process(rows)
+            self.metrics.queue_depth.set(self.ledger.pending_count())
 
-    def process(self, row: Row) -> Row:
+    def process(self, rows: list[Row]) -> list[Row]:
+        """Score ``rows`` (oldest first): read each, then one batched inspection; failures stay per image."""
         with self._lock:
             model, cfg = self._model, self.cfg
-        if row.attempts >= cfg.service.max_attempts:
-            return self._failed(row, "crashed", f"the daemon stopped {row.attempts} times while scoring this image; "
-                                "not retried (service.max_attempts)", model)
-        self.ledger.start(row.id)
-        self.busy_since = t0 = time.monotonic()
+        done, ready = [], []  # ready: (row, image, seconds spent reading)
+        for row in rows:
+            if row.attempts >= cfg.service.max_attempts:
+                done.append(self._failed(row, "crashed", f"the daemon stopped {row.attempts} times while scoring "
+                                         "this image; not retried (service.max_attempts)", model))
+                continue
+            self.ledger.start(row.id)
+            t0 = time.monotonic()
+            try:
+                ready.append((row, read_image(row.path, cfg.image), time.monotonic() - t0))
+            except ImageError as exc:
+                done.append(self._failed(row, exc.kind, exc.reason, model))
+        if not ready:
+            return done
+        t0 = time.monotonic()
         try:
-            image = read_image(row.path, cfg.image)
-            ins = model.inspect(image, cfg.alarm.coverage_threshold)
-        except ImageError as exc:
-            return self._failed(row, exc.kind, exc.reason, model)
-        except torch.cuda.OutOfMemoryError as exc:
-            torch.cuda.empty_cache()
-            return self._failed(row, "out_of_memory", f"out of memory: {exc}".splitlines()[0], model)
-        except MemoryError:
-            return self._failed(row, "out_of_memory", "out of memory (host)", model)
-        except RuntimeError as exc:  # torch/CUDA errors surface as RuntimeError
-            return self._failed(row, "device", f"{type(exc).__name__}: {exc}".splitlines()[0][:500], model)
+            inspections = model.inspect_batch([im for _, im, _ in ready], cfg.alarm.coverage_threshold)
+            share = (time.monotonic() - t0) / len(ready)
+            results = [(ins, read + share) for (_, _, read), ins in zip(ready, inspections)]
         except Exception as exc:
-            log.exception("%s: unexpected error", row.path)
-            return self._failed(row, "internal", f"{type(exc).__name__}: {exc}".splitlines()[0][:500], model)
+            if len(ready) > 1:  # find the culprit: one by one, so that only it fails
+                results = [self._inspect_one(model, cfg, im, read) for _, im, read in ready]
+            else:
+                results = [_failure(exc)]
         finally:
-            self.busy_since = None
             self.last_progress = time.monotonic()
-        secs = time.monotonic() - t0
+        for (row, image, _), res in zip(ready, results):
+            if isinstance(res[0], str):  # (kind, reason)
+                done.append(self._failed(row, res[0], res[1], model))
+            else:
+                done.append(self._record(row, image, res[0], res[1], model, cfg))
+        return done
+
+    @staticmethod
+    def _inspect_one(model: Model, cfg: Config, image, read: float):
+        t0 = time.monotonic()
+        try:
+            return model.inspect(image, cfg.alarm.coverage_threshold), read + time.monotonic() - t0
+        except Exception as exc:
+            return _failure(exc)
+
+    def _record(self, row: Row, image, ins, secs: float, model: Model, cfg: Config) -> Row:
         defect = is_defect(ins, cfg.alarm)
         verdict = "defect" if defect else ins.verdict
         active = self.alarm.update(defect)
@@ -156,3 +177,16 @@ class Worker(threading.Thread):
         if self.on_result is not None:
             self.on_result(row)
         return row
+
+
+def _failure(exc: BaseException) -> tuple[str, str]:
+    """(kind, reason) of a scoring failure, for the ledger and the failed-images metric."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()
+        return "out_of_memory", f"out of memory: {exc}".splitlines()[0][:500]
+    if isinstance(exc, MemoryError):
+        return "out_of_memory", "out of memory (host)"
+    if isinstance(exc, RuntimeError):  # torch/CUDA errors surface as RuntimeError
+        return "device", f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+    log.error("unexpected scoring error", exc_info=exc)
+    return "internal", f"{type(exc).__name__}: {exc}".splitlines()[0][:500]

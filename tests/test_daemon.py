@@ -35,11 +35,22 @@ def defect_png():
 
 
 @pytest.fixture
-def daemon(tmp_path, saved_model):
-    d = Daemon(tmp_path, saved_model)
-    yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.kill()
+def make_daemon(tmp_path, saved_model):
+    """Daemon(tmp_path, model, **sections), killed at teardown if a test left it running."""
+    made = []
+
+    def make(**sections) -> Daemon:
+        made.append(Daemon(tmp_path, saved_model, **sections))
+        return made[-1]
+    yield make
+    for d in made:
+        if d.proc is not None and d.proc.poll() is None:
+            d.kill()
+
+
+@pytest.fixture
+def daemon(make_daemon):
+    return make_daemon()
 
 
 def test_slowly_written_image_is_scored_once_after_it_is_complete(daemon, clean_png):
@@ -72,8 +83,8 @@ def test_rename_into_folder_is_scored_once_and_temporary_files_never(daemon, cle
     assert rows[0]["state"] == "done" and rows[0]["attempts"] == 1
 
 
-def test_polling_observer_waits_for_the_file_to_settle(tmp_path, saved_model, clean_png):
-    d = Daemon(tmp_path, saved_model, watch={"observer": "polling", "settle_seconds": 1.5, "poll_seconds": 0.2})
+def test_polling_observer_waits_for_the_file_to_settle(make_daemon, clean_png):
+    d = make_daemon(watch={"observer": "polling", "settle_seconds": 1.5, "poll_seconds": 0.2})
     try:
         d.start()
         data = clean_png[0]
@@ -100,7 +111,8 @@ def test_backlog_is_scored_at_start_oldest_first(daemon, clean_png):
     assert all(r["state"] == "done" for r in rows)
 
 
-def test_sigkill_in_a_burst_then_restart_loses_nothing_and_scores_nothing_twice(daemon, clean_png):
+def test_sigkill_in_a_burst_then_restart_loses_nothing_and_scores_nothing_twice(make_daemon, clean_png):
+    daemon = make_daemon(service={"batch": 4})  # batches of 4 through the network
     daemon.start()
     names = [f"burst_{i:03d}.png" for i in range(50)]
     for i, name in enumerate(names):
@@ -210,8 +222,8 @@ def test_bad_inputs_fail_one_by_one_with_a_reason_and_the_daemon_goes_on(daemon,
     assert daemon.stop() == 0
 
 
-def test_metrics_show_counts_alarm_on_and_off_and_histograms(tmp_path, saved_model, clean_png, defect_png):
-    d = Daemon(tmp_path, saved_model, alarm={"coverage_threshold": 0.005})
+def test_metrics_show_counts_alarm_on_and_off_and_histograms(make_daemon, clean_png, defect_png):
+    d = make_daemon(alarm={"coverage_threshold": 0.005})
     try:
         d.start()
         m = d.scrape()
@@ -314,3 +326,24 @@ def test_history_prints_the_ledger(daemon, clean_png):
                        capture_output=True, text=True, check=True)
     assert "h1.png" in r.stdout and "done" in r.stdout
 
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+def test_metrics_over_tls_when_a_certificate_is_configured(tmp_path, make_daemon):
+    import ssl
+    import urllib.request
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    d = make_daemon(metrics={"certfile": str(cert), "keyfile": str(key)})
+    try:
+        d.start()
+        ctx = ssl.create_default_context(cafile=str(cert))
+        body = urllib.request.urlopen(f"https://127.0.0.1:{d.port}/metrics", context=ctx, timeout=5).read().decode()
+        assert "monitor_images_received_total" in body
+        with pytest.raises(OSError):  # plain HTTP is refused
+            urllib.request.urlopen(f"http://127.0.0.1:{d.port}/metrics", timeout=5).read()
+    finally:
+        assert d.stop() == 0

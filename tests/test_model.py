@@ -5,7 +5,7 @@ import pytest
 
 from monitor.artifact import ArtifactError
 from monitor.defects import DefectConfig, find_defects
-from monitor.features import grid_to_map, FeatureGrid
+from monitor.features import FeatureGrid, grid_to_map
 from monitor.model import Model
 from monitor.scorers.patch_dictionary import greedy_coreset, nearest_distances
 from monitor.synth import defective_image, fiber_mat
@@ -134,3 +134,12 @@ def test_defect_mask_drops_specks_and_measures_components():
     d = r.defects[0]
     assert d.bbox == (10, 10, 15, 10) and d.peak == 5
     assert r.coverage == pytest.approx(d.area / amap.size)
+
+
+def test_a_batch_scores_exactly_like_one_image_at_a_time(fitted_model, defect_sample):
+    images = [defect_sample[0], fiber_mat(SHAPE, seed=41), fiber_mat(SHAPE, seed=42)]
+    batch = fitted_model.inspect_batch(images, 0.001)
+    for img, b in zip(images, batch):
+        one = fitted_model.inspect(img, 0.001)
+        np.testing.assert_allclose(b.result.anomaly_map, one.result.anomaly_map, rtol=1e-4, atol=1e-4)
+        assert b.verdict == one.verdict
