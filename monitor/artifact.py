@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 FORMAT = "sem-monitor-model/1"
-_VOLATILE = ("created_at", "library_versions", "model_id", "arrays_sha256")
+_VOLATILE = ("created_at", "library_versions", "model_id", "arrays_sha256", "fit_seconds")
 
 
 class ArtifactError(ValueError):

@@ -18,6 +18,7 @@ from .config import Config, ConfigError, load_config
 from .images import ImageError, ImageLimits, list_images, read_image
 from .ledger import LedgerError
 from .metrics import MetricsError
+from .scorers import METHODS
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ def fit_model(cfg: Config, normal_paths, val_paths, out: Path, quiet: bool = Fal
 
         total = sum(patch_count(g.shape, mc.patch_size, mc.stride) for g in normal)
         unit = "patches"
+    elif hasattr(mc, "steps"):  # trained methods: one tick per optimiser step
+        total, unit = mc.steps, "steps"
+    elif hasattr(mc, "epochs"):
+        total, unit = mc.epochs, "epochs"
     else:
         total, unit = len(normal), "images"
     t0 = time.perf_counter()
@@ -66,6 +71,8 @@ def fit_model(cfg: Config, normal_paths, val_paths, out: Path, quiet: bool = Fal
 
 def cmd_fit(args) -> int:
     cfg = _load_cfg(args)
+    if args.method:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, method=args.method))
     normal = list_images(args.normal)
     val = list_images(args.val) if args.val else []
     overlap = {p.resolve() for p in normal} & {p.resolve() for p in val}
@@ -246,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--normal", nargs="+", required=True, help="defect-free images or folders (the dictionary)")
     sp.add_argument("--val", nargs="+", help="held-out defect-free images or folders (the threshold)")
     sp.add_argument("--out", required=True, help="model directory to write")
+    sp.add_argument("--method", choices=sorted(METHODS), help="scoring method (default: model.method)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=cmd_fit)
 

@@ -16,7 +16,7 @@ import yaml
 
 from .defects import DefectConfig
 from .images import ImageLimits
-from .scorers import METHODS, PatchDictionaryConfig
+from .scorers import METHODS, DFRConfig, PatchDictionaryConfig, PIADEConfig, SSIMAutoencoderConfig
 from .threshold import ThresholdConfig
 
 
@@ -30,6 +30,9 @@ class ModelSection:
     method: str = "patch_dictionary"
     device: str = "auto"
     patch_dictionary: PatchDictionaryConfig = field(default_factory=PatchDictionaryConfig)
+    ssim_autoencoder: SSIMAutoencoderConfig = field(default_factory=SSIMAutoencoderConfig)
+    dfr: DFRConfig = field(default_factory=DFRConfig)
+    piade: PIADEConfig = field(default_factory=PIADEConfig)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -184,7 +187,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     elif isinstance(default, str):
         ok = isinstance(value, str)
     elif isinstance(default, tuple):
-        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        kind = type(default[0]) if default else str  # tuples of names, or of sizes
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
         value = tuple(value) if ok else value
     else:
         ok = True

@@ -53,12 +53,13 @@ class Model:
             device: str = "auto", progress=None, train_sha256: Sequence[str] = ()) -> "Model":
         scorer_cls, _ = METHODS[method]
         scorer = scorer_cls(method_config, device)
+        t0 = time.perf_counter()
         scorer.fit(normal, progress)
         th = None
         if val:
             results = [scorer.score(v) for v in val]
             th = fit_threshold([r.patch_scores for r in results], [r.anomaly_map for r in results], threshold)
-        meta = {"training_sha256": list(train_sha256)}
+        meta = {"training_sha256": list(train_sha256), "fit_seconds": round(time.perf_counter() - t0, 3)}
         return cls(scorer, th, defects, meta)
 
     def inspect(self, image: np.ndarray, coverage_threshold: float = 0.0) -> Inspection:
@@ -85,7 +86,8 @@ class Model:
         smeta, arrays = self.scorer.state()
         meta = {"method": self.scorer.method, "scorer": smeta,
                 "threshold": None if self.threshold is None else self.threshold.to_dict(),
-                "defects": asdict(self.defects), "training_sha256": self.meta.get("training_sha256", [])}
+                "defects": asdict(self.defects), "training_sha256": self.meta.get("training_sha256", []),
+                "fit_seconds": self.meta.get("fit_seconds")}
         model_id = save_artifact(directory, meta, arrays)
         self.meta = load_artifact(directory)[0]
         return model_id

@@ -1,0 +1,180 @@
+"""SSIM autoencoder of Bergmann, Löwe, Fauser, Sattlegger, Steger (2018), "Improving unsupervised defect segmentation
+by applying structural similarity to autoencoders".
+
+A convolutional autoencoder on 128x128 gray patches (the paper's layer table: strided 4x4 convolutions, LeakyReLU
+0.2, a d = 500 latent for the nanofiber data, a mirrored decoder) trained with the SSIM loss (window 11) on random
+crops of the normal images. The paper resizes the images to 256 pixels before cropping; a 1024x700 SEM image is
+resized by ``downscale`` (0.25: 256x175, so the 128-pixel patch covers the same share of the image as in the
+paper). Inference slides the patch over the resized image at ``stride`` (30 in the paper), averages the overlapping
+reconstructions, and the residual map is 1 - SSIM(input, reconstruction), resized back to the image.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..features import _positions
+from .base import Progress, ScoreResult
+from .patch_dictionary import resolve_device
+from .ssim import ssim_map
+from .training import cosine_lr, load_module_arrays, module_arrays, seeded
+
+
+@dataclass(frozen=True)
+class SSIMAutoencoderConfig:
+    latent: int = 500  # d, the paper's value for the nanofiber data
+    patch_size: int = 128
+    downscale: float = 0.25  # image resize before cropping and scoring (1024 -> 256, as in the paper)
+    steps: int = 3000  # training steps (batches of random crops)
+    batch_size: int = 16
+    lr: float = 2e-4
+    weight_decay: float = 1e-5
+    stride: int = 30  # inference stride on the resized image (the paper: 30)
+    window: int = 11  # SSIM window
+    sigma: float = 2.0  # Gaussian blur of the full-size map, pixels (0 = none)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.patch_size != 128:
+            raise ValueError("patch_size is fixed at 128 by the paper's layer table")
+        for key in ("latent", "steps", "batch_size", "stride"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not 0.05 <= self.downscale <= 1:
+            raise ValueError(f"downscale must be within [0.05, 1], got {self.downscale}")
+        if self.window % 2 == 0 or self.window < 3:
+            raise ValueError(f"window must be odd and >= 3, got {self.window}")
+
+
+def _conv(cin, cout, k, s, p):
+    return [nn.Conv2d(cin, cout, k, s, p), nn.LeakyReLU(0.2)]
+
+
+def _deconv(cin, cout, k, s, p):
+    return [nn.ConvTranspose2d(cin, cout, k, s, p), nn.LeakyReLU(0.2)]
+
+
+class SSIMAutoencoderNet(nn.Module):
+    """Bergmann et al. 2018, Table 1: 128x128x1 -> 1x1xd -> 128x128x1."""
+
+    def __init__(self, latent: int = 500):
+        super().__init__()
+        self.encoder = nn.Sequential(
+            *_conv(1, 32, 4, 2, 1), *_conv(32, 32, 4, 2, 1), *_conv(32, 32, 3, 1, 1), *_conv(32, 64, 4, 2, 1),
+            *_conv(64, 64, 3, 1, 1), *_conv(64, 128, 4, 2, 1), *_conv(128, 64, 3, 1, 1), *_conv(64, 32, 3, 1, 1),
+            nn.Conv2d(32, latent, 8, 1, 0))  # 8x8 -> 1x1, linear latent
+        self.decoder = nn.Sequential(
+            *_deconv(latent, 32, 8, 1, 0), *_conv(32, 64, 3, 1, 1), *_conv(64, 128, 3, 1, 1),
+            *_deconv(128, 64, 4, 2, 1), *_conv(64, 64, 3, 1, 1), *_deconv(64, 32, 4, 2, 1),
+            *_conv(32, 32, 3, 1, 1), *_deconv(32, 32, 4, 2, 1), nn.ConvTranspose2d(32, 1, 4, 2, 1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+class SSIMAutoencoder:
+    method = "ssim_autoencoder"
+
+    def __init__(self, config: SSIMAutoencoderConfig = SSIMAutoencoderConfig(), device: str = "auto"):
+        self.config = config
+        self.device = resolve_device(device)
+        self.net = SSIMAutoencoderNet(config.latent).to(self.device).eval()
+        self.fitted = False
+
+    def _resize(self, image: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(image).to(self.device)[None, None]
+        c = self.config
+        h = max(c.patch_size, round(image.shape[0] * c.downscale))
+        w = max(c.patch_size, round(image.shape[1] * c.downscale))
+        return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=c.downscale < 1)
+
+    # ---------------------------------------------------------------------------------------------------------- fit
+    def fit(self, images: Sequence[np.ndarray], progress: Progress | None = None) -> None:
+        if not images:
+            raise ValueError("fit needs at least one normal image")
+        c = self.config
+        g = seeded(c.seed)
+        small = [self._resize(im)[0, 0] for im in images]
+        opt = torch.optim.AdamW(self.net.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        self.net.train()
+        P = c.patch_size
+        for step in range(c.steps):
+            idx = torch.randint(len(small), (c.batch_size,), generator=g)
+            crops = []
+            for i in idx.tolist():
+                im = small[i]
+                y = int(torch.randint(im.shape[0] - P + 1, (1,), generator=g))
+                x = int(torch.randint(im.shape[1] - P + 1, (1,), generator=g))
+                crop = im[y:y + P, x:x + P]
+                k = int(torch.randint(8, (1,), generator=g))  # flips and right-angle rotations of a fiber mat
+                crop = torch.rot90(crop, k % 4, (0, 1))
+                crops.append(crop.flip(1) if k >= 4 else crop)
+            batch = torch.stack(crops)[:, None]
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(step, c.steps, c.lr)
+            loss = 1 - ssim_map(self.net(batch), batch, c.window).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if progress is not None:
+                progress(1)
+        self.net.eval()
+        self.fitted = True
+
+    # -------------------------------------------------------------------------------------------------------- score
+    @torch.inference_mode()
+    def reconstruct(self, small: torch.Tensor) -> torch.Tensor:
+        """(1, 1, h, w) resized image -> its reconstruction, overlapping patches averaged."""
+        c = self.config
+        P = c.patch_size
+        h, w = small.shape[-2:]
+        ys, xs = _positions(h, P, c.stride), _positions(w, P, c.stride)
+        patches = torch.cat([small[..., y:y + P, x:x + P] for y in ys for x in xs])
+        rec = torch.cat([self.net(patches[i:i + 64]) for i in range(0, len(patches), 64)])
+        acc = torch.zeros_like(small)
+        cnt = torch.zeros_like(small)
+        for r, (y, x) in zip(rec, [(y, x) for y in ys for x in xs]):
+            acc[..., y:y + P, x:x + P] += r
+            cnt[..., y:y + P, x:x + P] += 1
+        return acc / cnt
+
+    def score(self, image: np.ndarray) -> ScoreResult:
+        if not self.fitted:
+            raise RuntimeError("the scorer is not fitted")
+        c = self.config
+        t0 = time.perf_counter()
+        small = self._resize(image)
+        rec = self.reconstruct(small)
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            residual = (1 - ssim_map(small, rec, c.window)).clamp_min(0)  # (1, 1, h, w)
+            full = F.interpolate(residual, size=image.shape, mode="bilinear", align_corners=False)[0, 0]
+        amap = full.cpu().numpy().astype(np.float32)
+        if c.sigma > 0:
+            import cv2
+
+            amap = cv2.GaussianBlur(amap, (0, 0), sigmaX=c.sigma, borderType=cv2.BORDER_REFLECT)
+        t2 = time.perf_counter()
+        patch = residual[0, 0].cpu().numpy().astype(np.float32)
+        return ScoreResult(amap, patch, float(amap.max()), {"reconstruct": t1 - t0, "map": t2 - t1})
+
+    # ---------------------------------------------------------------------------------------------------- save/load
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        if not self.fitted:
+            raise RuntimeError("the scorer is not fitted")
+        return {"config": asdict(self.config)}, module_arrays(self.net, "net")
+
+    @classmethod
+    def from_state(cls, meta: dict, arrays: dict[str, np.ndarray], device: str = "auto") -> "SSIMAutoencoder":
+        obj = cls(SSIMAutoencoderConfig(**meta["config"]), device)
+        load_module_arrays(obj.net, arrays, "net")
+        obj.net.to(obj.device).eval()
+        obj.fitted = True
+        return obj
