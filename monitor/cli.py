@@ -128,51 +128,100 @@ def cmd_score(args) -> int:
     return 1 if failed else 0
 
 
-def cmd_evaluate(args) -> int:
+def _evaluate_job(job: tuple[str, str], args_ns: dict, queue) -> None:
+    """One model (``("model", DIR)``) or one method fitted on the data set's own split (``("fit", METHOD)``),
+    evaluated in its own process so that its peak memory is its own."""
+    import resource
+
+    import torch
+
     from .evaluate import evaluate, load_dataset, roc_plot
     from .images import read_mask
     from .model import Model
 
-    cfg = _load_cfg(args)
-    ds = load_dataset(args.data, args.layout)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    reports = {}
-    for mdir in args.model:
+    try:
+        cfg = load_config(args_ns["config"], args_ns["set"])
+        ds = load_dataset(args_ns["data"], args_ns["layout"])
+        out_dir = Path(args_ns["out"])
+        kind, what = job
+        if kind == "fit":
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, method=what))
+            mdir = out_dir / "models" / what
+            fit_model(cfg, list(ds.train), list(ds.val), mdir, quiet=False)
+        else:
+            mdir = Path(what)
         model = Model.load(mdir, cfg.model.device)
-        name = Path(mdir).name
+        name = what if kind == "fit" else Path(what).name
 
-        def score(p, model=model):
-            return model.scorer.score(read_image(p, cfg.image)).anomaly_map
+        def score(p):
+            r = model.scorer.score(read_image(p, cfg.image))
+            return r.anomaly_map, r.image_score
 
-        n = min(args.limit, len(ds.test)) if args.limit else len(ds.test)
+        n = min(args_ns["limit"], len(ds.test)) if args_ns["limit"] else len(ds.test)
         bar, update = _progress(n, f"evaluate {name}")
         try:
-            rep, raw = evaluate(score, ds, read_mask, args.limit, update)
+            rep, raw = evaluate(score, ds, read_mask, args_ns["limit"], update)
         finally:
             bar.close()
-        rep["model_id"] = model.model_id
-        rep["model_dir"] = str(mdir)
-        rep["method"] = model.meta["method"]
-        rep["config"] = model.meta["scorer"]["config"]
-        reports[name] = rep
+        rep.update(model_id=model.model_id, model_dir=str(mdir), method=model.meta["method"],
+                   config=model.meta["scorer"]["config"], fit_seconds=model.meta.get("fit_seconds"),
+                   device=str(model.scorer.device),
+                   peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                   peak_cuda_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available()
+                   else None)
         roc_plot(raw["maps"], raw["masks"], out_dir / f"roc_{name}.png", f"{name} pixel ROC")
+        queue.put((name, rep))
+    except Exception as exc:  # reported by the parent, which goes on with the next job
+        queue.put((job[1], {"error": f"{type(exc).__name__}: {exc}"}))
+
+
+def cmd_evaluate(args) -> int:
+    import multiprocessing as mp
+
+    from .evaluate import load_dataset
+
+    load_dataset(args.data, args.layout)  # fail early on a wrong path
+    jobs = [("model", m) for m in args.model or []] + [("fit", m) for m in args.fit or []]
+    if not jobs:
+        raise ConfigError("nothing to evaluate: give --model DIR and/or --fit METHOD")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args_ns = {"config": args.config, "set": args.set or [], "data": args.data, "layout": args.layout,
+               "out": str(out_dir), "limit": args.limit}
+    ctx = mp.get_context("spawn")
+    reports, failed = {}, 0
+    for job in jobs:
+        q = ctx.Queue()
+        proc = ctx.Process(target=_evaluate_job, args=(job, args_ns, q))
+        proc.start()
+        name, rep = q.get()
+        proc.join()
+        if "error" in rep:
+            print(f"monitor: evaluate {name}: {rep['error']}", file=sys.stderr)
+            failed += 1
+            continue
+        reports[name] = rep
     (out_dir / "evaluation.json").write_text(json.dumps(reports, indent=2) + "\n")
     (out_dir / "evaluation.md").write_text(markdown_table(reports))
     print(markdown_table(reports))
-    return 0
+    return 1 if failed else 0
 
 
 def markdown_table(reports: dict) -> str:
-    rows = ["| model | images | pixel ROC-AUC | pixel ROC-AUC (paper 35) | PRO-AUC 30% | median defect coverage @5% FPR | "
-            "defects >85% covered | time/image p50 | p95 |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | method | images | pixel ROC-AUC | pixel ROC-AUC (paper 35) | PRO-AUC 30% | "
+            "median defect coverage @5% FPR | image AUROC | fit | time/image p50 | p95 | peak memory |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in reports.items():
         a, t = r["all"], r["time_per_image_seconds"]
         p35 = r.get("paper35", {}).get("pixel_auroc")
         c = a["coverage_at_5pct_fpr"]
-        rows.append(f"| {name} | {a['n_images']} | {a['pixel_auroc']:.4f} | "
+        img = a.get("image_auroc")
+        fit = r.get("fit_seconds")
+        mem = r.get("peak_rss_mb")
+        rows.append(f"| {name} | {r.get('method', '')} | {a['n_images']} | {a['pixel_auroc']:.4f} | "
                     f"{'n/a' if p35 is None else f'{p35:.4f}'} | {a['pro_auc_30']:.4f} | {c['median']:.3f} | "
-                    f"{c['share_over_85']:.1%} | {t['p50']:.3f} s | {t['p95']:.3f} s |")
+                    f"{'n/a' if img is None else f'{img:.3f}'} | {'n/a' if fit is None else f'{fit:.0f} s'} | "
+                    f"{t['p50']:.3f} s | {t['p95']:.3f} s | {'n/a' if mem is None else f'{mem:.0f} MB'} |")
     return "\n".join(rows) + "\n"
 
 
@@ -269,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.add_argument("--data", required=True)
     sp.add_argument("--layout", choices=("nanotwice", "mvtec"), default="nanotwice")
-    sp.add_argument("--model", required=True, action="append", help="model directory (repeat to compare)")
+    sp.add_argument("--model", action="append", help="model directory (repeat to compare)")
+    sp.add_argument("--fit", action="append", choices=sorted(METHODS),
+                    help="fit this method on the data set's normal split, then evaluate it (repeat to compare)")
     sp.add_argument("--out", default="evaluation", help="folder for evaluation.json/.md and ROC plots")
     sp.add_argument("--limit", type=int, help="only the first N test images")
     sp.set_defaults(func=cmd_evaluate)

@@ -39,10 +39,14 @@ def _write(path: Path, img) -> Path:
 
 
 def demo_config(workdir: Path, cfg: Config = Config()) -> Config:
-    """The default configuration pointed at the demo's folders; metrics on any free loopback port."""
+    """The default configuration pointed at the demo's folders; metrics on any free loopback port.
+
+    The synthetic line gets 3x3 feature aggregation: on these mats it separates defects from clean images far
+    better than the default (no aggregation, which is what real SEM images want; see the README)."""
     r = dataclasses.replace
+    pd = r(cfg.model.patch_dictionary, aggregate=3)
     return r(cfg,
-             model=r(cfg.model, path=str(workdir / "model")),
+             model=r(cfg.model, path=str(workdir / "model"), patch_dictionary=pd),
              watch=r(cfg.watch, dir=str(workdir / "export"), settle_seconds=0.5),
              output=r(cfg.output, dir=str(workdir / "output"), ledger=str(workdir / "ledger.sqlite"), overlays="all"),
              metrics=r(cfg.metrics, port=0))

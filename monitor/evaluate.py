@@ -150,15 +150,18 @@ def percentiles(times: Iterable[float]) -> dict:
 # ---------------------------------------------------------------------------------------------------------- runner
 
 
-def evaluate(score_fn: Callable[[Path], np.ndarray], dataset: Dataset, read_mask, limit: int | None = None,
-             progress=None) -> tuple[dict, dict]:
-    """Score every test image (load + score timed together). Returns (report, raw) with raw maps for plotting."""
+def evaluate(score_fn: Callable[[Path], np.ndarray | tuple[np.ndarray, float]], dataset: Dataset, read_mask,
+             limit: int | None = None, progress=None) -> tuple[dict, dict]:
+    """Score every test image (load + score timed together). ``score_fn`` returns the map, or (map, image score);
+    without an image score the map's maximum is used. Returns (report, raw) with raw maps for plotting."""
     samples = dataset.test[:limit] if limit else dataset.test
-    maps, masks, times, stems = [], [], [], []
+    maps, masks, times, stems, iscores = [], [], [], [], []
     for s in samples:
         t0 = time.perf_counter()
-        amap = score_fn(s.image)
+        out = score_fn(s.image)
         times.append(time.perf_counter() - t0)
+        amap, iscore = out if isinstance(out, tuple) else (out, float(out.max()))
+        iscores.append(float(iscore))
         mask = read_mask(s.mask, amap.shape) if s.mask is not None else np.zeros(amap.shape, bool)
         maps.append(amap)
         masks.append(mask)
@@ -166,7 +169,6 @@ def evaluate(score_fn: Callable[[Path], np.ndarray], dataset: Dataset, read_mask
         if progress is not None:
             progress(1)
     labels = [int(m.any()) for m in masks]
-    iscores = [float(a.max()) for a in maps]
     report = {"all": summarize(maps, masks, iscores, labels), "time_per_image_seconds": percentiles(times)}
     for name, keep in dataset.subsets.items():
         idx = [i for i, st in enumerate(stems) if st in keep]

@@ -12,8 +12,10 @@ ROOT = Path(__file__).resolve().parent.parent
 NANOTWICE = ROOT.parent / "shared" / "data" / "nanotwice"
 SHAPE = (256, 320)
 
-# small and fast, same code path as the default: real pretrained weights, dense mode
-SMALL = PatchDictionaryConfig(k=512)
+# small and fast, same code path as the default: real pretrained weights, dense mode. 3x3 aggregation as in the
+# demo: on the synthetic mats it separates defects from clean images far better than the NanoTWICE default's none
+# (bench: median defect/clean coverage ratio 87 vs 7.7), while on real SEM images none is better (README)
+SMALL = PatchDictionaryConfig(k=512, aggregate=3)
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ class PatchDictionaryConfig:
     layers: tuple[str, ...] = ("stage3", "stage5")
     # dense mode
     scale: float = 1.0
-    aggregate: int = 3
+    aggregate: int = 1
     pad: int = 32
     # crop mode (the paper)
     patch_size: int = 32
@@ -39,7 +39,7 @@ class PatchDictionaryConfig:
     input_size: int = 224
     batch_size: int = 64
     # dictionary
-    pca_variance: float = 0.99
+    pca_variance: float = 0.999
     whiten: bool = True
     dictionary: str = "coreset"
     k: int = 4096
