@@ -1,7 +1,7 @@
 """Scoring methods behind one interface: ``fit(normal images)``, ``score(image) -> ScoreResult``, ``state()``,
 ``from_state()``. ``METHODS`` maps the configuration's ``model.method`` to (scorer class, its config class)."""
 
-from .base import ScoreResult, Scorer
+from .base import Scorer, ScoreResult
 from .dfr import DFR, DFRConfig
 from .patch_dictionary import PatchDictionary, PatchDictionaryConfig
 from .piade import PIADE, PIADEConfig

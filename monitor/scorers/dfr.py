@@ -26,7 +26,7 @@ from ..backbones import build_backbone
 from ..features import DenseExtractor, grid_to_map
 from .base import Progress, ScoreResult
 from .patch_dictionary import resolve_device
-from .training import cosine_lr, load_module_arrays, module_arrays, seeded
+from .training import load_module_arrays, module_arrays, optimizer_step, seeded
 
 
 @dataclass(frozen=True)
@@ -110,12 +110,8 @@ class DFR:
                 b = x[order[i:i + c.batch_size]]
                 if len(b) < 2:
                     continue
-                for group in opt.param_groups:
-                    group["lr"] = cosine_lr(step, steps, c.lr)
                 loss = ((cae(b) - b) ** 2).sum(1).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                optimizer_step(opt, loss, step, steps, c.lr)
                 step += 1
             if progress is not None:
                 progress(1)

@@ -28,8 +28,8 @@ from torch import nn
 from ..backbones import build_backbone
 from .base import Progress, ScoreResult
 from .patch_dictionary import resolve_device
-from .ssim import ssim_map
-from .training import cosine_lr, load_module_arrays, module_arrays, seeded
+from .ssim import residual_map, ssim_map
+from .training import load_module_arrays, module_arrays, optimizer_step, seeded
 
 PYRAMID = (8, 4, 2, 1)
 
@@ -163,12 +163,8 @@ class PIADE:
                 batch.append(crop.flip(-2) if k & 2 else crop)
             xb = torch.cat(batch)
             feats = self._features(xb)
-            for group in opt.param_groups:
-                group["lr"] = cosine_lr(step, c.steps, c.lr)
             loss = self.losses(xb, self.net(feats[c.encoder_layer], c.size), feats).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimizer_step(opt, loss, step, c.steps, c.lr)
             if progress is not None:
                 progress(1)
         self.net.eval()
@@ -184,16 +180,8 @@ class PIADE:
             feats = self._features(x)
             rec = self.net(feats[c.encoder_layer], c.size)
             image_score = float(self.losses(x, rec, feats)[0])
-            residual = (1 - ssim_map(x, rec)).clamp_min(0)
-            full = F.interpolate(residual, size=image.shape, mode="bilinear", align_corners=False)[0, 0]
-        t1 = time.perf_counter()
-        amap = full.cpu().numpy().astype(np.float32)
-        if c.sigma > 0:
-            import cv2
-
-            amap = cv2.GaussianBlur(amap, (0, 0), sigmaX=c.sigma, borderType=cv2.BORDER_REFLECT)
-        return ScoreResult(amap, residual[0, 0].cpu().numpy().astype(np.float32), image_score,
-                           {"reconstruct": t1 - t0, "map": time.perf_counter() - t1})
+            amap, patch = residual_map(x, rec, image.shape, 11, c.sigma)
+        return ScoreResult(amap, patch, image_score, {"score": time.perf_counter() - t0})
 
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
         if not self.fitted:

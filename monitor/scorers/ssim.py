@@ -3,6 +3,8 @@ residual, and part of PIADE's loss."""
 
 from __future__ import annotations
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -26,3 +28,14 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor, window: int = 11, data_range: flo
     sab = F.conv2d(ap * bp, w) - mu_a * mu_b
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     return ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2))
+
+
+def residual_map(x: torch.Tensor, rec: torch.Tensor, shape: tuple[int, int], window: int = 11,
+                 sigma: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """1 - SSIM(x, rec) of (1, 1, h, w) tensors: (the residual resized to ``shape`` and blurred, the residual)."""
+    residual = (1 - ssim_map(x, rec, window)).clamp_min(0)
+    full = F.interpolate(residual, size=shape, mode="bilinear", align_corners=False)[0, 0]
+    amap = full.cpu().numpy().astype(np.float32)
+    if sigma > 0:
+        amap = cv2.GaussianBlur(amap, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
+    return amap, residual[0, 0].cpu().numpy().astype(np.float32)

@@ -27,3 +27,12 @@ def seeded(seed: int) -> torch.Generator:
 
 def cosine_lr(step: int, steps: int, lr: float) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
+
+
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, step: int, steps: int, lr: float) -> None:
+    """Set the cosine learning rate for ``step`` of ``steps``, then one backward pass and update."""
+    for group in opt.param_groups:
+        group["lr"] = cosine_lr(step, steps, lr)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
