@@ -123,3 +123,12 @@ def test_a_model_of_another_method_is_refused_by_the_daemon(tiny_models, tmp_pat
     d.start(wait_ready=False)
     assert d.proc.wait(60) == 2
     assert "holds a dfr model" in d.log_text()
+
+
+@pytest.mark.parametrize("method", sorted(TINY))
+def test_training_is_seeded_and_reproducible(method, normal_images):
+    a = Model.fit(method, TINY[method], normal_images[:2], device="cpu").scorer.state()[1]
+    b = Model.fit(method, TINY[method], normal_images[:2], device="cpu").scorer.state()[1]
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -116,6 +116,7 @@ class PIADE:
         self.device = resolve_device(device)
         c = config
         self.backbone = build_backbone(c.backbone, (c.perceptual_layer, c.encoder_layer), c.weights).to(self.device)
+        seeded(c.seed)  # the initial weights are part of what the seed fixes
         self.net = PIADENet(self.backbone.info(c.encoder_layer).channels, c.capsule_dim,
                             c.routing_iterations).to(self.device).eval()
         self.fitted = False

@@ -85,6 +85,7 @@ class SSIMAutoencoder:
     def __init__(self, config: SSIMAutoencoderConfig = SSIMAutoencoderConfig(), device: str = "auto"):
         self.config = config
         self.device = resolve_device(device)
+        seeded(config.seed)  # the initial weights are part of what the seed fixes
         self.net = SSIMAutoencoderNet(config.latent).to(self.device).eval()
         self.fitted = False
 
