@@ -88,17 +88,12 @@ def cmd_fit(args) -> int:
     return 0
 
 
-def _expect(cfg: Config) -> dict:
-    mc = cfg.model.method_config
-    return {k: getattr(mc, k) for k in ("backbone", "mode") if hasattr(mc, k)}
-
-
 def cmd_score(args) -> int:
-    from .model import Model
+    from .model import Model, expectations
     from .overlay import render_overlay, write_png
 
     cfg = _load_cfg(args)
-    model = Model.load(args.model, cfg.model.device, _expect(cfg) if args.config else None)
+    model = Model.load(args.model, cfg.model.device, expectations(cfg.model.method_config) if args.config else None)
     failed = 0
     for path in list_images(args.images):
         t0 = time.perf_counter()

@@ -36,6 +36,11 @@ class Inspection:
         }
 
 
+def expectations(method_config) -> dict:
+    """The settings a loaded model must share with the configuration (backbone, mode) to be used under it."""
+    return {k: getattr(method_config, k) for k in ("backbone", "mode") if hasattr(method_config, k)}
+
+
 class Model:
     def __init__(self, scorer, threshold: Threshold | None, defects: DefectConfig, meta: dict | None = None):
         self.scorer = scorer

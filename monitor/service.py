@@ -9,6 +9,7 @@ old one). WATCHDOG=1 is sent at half of WATCHDOG_USEC, only while the worker mak
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -22,7 +23,7 @@ from .artifact import ArtifactError
 from .config import Config, load_config
 from .ledger import Ledger, Row
 from .metrics import Metrics
-from .model import Model
+from .model import Model, expectations
 from .watcher import Intake
 from .worker import Worker
 
@@ -57,9 +58,7 @@ def load_model(cfg: Config) -> Model:
     path = Path(cfg.model.path)
     if not (path / "model.json").is_file():
         raise ArtifactError(f"model.path {path}: no fitted model there; run `monitor fit ... --out {path}` first")
-    mc = cfg.model.method_config
-    expect = {k: getattr(mc, k) for k in ("backbone", "mode") if hasattr(mc, k)}
-    model = Model.load(path, cfg.model.device, expect)
+    model = Model.load(path, cfg.model.device, expectations(cfg.model.method_config))
     if model.meta.get("method") != cfg.model.method:
         raise ArtifactError(f"model.path {path} holds a {model.meta.get('method')} model, "
                             f"the configuration asks for {cfg.model.method}")
@@ -186,7 +185,7 @@ class Service:
         for section in ("watch", "metrics", "output"):
             if getattr(cfg, section) != getattr(self.cfg, section):
                 log.warning("reload: changes to the %s section take effect at the next restart", section)
-                cfg = _replace(cfg, section, getattr(self.cfg, section))
+                cfg = dataclasses.replace(cfg, **{section: getattr(self.cfg, section)})
         self.worker.swap(model, cfg)
         self.cfg = cfg
         self._config_gauges(cfg)
@@ -212,9 +211,3 @@ class Service:
         if self.ledger is not None:
             self.ledger.close()
         log.info("stopped")
-
-
-def _replace(cfg: Config, section: str, value) -> Config:
-    import dataclasses
-
-    return dataclasses.replace(cfg, **{section: value})

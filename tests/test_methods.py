@@ -76,7 +76,8 @@ def test_dfr_features_of_every_layer_land_on_the_same_grid_cell():
     img[y - 6:y + 6, x - 6:x + 6] = 1.0  # a bright square: every layer reacts most where it is
     grid = dfr.extractor(img)
     cell = grid.cell
-    assert grid.grid_shape == (round(256 * 0.5 / 4), round(320 * 0.5 / 4)) and cell == 8
+    sc = dfr.config.scale
+    assert grid.grid_shape == (round(256 * sc / 4), round(320 * sc / 4)) and cell == 4 / sc
     start = 0
     for layer in dfr.backbone.layers:
         c = dfr.backbone.info(layer).channels

@@ -34,7 +34,7 @@ class DFRConfig:
     backbone: str = "efficientnet_lite0"
     weights: str = "package"
     layers: tuple[str, ...] = ("stage2", "stage3", "stage4", "stage5")
-    scale: float = 0.5  # image resize before the network (the grid is then 8 image pixels per cell)
+    scale: float = 1.0  # image resize before the network (0.5: AUC 0.878 instead of 0.960 on NanoTWICE)
     aggregate: int = 3  # mean filter over aggregate x aggregate cells (DFR's regional features)
     pad: int = 32
     pca_variance: float = 0.9  # the latent size c keeps this fraction of the variance (the paper: 90%)
