@@ -230,7 +230,46 @@ def _resnet18_infos() -> dict[str, LayerInfo]:
     return infos
 
 
-BACKBONES = ("efficientnet_lite0", "resnet18")
+class _VGGBackbone(Backbone):
+    """torchvision VGG; layers are named after their ReLU: relu{block}_{conv}, e.g. relu3_4 (VGG19) or relu5_2."""
+
+    def _run(self, x):
+        want = set(self.layers)
+        out: dict[str, torch.Tensor] = {}
+        for name, module in _vgg_named(self.net.features):
+            x = module(x)
+            if name in want:
+                out[name] = x.clone()  # the next in-place ReLU must not touch what we return
+                if len(out) == len(want):
+                    return out
+        return out
+
+
+def _vgg_named(features: nn.Sequential):
+    """(name, module) along VGG's feature stack; a ReLU gets relu{block}_{conv}, other modules their index."""
+    block, conv = 1, 0
+    for i, m in enumerate(features):
+        if isinstance(m, nn.Conv2d):
+            conv += 1
+        if isinstance(m, nn.ReLU):
+            yield f"relu{block}_{conv}", m
+        else:
+            yield str(i), m
+        if isinstance(m, nn.MaxPool2d):
+            block, conv = block + 1, 0
+
+
+def _vgg_infos(net: nn.Module) -> dict[str, LayerInfo]:
+    infos, channels = {}, 3
+    for name, m in _vgg_named(net.features):
+        if isinstance(m, nn.Conv2d):
+            channels = m.out_channels
+        if name.startswith("relu"):
+            infos[name] = LayerInfo(channels, 2 ** (int(name[4]) - 1))
+    return infos
+
+
+BACKBONES = ("efficientnet_lite0", "resnet18", "vgg19", "vgg11")
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -268,15 +307,19 @@ def build_backbone(name: str, layers: tuple[str, ...] | list[str], weights: str 
         mean, std, cls = (0.498,) * 3, (0.502,) * 3, _Lite0Backbone
         default_path = None if weights == "none" else (
             _lite0_weights_path() if weights in (None, "package") else Path(weights))
-    elif name == "resnet18":
+    elif name in ("resnet18", "vgg19", "vgg11"):
         import torchvision
 
-        net, infos = torchvision.models.resnet18(weights=None), _resnet18_infos()
-        mean, std, cls = IMAGENET_MEAN, IMAGENET_STD, _ResNetBackbone
+        net = getattr(torchvision.models, name)(weights=None)
+        if name == "resnet18":
+            infos, cls = _resnet18_infos(), _ResNetBackbone
+        else:  # the networks of DFR (VGG19) and PIADE's perceptual loss (VGG11), for users who have their weights
+            infos, cls = _vgg_infos(net), _VGGBackbone
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
         if weights in (None, "", "package"):
             raise BackboneError(
-                "resnet18 needs a weights file: set model.weights to a torchvision ImageNet checkpoint "
-                "(e.g. resnet18-f37072fd.pth); use weights: none only for tests")
+                f"{name} needs a weights file: set the method's weights to a torchvision ImageNet checkpoint "
+                f"(e.g. {name}-....pth); use weights: none only for tests")
         default_path = None if weights == "none" else Path(weights)
     else:
         raise BackboneError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")

@@ -56,7 +56,7 @@ def test_missing_or_mismatching_weights_file_is_an_error(tmp_path):
 
 
 @pytest.mark.parametrize("name,layers,match", [
-    ("vgg19", ["x"], "unknown backbone"),
+    ("alexnet", ["x"], "unknown backbone"),
     ("efficientnet_lite0", ["layer3"], "has no layer"),
     ("efficientnet_lite0", [], "at least one layer"),
 ])
@@ -69,3 +69,18 @@ def test_random_weights_only_when_asked():
     bb = build_backbone("efficientnet_lite0", ["stage3"], "none")
     assert bb.weights_sha256 == "random"
     assert build_backbone("efficientnet_lite0", ["stage3"]).weights_sha256 != "random"
+
+
+def test_vgg_backbones_for_the_papers_networks_name_layers_by_relu():
+    import torch
+
+    from monitor.backbones import BackboneError, build_backbone
+
+    b = build_backbone("vgg19", ["relu1_2", "relu3_4", "relu5_4"], "none")
+    out = b(b.prepare(torch.rand(1, 1, 64, 96)))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "relu1_2": (1, 64, 64, 96), "relu3_4": (1, 256, 16, 24), "relu5_4": (1, 512, 4, 6)}
+    assert b.info("relu4_4").channels == 512 and b.info("relu4_4").stride == 8
+    assert "relu3_2" in build_backbone("vgg11", ["relu3_2"], "none").infos
+    with pytest.raises(BackboneError, match="needs a weights file"):
+        build_backbone("vgg19", ["relu1_1"], None)

@@ -133,3 +133,9 @@ def test_training_is_seeded_and_reproducible(method, normal_images):
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_dfr_runs_on_the_papers_vgg19_layers(normal_images):
+    cfg = DFRConfig(backbone="vgg19", weights="none", layers=("relu2_2", "relu3_4", "relu4_4"), epochs=1)
+    model = Model.fit("dfr", cfg, normal_images[:1], device="cpu")
+    assert model.inspect(fiber_mat(SHAPE, seed=3)).result.anomaly_map.shape == SHAPE
