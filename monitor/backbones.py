@@ -167,6 +167,12 @@ class Backbone(nn.Module):
     def info(self, layer: str) -> LayerInfo:
         return self.infos[layer]
 
+    def check_weights(self, fitted_sha256: str) -> None:
+        """Refuse to score with other weights than the model was fitted with (ValueError)."""
+        if self.weights_sha256 != fitted_sha256:
+            raise ValueError(f"backbone weights differ from those the model was fitted with "
+                             f"({self.weights_sha256[:12]} != {fitted_sha256[:12]}); refit the model")
+
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self._run(x)

@@ -143,3 +143,12 @@ def test_a_batch_scores_exactly_like_one_image_at_a_time(fitted_model, defect_sa
         one = fitted_model.inspect(img, 0.001)
         np.testing.assert_allclose(b.result.anomaly_map, one.result.anomaly_map, rtol=1e-4, atol=1e-4)
         assert b.verdict == one.verdict
+
+
+def test_a_model_is_refused_over_other_backbone_weights(fitted_model):
+    from monitor.scorers import PatchDictionary
+
+    meta, arrays = fitted_model.scorer.state()
+    meta = {**meta, "backbone_sha256": "0" * 64}  # as if the installed weights had changed since the fit
+    with pytest.raises(ValueError, match="backbone weights differ"):
+        PatchDictionary.from_state(meta, arrays, "cpu")

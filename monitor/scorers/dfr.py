@@ -143,8 +143,7 @@ class DFR:
     @classmethod
     def from_state(cls, meta: dict, arrays: dict[str, np.ndarray], device: str = "auto") -> "DFR":
         obj = cls(DFRConfig(**meta["config"]), device)
-        if obj.backbone.weights_sha256 != meta["backbone_sha256"]:
-            raise ValueError("backbone weights differ from those the model was fitted with; refit the model")
+        obj.backbone.check_weights(meta["backbone_sha256"])
         obj.latent = int(meta["latent"])
         obj.mean = torch.from_numpy(np.asarray(arrays["mean"])).to(obj.device)
         obj.std = torch.from_numpy(np.asarray(arrays["std"])).to(obj.device)

@@ -230,10 +230,7 @@ class PatchDictionary:
     def from_state(cls, meta: dict, arrays: dict[str, np.ndarray], device: str = "auto") -> "PatchDictionary":
         cfg = PatchDictionaryConfig(**meta["config"])
         obj = cls(cfg, device)
-        if obj.backbone.weights_sha256 != meta["backbone_sha256"]:
-            raise ValueError(
-                f"backbone weights differ from those the model was fitted with "
-                f"({obj.backbone.weights_sha256[:12]} != {meta['backbone_sha256'][:12]}); refit the model")
+        obj.backbone.check_weights(meta["backbone_sha256"])
         for name in ("mean", "components", "scale", "words"):
             setattr(obj, name, torch.from_numpy(np.asarray(arrays[name])).to(obj.device))
         return obj

@@ -193,8 +193,7 @@ class PIADE:
     @classmethod
     def from_state(cls, meta: dict, arrays: dict[str, np.ndarray], device: str = "auto") -> "PIADE":
         obj = cls(PIADEConfig(**meta["config"]), device)
-        if obj.backbone.weights_sha256 != meta["backbone_sha256"]:
-            raise ValueError("backbone weights differ from those the model was fitted with; refit the model")
+        obj.backbone.check_weights(meta["backbone_sha256"])
         load_module_arrays(obj.net, arrays, "net")
         obj.net.to(obj.device).eval()
         obj.fitted = True
