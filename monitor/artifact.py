@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .backbones import file_sha256
+
 FORMAT = "sem-monitor-model/1"
 _VOLATILE = ("created_at", "library_versions", "model_id", "arrays_sha256", "fit_seconds")
 
@@ -45,14 +47,6 @@ def library_versions() -> dict[str, str]:
             "scikit-learn": sklearn.__version__}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_artifact(directory: str | os.PathLike, meta: dict, arrays: dict[str, np.ndarray]) -> str:
     """Write the model atomically (a temporary sibling directory, then rename). Returns the model_id."""
     directory = Path(directory)
@@ -65,7 +59,7 @@ def save_artifact(directory: str | os.PathLike, meta: dict, arrays: dict[str, np
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         np.savez(tmp / "arrays.npz", **arrays)
-        meta["arrays_sha256"] = _sha256(tmp / "arrays.npz")
+        meta["arrays_sha256"] = file_sha256(tmp / "arrays.npz")
         (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if directory.exists():
             if not (directory / "model.json").exists():
@@ -90,7 +84,7 @@ def load_artifact(directory: str | os.PathLike) -> tuple[dict, dict[str, np.ndar
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ArtifactError(f"{mpath}: unknown format {meta.get('format') if isinstance(meta, dict) else None!r}, "
                             f"expected {FORMAT!r}")
-    if _sha256(apath) != meta.get("arrays_sha256"):
+    if file_sha256(apath) != meta.get("arrays_sha256"):
         raise ArtifactError(f"{apath} does not match the sha256 recorded in model.json (corrupt or modified)")
     try:
         with np.load(apath, allow_pickle=False) as z:

@@ -21,7 +21,6 @@ Files in the export folder are only ever opened for reading.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import logging
 import os
 import queue
@@ -34,6 +33,7 @@ from watchdog.events import FileClosedEvent, FileCreatedEvent, FileModifiedEvent
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
+from .backbones import file_sha256
 from .config import WatchSection
 from .ledger import Ledger, Row
 
@@ -50,14 +50,6 @@ def wanted(name: str, cfg: WatchSection) -> bool:
     if any(fnmatch.fnmatchcase(n, p.lower()) for p in cfg.ignore):
         return False
     return any(fnmatch.fnmatchcase(n, p.lower()) for p in cfg.patterns)
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class _Handler(FileSystemEventHandler):
@@ -197,7 +189,7 @@ class Intake(threading.Thread):
             st = os.stat(path)
             if self.ledger.known(path, st.st_size, st.st_mtime_ns):
                 return 0
-            digest = file_sha256(Path(path))
+            digest = file_sha256(path)
         except FileNotFoundError:
             log.warning("%s: gone before it could be recorded", path)
             if self.on_gone is not None:
