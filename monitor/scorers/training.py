@@ -25,14 +25,18 @@ def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def cosine_lr(step: int, steps: int, lr: float) -> float:
-    return lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
+def cosine_lr(step: int, steps: int, lr: float, warmup: int = 0) -> float:
+    """Linear warm-up over the first ``warmup`` steps, then a cosine decay to 0 at ``steps``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, step: int, steps: int, lr: float) -> None:
-    """Set the cosine learning rate for ``step`` of ``steps``, then one backward pass and update."""
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, step: int, steps: int, lr: float,
+                   warmup: int = 0) -> None:
+    """Set the learning rate for ``step`` of ``steps`` (see cosine_lr), then one backward pass and update."""
     for group in opt.param_groups:
-        group["lr"] = cosine_lr(step, steps, lr)
+        group["lr"] = cosine_lr(step, steps, lr, warmup)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
