@@ -57,11 +57,11 @@ def main() -> None:
 
     t0 = time.perf_counter()
     scorer = PatchDictionary(PAPER, a.device)  # fitted by hand: the fit extractor's stride differs from the test's
+    test_extractor = scorer.extractor
     scorer.extractor = CropExtractor(scorer.backbone, PAPER.patch_size, a.fit_stride, PAPER.input_size,
                                      PAPER.batch_size)
     scorer.fit(normal)
-    scorer.extractor = CropExtractor(scorer.backbone, PAPER.patch_size, PAPER.stride, PAPER.input_size,
-                                     PAPER.batch_size)
+    scorer.extractor = test_extractor
     crop_fit = time.perf_counter() - t0
     print(f"fitted: dense {dense_fit:.0f} s, crop {crop_fit:.0f} s (fit stride {a.fit_stride})", flush=True)
 

@@ -11,8 +11,8 @@ loss; the pixel map is the reconstruction residual 1 - SSIM(input, reconstructio
 The paper's SE-ResNet-18 encoder and VGG11 perceptual network have no offline weights here: the product's
 pretrained backbone stands in for both (EfficientNet-Lite0 stage7 as the encoder, its stage3 for the perceptual
 loss; SE-ResNet-18, ResNet-18 or VGG11 from a weights file if configured: backbone ``se_resnet18``, encoder layer
-``layer4``), frozen; the pyramid, routing and decoder are trained. Images
-are resized to ``size`` (the whole image: PIADE has no patches).
+``layer4``), frozen; the pyramid, routing and decoder are trained. Images are resized to ``size`` (the whole
+image: PIADE has no patches).
 """
 
 from __future__ import annotations

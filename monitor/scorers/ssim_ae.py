@@ -53,6 +53,8 @@ class SSIMAutoencoderConfig:
         for key in ("latent", "steps", "batch_size", "stride"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
         if not 0.05 <= self.downscale <= 1:
             raise ValueError(f"downscale must be within [0.05, 1], got {self.downscale}")
         if self.window % 2 == 0 or self.window < 3:
