@@ -72,10 +72,6 @@ def test_random_weights_only_when_asked():
 
 
 def test_vgg_backbones_for_the_papers_networks_name_layers_by_relu():
-    import torch
-
-    from monitor.backbones import BackboneError, build_backbone
-
     b = build_backbone("vgg19", ["relu1_2", "relu3_4", "relu5_4"], "none")
     out = b(b.prepare(torch.rand(1, 1, 64, 96)))
     assert {k: tuple(v.shape) for k, v in out.items()} == {
@@ -87,8 +83,6 @@ def test_vgg_backbones_for_the_papers_networks_name_layers_by_relu():
 
 
 def test_se_resnet18_loads_a_state_dict_and_is_resnet18_plus_channel_gates(tmp_path):
-    import torchvision
-
     from monitor.backbones import _se_resnet18
 
     torch.manual_seed(0)
@@ -103,10 +97,9 @@ def test_se_resnet18_loads_a_state_dict_and_is_resnet18_plus_channel_gates(tmp_p
     path = tmp_path / "seresnet18.pth"
     torch.save(sd, path)
     bb = build_backbone("se_resnet18", ["layer4"], str(path))
-    plain = torchvision.models.resnet18(weights=None)
-    plain.load_state_dict({k: v for k, v in sd.items() if ".se." not in k})
+    plain = {k: v for k, v in sd.items() if ".se." not in k}  # the same weights without the gates
     ref = build_backbone("resnet18", ["layer4"], "none")
-    ref.net.load_state_dict(plain.state_dict())
+    ref.net.load_state_dict(plain)  # strict: exactly ResNet-18's parameters
     x = bb.prepare(torch.rand(1, 1, 64, 64))
     assert torch.allclose(bb(x)["layer4"], ref(x)["layer4"], atol=1e-5)
     for key in sd:  # gates closed: every residual branch is switched off, so the output changes
@@ -115,7 +108,7 @@ def test_se_resnet18_loads_a_state_dict_and_is_resnet18_plus_channel_gates(tmp_p
     bb.net.load_state_dict(sd)
     assert not torch.allclose(bb(x)["layer4"], ref(x)["layer4"], atol=1e-3)
     with pytest.raises(BackboneError, match="do not fit"):  # a plain ResNet-18 checkpoint lacks the gates
-        torch.save(plain.state_dict(), tmp_path / "plain.pth")
+        torch.save(plain, tmp_path / "plain.pth")
         build_backbone("se_resnet18", ["layer4"], str(tmp_path / "plain.pth"))
     with pytest.raises(BackboneError, match="needs a weights file"):
         build_backbone("se_resnet18", ["layer4"])
