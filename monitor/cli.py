@@ -64,7 +64,7 @@ def fit_model(cfg: Config, normal_paths, val_paths, out: Path, quiet: bool = Fal
         if bar is not None:
             bar.close()
     if not val:
-        log.warning("no --val images: the model has no threshold and will give no verdicts")
+        log.warning("no --val images: the model has no threshold (nor border calibration) and will give no verdicts")
     model_id = model.save(out)
     return model, model_id, time.perf_counter() - t0
 

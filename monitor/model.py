@@ -61,6 +61,8 @@ class Model:
         t0 = time.perf_counter()
         scorer.fit(normal, progress)
         th = None
+        if val and hasattr(scorer, "calibrate"):
+            scorer.calibrate(val)  # position-dependent corrections fitted on normal images, before the threshold
         if val:
             results = [scorer.score(v) for v in val]
             th = fit_threshold([r.patch_scores for r in results], [r.anomaly_map for r in results], threshold)

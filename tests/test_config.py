@@ -38,6 +38,7 @@ def test_every_default_key_is_in_config_yaml():
     ({"alarm": {"coverage_threshold": -1}}, "coverage_threshold"),
     ({"image": {"crop_bottom": -3}}, "crop_bottom"),
     ({"model": {"ssim_autoencoder": {"warmup": -1}}}, "warmup must be >= 0"),
+    ({"model": {"patch_dictionary": {"border_rings": -1}}}, "border_rings must be >= 0"),
     ([1, 2], "expected a mapping"),
 ])
 def test_bad_configs_are_rejected_with_the_key(data, match):

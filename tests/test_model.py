@@ -7,7 +7,7 @@ from monitor.artifact import ArtifactError
 from monitor.defects import DefectConfig, find_defects
 from monitor.features import FeatureGrid, grid_to_map
 from monitor.model import Model
-from monitor.scorers.patch_dictionary import greedy_coreset, nearest_distances
+from monitor.scorers.patch_dictionary import border_rings, greedy_coreset, nearest_distances
 from monitor.synth import defective_image, fiber_mat
 from tests.conftest import SHAPE
 
@@ -50,7 +50,7 @@ def test_map_has_image_size(fitted_model):
 def test_save_load_round_trip_is_bit_for_bit(fitted_model, saved_model, defect_sample):
     loaded = Model.load(saved_model, "cpu")
     a, b = fitted_model.scorer.state()[1], loaded.scorer.state()[1]
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys() and len(a["border_offset"]) == 2  # the calibration travels too
     for k in a:
         assert np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype
     assert loaded.threshold == fitted_model.threshold
@@ -152,3 +152,44 @@ def test_a_model_is_refused_over_other_backbone_weights(fitted_model):
     meta = {**meta, "backbone_sha256": "0" * 64}  # as if the installed weights had changed since the fit
     with pytest.raises(ValueError, match="backbone weights differ"):
         PatchDictionary.from_state(meta, arrays, "cpu")
+
+
+def test_border_rings_count_cells_to_the_nearest_edge():
+    assert border_rings((4, 5)).tolist() == [[0, 0, 0, 0, 0], [0, 1, 1, 1, 0], [0, 1, 1, 1, 0], [0, 0, 0, 0, 0]]
+
+
+def test_border_calibration_levels_the_rim_on_unseen_clean_images(fitted_model):
+    """Rim cells score above the interior on clean images (reflect padding); the offsets fitted on the validation
+    images bring the rim to the interior's level on other clean images."""
+    scorer = fitted_model.scorer
+    offset = scorer.border_offset
+    assert offset.shape == (2,) and (offset < 0).all()
+
+    def rim_gap():
+        gaps = []
+        for seed in range(300, 304):
+            s = scorer.score(fiber_mat(SHAPE, seed=seed)).patch_scores
+            ring = border_rings(s.shape)
+            gaps.append(s[ring == 0].mean() - s[ring >= 2].mean())
+        return float(np.mean(gaps))
+
+    calibrated = rim_gap()
+    try:
+        scorer.border_offset = offset.new_zeros(0)
+        raw = rim_gap()
+    finally:
+        scorer.border_offset = offset
+    assert raw > 1.0 and abs(calibrated) < 0.4 * raw, (raw, calibrated)
+
+
+def test_a_model_from_before_the_border_calibration_loads_uncalibrated(fitted_model):
+    from monitor.scorers import PatchDictionary
+
+    meta, arrays = fitted_model.scorer.state()
+    del arrays["border_offset"]
+    old = PatchDictionary.from_state(meta, arrays, "cpu")
+    assert len(old.border_offset) == 0
+    img = fiber_mat(SHAPE, seed=9)
+    s_old, s_new = old.score(img).patch_scores, fitted_model.scorer.score(img).patch_scores
+    ring = border_rings(s_old.shape)
+    assert np.array_equal(s_old[ring >= 2], s_new[ring >= 2]) and not np.allclose(s_old[ring == 0], s_new[ring == 0])

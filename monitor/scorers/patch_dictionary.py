@@ -5,6 +5,9 @@ fit:   patch features of defect-free images -> PCA keeping ``pca_variance`` of t
        greedy coreset (k-center, as in PatchCore) when k is large.
 score: degree of abnormality of a patch = mean Euclidean distance to its ``m`` nearest words; pixel map from the
        grid (see ``features.grid_to_map``).
+calibrate (on normal validation images, before the threshold): the outer ``border_rings`` rings of grid cells score
+       higher than the interior on defect-free images (their patches see the reflect-padded border, a pattern the
+       dictionary covers poorly), so each ring gets an offset that brings its mean validation score to the interior's.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from ..features import MODES, CropExtractor, DenseExtractor, FeatureGrid, grid_t
 from .base import Progress, ScoreResult
 
 DICTIONARIES = ("kmeans", "coreset")
+STATE_ARRAYS = ("mean", "components", "scale", "words", "border_offset")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class PatchDictionaryConfig:
     n_init: int = 10
     max_fit_patches: int = 200_000
     sigma: float = 4.0
+    border_rings: int = 2  # outer grid rings whose scores are calibrated on the validation images (0 = none)
     seed: int = 0
 
     def __post_init__(self):
@@ -57,6 +62,8 @@ class PatchDictionaryConfig:
             raise ValueError(f"dictionary must be one of {', '.join(DICTIONARIES)}, got {self.dictionary!r}")
         if not 0 < self.pca_variance <= 1:
             raise ValueError(f"pca_variance must be in (0, 1], got {self.pca_variance}")
+        if self.border_rings < 0:
+            raise ValueError(f"border_rings must be >= 0, got {self.border_rings}")
         for key in ("k", "m", "n_init", "max_fit_patches"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
@@ -97,6 +104,14 @@ def greedy_coreset(x: torch.Tensor, k: int, seed: int = 0, proj_dim: int = 128) 
     return selected
 
 
+def border_rings(shape: tuple[int, int]) -> np.ndarray:
+    """(h, w) int array: each grid cell's distance in cells to the nearest edge of the grid (0 = outermost ring)."""
+    h, w = shape
+    y = np.minimum(np.arange(h), np.arange(h)[::-1])
+    x = np.minimum(np.arange(w), np.arange(w)[::-1])
+    return np.minimum(y[:, None], x[None, :])
+
+
 def nearest_distances(q: torch.Tensor, words: torch.Tensor, m: int, chunk: int = 8192) -> torch.Tensor:
     """Mean Euclidean distance from each row of q (n, d) to its m nearest rows of words (k, d)."""
     w2 = (words * words).sum(1)
@@ -128,6 +143,7 @@ class PatchDictionary:
         self.components: torch.Tensor | None = None  # (C, r)
         self.scale: torch.Tensor | None = None  # (r,) std of each component
         self.words: torch.Tensor | None = None  # (k, r)
+        self.border_offset = torch.zeros(0, device=self.device)  # (border_rings,) once calibrated; empty = none
 
     # ---------------------------------------------------------------------------------------------------- features
     def extract(self, image: np.ndarray, progress: Progress | None = None) -> FeatureGrid:
@@ -175,6 +191,25 @@ class PatchDictionary:
             words = z[greedy_coreset(z.float(), c.k, c.seed)]
         self.mean, self.components, self.scale = mean.float(), comps.float(), scale.float()
         self.words = words.float().contiguous()
+        self.border_offset = torch.zeros(0, device=self.device)
+
+    def calibrate(self, images: Sequence[np.ndarray]) -> None:
+        """Fit the border-ring offsets on defect-free images that did not build the dictionary (validation)."""
+        R = self.config.border_rings
+        self.border_offset = torch.zeros(0, device=self.device)
+        if R == 0 or not images:
+            return
+        ring_sum, ring_n = np.zeros(R + 1), np.zeros(R + 1)  # index R: the interior
+        for img in images:
+            s = self.patch_scores(self.extract(img)).cpu().numpy().astype(np.float64)
+            d = np.minimum(border_rings(s.shape), R)
+            if not (d == R).any():
+                raise ValueError(f"border calibration needs a grid larger than {2 * R} cells each way, "
+                                 f"got {s.shape[1]}x{s.shape[0]}; lower border_rings")
+            ring_sum += np.bincount(d.ravel(), s.ravel(), R + 1)
+            ring_n += np.bincount(d.ravel(), minlength=R + 1)
+        mean = ring_sum / ring_n
+        self.border_offset = torch.from_numpy(mean[R] - mean[:R]).float().to(self.device)
 
     @staticmethod
     def _kmeans_words(z: torch.Tensor, c: PatchDictionaryConfig) -> torch.Tensor:
@@ -193,8 +228,13 @@ class PatchDictionary:
         if not self.fitted:
             raise RuntimeError("the scorer is not fitted")
         f = grid.features.reshape(-1, grid.features.shape[-1])
-        d = nearest_distances(self.project(f), self.words, self.config.m)
-        return d.reshape(grid.grid_shape)
+        d = nearest_distances(self.project(f), self.words, self.config.m).reshape(grid.grid_shape)
+        R = len(self.border_offset)
+        if R:
+            rings = torch.from_numpy(border_rings(grid.grid_shape)).to(d.device)
+            offset = torch.cat([self.border_offset, self.border_offset.new_zeros(1)])  # interior: no offset
+            d = d + offset[rings.clamp(max=R)]
+        return d
 
     def score(self, image: np.ndarray) -> ScoreResult:
         return self.score_batch([image])[0]
@@ -223,7 +263,7 @@ class PatchDictionary:
         if not self.fitted:
             raise RuntimeError("the scorer is not fitted")
         meta = {"config": asdict(self.config), "backbone_sha256": self.backbone.weights_sha256}
-        arrays = {name: getattr(self, name).cpu().numpy() for name in ("mean", "components", "scale", "words")}
+        arrays = {name: getattr(self, name).cpu().numpy() for name in STATE_ARRAYS}
         return meta, arrays
 
     @classmethod
@@ -231,6 +271,10 @@ class PatchDictionary:
         cfg = PatchDictionaryConfig(**meta["config"])
         obj = cls(cfg, device)
         obj.backbone.check_weights(meta["backbone_sha256"])
-        for name in ("mean", "components", "scale", "words"):
-            setattr(obj, name, torch.from_numpy(np.asarray(arrays[name])).to(obj.device))
+        for name in STATE_ARRAYS:
+            if name in arrays or name != "border_offset":  # models from before the border calibration have none
+                setattr(obj, name, torch.from_numpy(np.asarray(arrays[name])).to(obj.device))
+        if len(obj.border_offset) not in (0, cfg.border_rings):
+            raise ValueError(f"border_offset has {len(obj.border_offset)} rings, the configuration "
+                             f"{cfg.border_rings}")
         return obj
