@@ -64,7 +64,8 @@ class DenseExtractor:
         # artefacts of the convolutions out of the image: border cells then look like interior ones
         deepest = max(backbone.info(n).stride for n in backbone.layers)
         if pad < 0 or pad % deepest:
-            raise ValueError(f"pad must be a non-negative multiple of {deepest} for layers {backbone.layers}, got {pad}")
+            raise ValueError(f"pad must be a non-negative multiple of {deepest} for layers {backbone.layers}, "
+                             f"got {pad}")
         self.pad = pad
         self.device = backbone.mean.device
 
