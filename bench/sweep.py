@@ -5,7 +5,8 @@
 Each argument is a JSON object of PatchDictionaryConfig overrides of the defaults. Fits on ITIA1141-1144 (border
 calibration on ITIA1145, as ``monitor fit --val`` does), scores the 40 anomalous images; prints pixel ROC-AUC on the
 40 and the paper's 35, PRO-AUC to 30% FPR, the median per-defect coverage at 5% FPR (40 and 35), the p50 time per
-image (scoring only, image already loaded), the fit time and the feature dimension after PCA. The README's "what each choice changed" numbers come from this script.
+image (scoring only, image already loaded), the fit time and the feature dimension after PCA. The README's "what
+each choice changed" numbers come from this script.
 """
 
 from __future__ import annotations
