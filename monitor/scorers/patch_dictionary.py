@@ -7,7 +7,10 @@ score: degree of abnormality of a patch = mean Euclidean distance to its ``m`` n
        grid (see ``features.grid_to_map``).
 calibrate (on normal validation images, before the threshold): the outer ``border_rings`` rings of grid cells score
        higher than the interior on defect-free images (their patches see the reflect-padded border, a pattern the
-       dictionary covers poorly), so each ring gets an offset that brings its mean validation score to the interior's.
+       dictionary covers poorly), more so on some sides than on others and most in the corners, where two padded
+       edges meet, and they spread wider (standard deviation 2x the interior's on the rim, 4x in the corners). Each
+       zone (a ring of one side, or the corner blocks: ``border_zones``) gets a gain and an offset that bring its
+       validation scores to the interior's mean and spread (the gain never above 1).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from ..features import MODES, CropExtractor, DenseExtractor, FeatureGrid, grid_t
 from .base import Progress, ScoreResult
 
 DICTIONARIES = ("kmeans", "coreset")
-STATE_ARRAYS = ("mean", "components", "scale", "words", "border_offset")
+STATE_ARRAYS = ("mean", "components", "scale", "words", "border_offset", "border_gain")
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,28 @@ def border_rings(shape: tuple[int, int]) -> np.ndarray:
     return np.minimum(y[:, None], x[None, :])
 
 
+def border_zones(shape: tuple[int, int], rings: int) -> np.ndarray:
+    """(h, w) int array: the calibration zone of each grid cell, for ``rings`` outer rings.
+
+    Zone ``side * rings + r``: ring r (cells to the nearest edge) of side 0 top, 1 bottom, 2 left, 3 right, outside
+    the corners; zone ``4 * rings + r``: the corner blocks (cells within ``rings`` of two edges), by ring, the four
+    corners pooled; zone ``5 * rings``: the interior. The sides differ (on NanoTWICE the top and right rims score
+    about 1 higher than the bottom and left ones, on the validation and the test images alike) and the corners score
+    about twice as high as the rims, so one offset per ring left the corners and two sides hot.
+    """
+    h, w = shape
+    R = rings
+    y, x = np.arange(h)[:, None], np.arange(w)[None, :]
+    dy, dx = np.minimum(y, h - 1 - y), np.minimum(x, w - 1 - x)
+    zone = np.full((h, w), 5 * R)
+    rim_y, rim_x = (dy < R) & (dx >= R), (dx < R) & (dy >= R)
+    side_y = np.where(2 * y < h, 0, 1)  # top or bottom
+    side_x = np.where(2 * x < w, 2, 3)  # left or right
+    zone = np.where(rim_y, side_y * R + dy, zone)
+    zone = np.where(rim_x, side_x * R + dx, zone)
+    return np.where((dy < R) & (dx < R), 4 * R + np.minimum(dy, dx), zone)
+
+
 def nearest_distances(q: torch.Tensor, words: torch.Tensor, m: int, chunk: int = 8192) -> torch.Tensor:
     """Mean Euclidean distance from each row of q (n, d) to its m nearest rows of words (k, d)."""
     w2 = (words * words).sum(1)
@@ -143,7 +168,9 @@ class PatchDictionary:
         self.components: torch.Tensor | None = None  # (C, r)
         self.scale: torch.Tensor | None = None  # (r,) std of each component
         self.words: torch.Tensor | None = None  # (k, r)
-        self.border_offset = torch.zeros(0, device=self.device)  # (border_rings,) once calibrated; empty = none
+        # per border zone, once calibrated (empty = none): score -> gain * score + offset
+        self.border_offset = torch.zeros(0, device=self.device)  # (5 * border_rings,)
+        self.border_gain = torch.zeros(0, device=self.device)  # (5 * border_rings,)
 
     # ---------------------------------------------------------------------------------------------------- features
     def extract(self, image: np.ndarray, progress: Progress | None = None) -> FeatureGrid:
@@ -191,25 +218,30 @@ class PatchDictionary:
             words = z[greedy_coreset(z.float(), c.k, c.seed)]
         self.mean, self.components, self.scale = mean.float(), comps.float(), scale.float()
         self.words = words.float().contiguous()
-        self.border_offset = torch.zeros(0, device=self.device)
+        self.border_offset = self.border_gain = torch.zeros(0, device=self.device)
 
     def calibrate(self, images: Sequence[np.ndarray]) -> None:
-        """Fit the border-ring offsets on defect-free images that did not build the dictionary (validation)."""
+        """Fit the border-zone offsets on defect-free images that did not build the dictionary (validation)."""
         R = self.config.border_rings
-        self.border_offset = torch.zeros(0, device=self.device)
+        self.border_offset = self.border_gain = torch.zeros(0, device=self.device)
         if R == 0 or not images:
             return
-        ring_sum, ring_n = np.zeros(R + 1), np.zeros(R + 1)  # index R: the interior
+        n_zones = 5 * R + 1  # the last: the interior
+        n, s1, s2 = np.zeros(n_zones), np.zeros(n_zones), np.zeros(n_zones)
         for img in images:
             s = self.patch_scores(self.extract(img)).cpu().numpy().astype(np.float64)
-            d = np.minimum(border_rings(s.shape), R)
-            if not (d == R).any():
+            if min(s.shape) <= 2 * R:
                 raise ValueError(f"border calibration needs a grid larger than {2 * R} cells each way, "
                                  f"got {s.shape[1]}x{s.shape[0]}; lower border_rings")
-            ring_sum += np.bincount(d.ravel(), s.ravel(), R + 1)
-            ring_n += np.bincount(d.ravel(), minlength=R + 1)
-        mean = ring_sum / ring_n
-        self.border_offset = torch.from_numpy(mean[R] - mean[:R]).float().to(self.device)
+            z = border_zones(s.shape, R).ravel()
+            n += np.bincount(z, minlength=n_zones)
+            s1 += np.bincount(z, s.ravel(), n_zones)
+            s2 += np.bincount(z, s.ravel() ** 2, n_zones)
+        mean = s1 / n
+        sd = np.sqrt(np.maximum(s2 / n - mean**2, 1e-12))
+        gain = np.minimum(sd[-1] / sd[:-1], 1.0)  # damp a zone's wider spread, never amplify
+        self.border_gain = torch.from_numpy(gain).float().to(self.device)
+        self.border_offset = torch.from_numpy(mean[-1] - gain * mean[:-1]).float().to(self.device)
 
     @staticmethod
     def _kmeans_words(z: torch.Tensor, c: PatchDictionaryConfig) -> torch.Tensor:
@@ -229,11 +261,17 @@ class PatchDictionary:
             raise RuntimeError("the scorer is not fitted")
         f = grid.features.reshape(-1, grid.features.shape[-1])
         d = nearest_distances(self.project(f), self.words, self.config.m).reshape(grid.grid_shape)
-        R = len(self.border_offset)
-        if R:
-            rings = torch.from_numpy(border_rings(grid.grid_shape)).to(d.device)
-            offset = torch.cat([self.border_offset, self.border_offset.new_zeros(1)])  # interior: no offset
-            d = d + offset[rings.clamp(max=R)]
+        n, R = len(self.border_offset), self.config.border_rings
+        if n:
+            if n == 5 * R:
+                zones = border_zones(grid.grid_shape, R)
+            else:  # a model from before the per-side zones: one offset per ring
+                zones = np.minimum(border_rings(grid.grid_shape), n)
+            zones = torch.from_numpy(zones).to(d.device)
+            offset = torch.cat([self.border_offset, self.border_offset.new_zeros(1)])  # interior: unchanged
+            if len(self.border_gain):
+                d = d * torch.cat([self.border_gain, self.border_gain.new_ones(1)])[zones]
+            d = d + offset[zones]
         return d
 
     def score(self, image: np.ndarray) -> ScoreResult:
@@ -272,9 +310,9 @@ class PatchDictionary:
         obj = cls(cfg, device)
         obj.backbone.check_weights(meta["backbone_sha256"])
         for name in STATE_ARRAYS:
-            if name in arrays or name != "border_offset":  # models from before the border calibration have none
+            if name in arrays or not name.startswith("border_"):  # older models lack them: uncalibrated / gain 1
                 setattr(obj, name, torch.from_numpy(np.asarray(arrays[name])).to(obj.device))
-        if len(obj.border_offset) not in (0, cfg.border_rings):
-            raise ValueError(f"border_offset has {len(obj.border_offset)} rings, the configuration "
-                             f"{cfg.border_rings}")
+        if len(obj.border_offset) not in (0, cfg.border_rings, 5 * cfg.border_rings):
+            raise ValueError(f"border_offset has {len(obj.border_offset)} entries, the configuration's "
+                             f"border_rings {cfg.border_rings} needs {5 * cfg.border_rings}")
         return obj
