@@ -18,14 +18,17 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed tools
 	$(BIN)/python -m pytest -q
 
-# the real Prometheus, promtool, Alertmanager and amtool the tests run against (Debian packages), when missing
+# the real Prometheus, promtool, Alertmanager and amtool the tests run against, and the headless Chromium and
+# its WebDriver the results-page test drives (Debian packages), when missing
 TOOLS := prometheus promtool prometheus-alertmanager amtool
+BROWSER := /usr/bin/chromium /usr/bin/chromedriver
 tools:
 	@missing=0; for t in $(TOOLS); do command -v $$t >/dev/null || missing=1; done; \
+	for f in $(BROWSER); do test -x $$f || missing=1; done; \
 	if [ $$missing = 1 ]; then \
 	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq \
-	    --no-install-recommends prometheus prometheus-alertmanager; \
+	    --no-install-recommends prometheus prometheus-alertmanager chromium chromium-driver; \
 	fi
 
 clean:

@@ -56,7 +56,7 @@ def start(work: Path, model: Path, tag: str) -> tuple[subprocess.Popen, Path, Pa
         port = s.getsockname()[1]
     cfg = {"model": {"path": str(model)}, "watch": {"dir": str(export)},
            "output": {"dir": str(work / f"out-{tag}"), "ledger": str(ledger), "overlays": "alarms"},
-           "metrics": {"port": port}}
+           "metrics": {"port": port}, "web": {"enabled": False}}
     (work / f"{tag}.yaml").write_text(yaml.safe_dump(cfg))
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(work / f"{tag}.sock"))

@@ -1,4 +1,4 @@
-"""Subcommands: fit, score, evaluate, demo, check-config."""
+"""Subcommands: fit, score, evaluate, run, demo, history, check-config, hash-password."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from .config import Config, ConfigError, load_config
 from .images import ImageError, ImageLimits, list_images, read_image
 from .ledger import LedgerError
 from .metrics import MetricsError
+from .passwords import ITERATIONS
 from .scorers import METHODS
+from .web import WebError
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +284,27 @@ def cmd_check_config(args) -> int:
     return 0
 
 
+def cmd_hash_password(args) -> int:
+    """The web.password_hash line for a password read from the terminal (twice) or from stdin (its first line)."""
+    from getpass import getpass
+
+    from .passwords import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass("password for the results page: ")
+        if getpass("again: ") != password:
+            raise ConfigError("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise ConfigError("empty password")
+    try:
+        print(hash_password(password, args.iterations))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="monitor", description="SEM nanofiber defect monitor")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -343,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("check-config", help="validate a configuration and print it with defaults filled in")
     common(sp)
     sp.set_defaults(func=cmd_check_config)
+
+    sp = sub.add_parser("hash-password", help="hash a password for web.password_hash (read from stdin or a prompt)")
+    sp.add_argument("--iterations", type=int, default=ITERATIONS, help=f"PBKDF2 iterations (default {ITERATIONS})")
+    sp.set_defaults(func=cmd_hash_password)
     return p
 
 
@@ -352,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return args.func(args)
-    except (ConfigError, ArtifactError, BackboneError, ImageError, LedgerError, MetricsError, FileNotFoundError) as exc:
+    except (ConfigError, ArtifactError, BackboneError, ImageError, LedgerError, MetricsError, WebError,
+            FileNotFoundError) as exc:
         print(f"monitor: error: {exc}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ import yaml
 
 from .defects import DefectConfig
 from .images import ImageLimits
+from .passwords import parse_hash
 from .scorers import METHODS, DFRConfig, PatchDictionaryConfig, PIADEConfig, SSIMAutoencoderConfig
 from .threshold import ThresholdConfig
 
@@ -130,6 +131,42 @@ class ServiceSection:
             raise ValueError("service.batch must be >= 0 and service.max_attempts >= 1")
 
 
+RESULTS_MAX = 500  # rows one list page may show (the `limit` filter's maximum)
+
+
+@dataclass(frozen=True)
+class WebSection:
+    enabled: bool = True
+    address: str = "127.0.0.1"  # bind address of the results page
+    port: int = 9880  # 0 = any free port (tests)
+    certfile: str = ""  # TLS when both certfile and keyfile are set
+    keyfile: str = ""
+    username: str = ""  # HTTP basic auth when both username and password_hash are set
+    password_hash: str = ""  # pbkdf2_sha256$<iterations>$<salt b64>$<hash b64> (`monitor hash-password`)
+    external_url: str = ""  # the URL operators reach the page at ("" = http(s)://address:port)
+    results: int = 50  # rows on the list page by default
+
+    def __post_init__(self):
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"web.port must be in 0..65535, got {self.port}")
+        if bool(self.certfile) != bool(self.keyfile):
+            raise ValueError("web.certfile and web.keyfile go together")
+        if bool(self.username) != bool(self.password_hash):
+            raise ValueError("web.username and web.password_hash go together (both set: basic auth; both empty: none)")
+        if ":" in self.username or any(not c.isprintable() for c in self.username):
+            raise ValueError("web.username must not contain ':' or control characters")
+        if self.password_hash:
+            try:
+                parse_hash(self.password_hash)
+            except ValueError as exc:
+                raise ValueError(f"web.password_hash: {exc}") from None
+        url = self.external_url
+        if url and (not url.startswith(("http://", "https://")) or any(c.isspace() or c in "\"'<>" for c in url)):
+            raise ValueError(f"web.external_url must be empty or an http:// or https:// URL, got {url!r}")
+        if not 1 <= self.results <= RESULTS_MAX:
+            raise ValueError(f"web.results must be in 1..{RESULTS_MAX}, got {self.results}")
+
+
 @dataclass(frozen=True)
 class Config:
     model: ModelSection = field(default_factory=ModelSection)
@@ -140,6 +177,7 @@ class Config:
     watch: WatchSection = field(default_factory=WatchSection)
     output: OutputSection = field(default_factory=OutputSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    web: WebSection = field(default_factory=WebSection)
     service: ServiceSection = field(default_factory=ServiceSection)
 
     def __post_init__(self):

@@ -95,7 +95,8 @@ def run_demo(workdir: Path, n_images: int = 12, seed: int = 0, interval: float =
     try:
         first = svc.ledger.totals()["received"]
         print(f"demo: daemon ready; metrics http://{cfg.metrics.address}:{svc.port}/metrics ; "
-              f"overlays and result JSON in {cfg.output.dir} ; ledger {cfg.output.ledger}")
+              f"results page {svc.web.url}/ ; overlays and result JSON in {cfg.output.dir} ; "
+              f"ledger {cfg.output.ledger}")
         print(f"demo: a synthetic microscope writes {n_images} images into {export} "
               f"(temporary name, then rename; every second one has defects)")
         for i in range(n_images):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 SCHEMA_VERSION = 1
 STATES = ("pending", "done", "failed")
+VERDICT_FILTERS = ("ok", "defect", "no-threshold", "failed", "pending")  # Ledger.results(verdict=...)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -192,6 +193,44 @@ class Ledger:
                 "last_seen": q("SELECT MAX(seen_at) FROM images").fetchone()[0],
                 "last_finished": q("SELECT MAX(finished_at) FROM images").fetchone()[0],
             }
+
+    def results(self, limit: int, verdict: str | None = None, since: float | None = None,
+                until: float | None = None) -> list[Row]:
+        """The newest ``limit`` rows, newest first (the results page). ``verdict``: ``ok``/``defect``/
+        ``no-threshold`` (scored rows with that verdict), ``failed`` or ``pending`` (rows in that state), None = all.
+        ``since``/``until``: unix times; rows recorded (seen_at) in [since, until)."""
+        where, args = [], []
+        if verdict in ("failed", "pending"):
+            where.append("state = ?")
+            args.append(verdict)
+        elif verdict is not None:
+            if verdict not in VERDICT_FILTERS:
+                raise ValueError(f"verdict must be one of {', '.join(VERDICT_FILTERS)}, got {verdict!r}")
+            where.append("state = 'done' AND verdict = ?")
+            args.append(verdict)
+        if since is not None:
+            where.append("seen_at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("seen_at < ?")
+            args.append(until)
+        sql = (f"WHERE {' AND '.join(where)} " if where else "") + "ORDER BY id DESC LIMIT ?"
+        with self._lock:
+            return self._all(sql, (*args, limit))
+
+    def outputs(self, after_id: int = 0) -> list[tuple[int, float, str]]:
+        """(id, finished_at, overlay path) of the rows after ``after_id`` for which the daemon wrote files, in id
+        order (retention)."""
+        with self._lock:
+            return list(self._db.execute("SELECT id, finished_at, overlay FROM images WHERE id > ? AND overlay IS NOT "
+                                         "NULL ORDER BY id", (after_id,)))
+
+    def neighbours(self, row_id: int) -> tuple[int | None, int | None]:
+        """(the id before ``row_id``, the id after it), None at either end."""
+        with self._lock:
+            q = self._db.execute
+            return (q("SELECT MAX(id) FROM images WHERE id < ?", (row_id,)).fetchone()[0],
+                    q("SELECT MIN(id) FROM images WHERE id > ?", (row_id,)).fetchone()[0])
 
     def history(self, since: float | None = None, alarms_only: bool = False, limit: int | None = None) -> list[Row]:
         """Rows seen since ``since`` (unix time), oldest first; ``alarms_only`` keeps the images that raised it."""

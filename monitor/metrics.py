@@ -37,8 +37,10 @@ TABLE = (
     ("budget_seconds", Gauge, "Configured production-time budget per image", ()),
     ("expected_interval_seconds", Gauge, "Configured usual time between two images of the line", ()),
     ("budget_overruns_total", Counter, "Images whose scoring took longer than the budget", ()),
+    ("output_bytes", Gauge, "Bytes of overlays and result files the daemon keeps in output.dir", ()),
     ("worker_healthy", Gauge, "1 while the scoring worker makes progress, else 0", ()),
     ("model", Info, "The model in use", ()),
+    ("web", Info, "The results page: its external URL (alert annotations link to it)", ()),
     ("build", Info, "Software versions", ()),
 )
 
@@ -80,6 +82,10 @@ class Metrics:
 
     def set_model(self, model_id: str | None, method: str, backbone: str) -> None:
         self.model.info({"model_id": model_id or "", "method": method, "backbone": backbone})
+
+    def set_web(self, external_url: str) -> None:
+        """Announce the results page's URL ("" when the page is off); the defect alerts link to it."""
+        self.web.info({"external_url": external_url.rstrip("/")})
 
     # --------------------------------------------------------------------------------------------------- server
     def serve(self, address: str, port: int, certfile: str = "", keyfile: str = "") -> int:

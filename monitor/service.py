@@ -24,7 +24,9 @@ from .config import Config, load_config
 from .ledger import Ledger, Row
 from .metrics import Metrics
 from .model import Model, expectations
+from .retention import Retention
 from .watcher import Intake
+from .web import ResultsServer
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,10 @@ class Service:
         self.metrics: Metrics | None = None
         self.worker: Worker | None = None
         self.intake: Intake | None = None
+        self.web: ResultsServer | None = None
+        self.retention: Retention | None = None
         self.port: int | None = None
+        self.web_port: int | None = None
         self._stopped = False
         self._stop_lock = threading.Lock()
 
@@ -98,6 +103,11 @@ class Service:
             self.port = m.serve(cfg.metrics.address, cfg.metrics.port, cfg.metrics.certfile, cfg.metrics.keyfile)
             log.info("metrics on http%s://%s:%d/metrics", "s" if cfg.metrics.certfile else "",
                      cfg.metrics.address, self.port)
+        if cfg.web.enabled:
+            self.web = ResultsServer(cfg.web, self.ledger, lambda: self.cfg)
+            self.web_port = self.web.start()
+            log.info("results page on %s (bound to %s:%d)", self.web.url, cfg.web.address, self.web_port)
+        m.set_web(self.web.url if self.web is not None else "")
         self.worker = Worker(cfg, self.ledger, model, m, self.on_result)
         self.worker.start()
         self.intake = Intake(cfg.watch, self.ledger, self._recorded, self._gone)
@@ -182,7 +192,7 @@ class Service:
             log.error("reload failed, keeping model %s: %s", self.worker.model.model_id, exc)
             self.notify("READY=1", f"STATUS=reload failed, kept model {self.worker.model.model_id}: {exc}")
             return
-        for section in ("watch", "metrics", "output"):
+        for section in ("watch", "metrics", "web", "output"):
             if getattr(cfg, section) != getattr(self.cfg, section):
                 log.warning("reload: changes to the %s section take effect at the next restart", section)
                 cfg = dataclasses.replace(cfg, **{section: getattr(self.cfg, section)})
@@ -208,6 +218,8 @@ class Service:
             self.worker.stop()
         if self.metrics is not None:
             self.metrics.close()
+        if self.web is not None:
+            self.web.close()
         if self.ledger is not None:
             self.ledger.close()
         log.info("stopped")

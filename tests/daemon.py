@@ -1,5 +1,5 @@
 """Helpers to run the real daemon (`python -m monitor run`) in a subprocess on real folders, a real SQLite ledger,
-a real metrics endpoint and a real NOTIFY_SOCKET."""
+a real metrics endpoint, a real results page and a real NOTIFY_SOCKET."""
 
 from __future__ import annotations
 
@@ -61,10 +61,12 @@ class Daemon:
         self.out = root / "out"
         self.ledger_path = root / "state" / "ledger.sqlite"
         self.port = free_port()
+        self.web_port = free_port()
         cfg = {"model": {"path": str(model_dir)},
                "watch": {"dir": str(self.export), "settle_seconds": 0.5, "poll_seconds": 0.2},
                "output": {"dir": str(self.out), "ledger": str(self.ledger_path)},
                "metrics": {"port": self.port},
+               "web": {"port": self.web_port},
                "service": {"stall_seconds": 60}}
         for key, val in sections.items():
             cfg.setdefault(key, {}).update(val)

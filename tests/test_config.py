@@ -39,6 +39,10 @@ def test_every_default_key_is_in_config_yaml():
     ({"image": {"crop_bottom": -3}}, "crop_bottom"),
     ({"model": {"ssim_autoencoder": {"warmup": -1}}}, "warmup must be >= 0"),
     ({"model": {"patch_dictionary": {"border_rings": -1}}}, "border_rings must be >= 0"),
+    ({"web": {"certfile": "cert.pem"}}, "web.certfile and web.keyfile go together"),
+    ({"web": {"username": "operator"}}, "web.username and web.password_hash go together"),
+    ({"web": {"results": 501}}, "web.results must be in 1..500"),
+    ({"web": {"external_url": "linepc-3:9880"}}, "web.external_url must be empty or an http"),
     ([1, 2], "expected a mapping"),
 ])
 def test_bad_configs_are_rejected_with_the_key(data, match):

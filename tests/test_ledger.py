@@ -37,6 +37,32 @@ def test_rows_survive_reopening_and_done_rows_are_final(tmp_path):
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_results_newest_first_by_verdict_and_time_window(tmp_path):
+    lg = Ledger(tmp_path / "l.sqlite")
+    ids = {}
+    for i, (name, outcome) in enumerate([("a", "ok"), ("b", "defect"), ("c", "failed"), ("d", "pending"),
+                                         ("e", "no-threshold"), ("f", "defect")]):
+        row, _ = lg.record(f"/x/{name}.tif", 10, 1, name, seen_at=1000.0 + 10 * i)
+        ids[name] = row.id
+        if outcome == "failed":
+            lg.fail(row.id, "corrupt", "bad")
+        elif outcome != "pending":
+            lg.finish(row.id, verdict=outcome, alarm=outcome == "defect", coverage=0.1, n_defects=1,
+                      largest_area=5, max_score=1.0, score_seconds=0.1, model_id="m")
+    names = lambda rows: [r.path[3] for r in rows]  # noqa: E731
+    assert names(lg.results(10)) == ["f", "e", "d", "c", "b", "a"]
+    assert names(lg.results(2)) == ["f", "e"]
+    assert names(lg.results(10, "defect")) == ["f", "b"]
+    assert names(lg.results(10, "ok")) == ["a"] and names(lg.results(10, "no-threshold")) == ["e"]
+    assert names(lg.results(10, "failed")) == ["c"] and names(lg.results(10, "pending")) == ["d"]
+    assert names(lg.results(10, since=1010.0, until=1030.0)) == ["c", "b"]  # [since, until)
+    assert names(lg.results(10, "defect", since=1020.0)) == ["f"]
+    with pytest.raises(ValueError, match="verdict must be one of"):
+        lg.results(10, "bogus")
+    assert lg.neighbours(ids["c"]) == (ids["b"], ids["d"])
+    assert lg.neighbours(ids["a"]) == (None, ids["b"]) and lg.neighbours(ids["f"]) == (ids["e"], None)
+
+
 def test_a_file_that_is_not_a_ledger_is_refused(tmp_path):
     p = tmp_path / "l.sqlite"
     p.write_text("not a database, just text that is long enough to have a header" * 20)

@@ -1,0 +1,491 @@
+"""The results page, served by a real running daemon (`python -m monitor run`) over real HTTP(S): the list and its
+filters, the result page with its defect table, the overlay and original images, what a URL must never reach,
+escaping, basic auth over TLS, and a real headless Chromium clicking through."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import re
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from monitor.passwords import verify_password
+from monitor.synth import defective_image, fiber_mat
+from tests import browser
+from tests.conftest import ROOT, SHAPE
+from tests.daemon import Daemon, png_bytes, wait_for, write_renamed
+
+SCRIPT_NAME = "<script>x.png"
+LONG_NAME = "sample_" + "0123456789" * 7 + "_end.png"
+PASSWORD = "Fibres & beads: 7 times ünd $ome"
+
+
+class Page(HTMLParser):
+    """The parts of a page the tests look at: links, images, table rows, title attributes."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.links, self.imgs, self.titles, self.rows = [], [], [], []
+        self._row = self._cell = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "a" and "href" in a:
+            self.links.append(a)
+        if tag == "img":
+            self.imgs.append(a)
+        if "title" in a:
+            self.titles.append(a["title"])
+        if tag == "tr":
+            self._row = []
+        if tag == "td":
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._row is not None:
+            self._row.append(self._cell.strip())
+            self._cell = None
+        if tag == "tr" and self._row:
+            self.rows.append(self._row)
+            self._row = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+def get(port: int, path: str, method: str = "GET", headers: dict | None = None, tls: ssl.SSLContext | None = None):
+    """(status, headers, body) for a raw request target: http.client sends the path exactly as given."""
+    conn = (http.client.HTTPSConnection("127.0.0.1", port, context=tls, timeout=10) if tls else
+            http.client.HTTPConnection("127.0.0.1", port, timeout=10))
+    try:
+        conn.request(method, path, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, r.headers, r.read()
+    finally:
+        conn.close()
+
+
+def html_of(port: int, path: str) -> str:
+    status, headers, body = get(port, path)
+    assert status == 200, (path, status, body[:300])
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    return body.decode("utf-8")
+
+
+def list_names(text: str) -> list[str]:
+    """File names on the list, top to bottom (the full name is the title of each row's name cell)."""
+    return [html_unescape(t) for t in re.findall(r'<span class="c-name" title="([^"]*)"', text)]
+
+
+def html_unescape(s: str) -> str:
+    import html
+
+    return html.unescape(s)
+
+
+# ---------------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def line(tmp_path_factory, saved_model):
+    """One daemon for the module, with a few images scored: clean, defective (twice), a name with markup, a very
+    long name, an unreadable file, and two whose originals the tests take away or touch."""
+    d = Daemon(tmp_path_factory.mktemp("web"), saved_model, alarm={"coverage_threshold": 0.005})
+    d.start()
+    clean = png_bytes(fiber_mat(SHAPE, seed=303))
+    defect = png_bytes(defective_image(SHAPE, kinds=("bead", "film", "clot"), seed=9)[0])
+    files = [("clean.png", clean), ("defect.png", defect), (SCRIPT_NAME, png_bytes(fiber_mat(SHAPE, seed=304))),
+             (LONG_NAME, clean), ("broken.png", b"\x89PNG\r\n\x1a\n" + b"not an image at all" * 20),
+             ("defect_retained.png", defect), ("gone.png", png_bytes(fiber_mat(SHAPE, seed=305))),
+             ("touched.png", png_bytes(fiber_mat(SHAPE, seed=306)))]
+    for name, data in files:
+        write_renamed(d.export, name, data)
+        time.sleep(0.05)  # arrival order = ledger order
+    d.wait_finished(len(files), timeout=90)
+    d.files = dict(files)
+    d.ids = {os.path.basename(r["path"]): r["id"] for r in d.rows()}
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="module")
+def rows(line):
+    return {os.path.basename(r["path"]): r for r in line.rows()}
+
+
+# -------------------------------------------------------------------------------------------------------- list
+def test_list_shows_the_images_just_scored_newest_first_with_local_time_and_offset(line, rows):
+    text = html_of(line.web_port, "/")
+    assert list_names(text) == [os.path.basename(r["path"]) for r in reversed(line.rows())]
+    assert set(list_names(text)) == set(line.files)
+    page = Page(text)
+    assert {a["href"] for a in page.links} >= {f"/result/{i}" for i in line.ids.values()}
+    # time: local, with the UTC offset shown
+    off = datetime.now().astimezone().strftime("%z")
+    assert re.search(r"<b>\d\d:\d\d:\d\d</b><small>\d{4}-\d\d-\d\d " + re.escape(f"{off[:3]}:{off[3:]}"), text)
+    assert 'class="badge b-defect">defect<' in text and 'class="badge b-ok">ok<' in text
+    assert re.search(r'class="badge b-other">failed: (unreadable|corrupt)<', text)
+    d = rows["defect.png"]
+    assert f"{100 * d['coverage']:.3f} %" in text and f"{d['largest_area']:,}" in text
+    assert d["model_id"][:8] in text
+
+
+def test_long_names_are_elided_in_the_middle_with_the_full_name_in_the_title(line):
+    text = html_of(line.web_port, "/")
+    shown = re.search(r'<span class="c-name" title="' + re.escape(LONG_NAME) + r'">([^<]*)</span>', text).group(1)
+    assert "…" in shown and len(shown) < len(LONG_NAME) and shown.startswith("sample_") and shown.endswith("_end.png")
+
+
+@pytest.mark.parametrize("verdict,expected", [
+    ("defect", {"defect.png", "defect_retained.png"}),
+    ("failed", {"broken.png"}),
+    ("pending", set()),
+    ("no-threshold", set()),
+])
+def test_the_verdict_filter_shows_only_those_rows(line, verdict, expected):
+    assert set(list_names(html_of(line.web_port, f"/?verdict={verdict}"))) == expected
+
+
+def test_ok_filter_and_any(line):
+    ok = set(list_names(html_of(line.web_port, "/?verdict=ok")))
+    assert "clean.png" in ok and not ok & {"defect.png", "broken.png"}
+    assert set(list_names(html_of(line.web_port, "/?verdict=any&since=&until=&limit="))) == set(line.files)
+
+
+def test_time_window_and_limit(line):
+    fmt = "%Y-%m-%dT%H:%M"
+    now = datetime.now()
+    hour_ago, in_an_hour = (now - timedelta(hours=1)).strftime(fmt), (now + timedelta(hours=1)).strftime(fmt)
+    assert set(list_names(html_of(line.web_port, f"/?since={hour_ago}"))) == set(line.files)
+    assert list_names(html_of(line.web_port, f"/?since={in_an_hour}")) == []
+    assert list_names(html_of(line.web_port, f"/?until={hour_ago}")) == []
+    assert set(list_names(html_of(line.web_port, f"/?since={hour_ago}&until={in_an_hour}:30"))) == set(line.files)
+    newest = [os.path.basename(r["path"]) for r in reversed(line.rows())][:3]
+    assert list_names(html_of(line.web_port, "/?limit=3")) == newest
+
+
+@pytest.mark.parametrize("query,message", [
+    ("verdict=bogus", "verdict must be one of"),
+    ("limit=0", "limit must be a whole number from 1 to 500"),
+    ("limit=501", "limit must be a whole number from 1 to 500"),
+    ("limit=abc", "limit must be a whole number"),
+    ("limit=-5", "limit must be a whole number"),
+    ("since=yesterday", "since must be a local date and time"),
+    ("until=2026-13-45T99:00", "until must be a local date and time"),
+    ("since=2026-01-02T00:00&until=2026-01-01T00:00", "must be before until"),
+    ("since=2026-01-01T00:00%2B01:00", "without a UTC offset"),
+    ("since=%3Cscript%3E", "since must be a local date and time"),
+])
+def test_bad_filter_values_give_400_with_a_clear_message(line, query, message):
+    status, headers, body = get(line.web_port, f"/?{query}")
+    text = body.decode()
+    assert status == 400 and message in text
+    assert "Traceback" not in text and "<script" not in text
+
+
+# ------------------------------------------------------------------------------------------------ result page
+def test_result_page_shows_verdict_times_coverage_overlay_and_the_defect_table(line, rows):
+    r = rows["defect.png"]
+    result = json.loads(r["result_json"])
+    text = html_of(line.web_port, f"/result/{r['id']}")
+    page = Page(text)
+    assert 'class="banner b-defect"' in text and ">defect<" in text
+    for piece in ("defect.png", r["path"], r["model_id"], f"{100 * r['coverage']:.3f} %", "0.500 %"):
+        assert piece in text
+    # the defect table: numbered 1..n in the result JSON's order (largest first), area, bbox, centroid, peak
+    defects = result["defects"]
+    assert len(defects) == r["n_defects"] >= 1
+    table = [row for row in page.rows if len(row) == 5]
+    assert [int(row[0]) for row in table] == list(range(1, len(defects) + 1))
+    for row, d in zip(table, defects):
+        x, y, w, h = d["bbox"]
+        assert row[1] == f"{d['area']:,}" and row[2] == f"{x}, {y} · {w}×{h}"
+        assert row[3] == f"{d['centroid'][0]}, {d['centroid'][1]}" and float(row[4]) == d["peak"]
+    assert [img["src"] for img in page.imgs] == [f"/result/{r['id']}/overlay.png"]
+    hrefs = {a["href"] for a in page.links}
+    assert {"/", f"/result/{r['id']}/image.png"} <= hrefs
+    ids = sorted(line.ids.values())
+    i = ids.index(r["id"])
+    assert {a["href"] for a in page.links if a.get("rel") == "prev"} == {f"/result/{ids[i - 1]}"}
+    assert {a["href"] for a in page.links if a.get("rel") == "next"} == {f"/result/{ids[i + 1]}"}
+
+
+def test_overlay_png_is_the_overlay_file_of_that_row(line, rows):
+    r = rows["defect.png"]
+    status, headers, body = get(line.web_port, f"/result/{r['id']}/overlay.png")
+    assert status == 200 and headers["Content-Type"] == "image/png"
+    assert body[:8] == b"\x89PNG\r\n\x1a\n" and body == Path(r["overlay"]).read_bytes()
+    pic = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert pic.shape == cv2.imread(r["overlay"], cv2.IMREAD_UNCHANGED).shape
+    assert pic.shape[1] == SHAPE[1] and pic.shape[0] > SHAPE[0]  # the image plus its caption band
+
+
+def test_image_png_returns_the_originals_pixels(line, rows):
+    r = rows["clean.png"]
+    status, headers, body = get(line.web_port, f"/result/{r['id']}/image.png")
+    assert status == 200 and headers["Content-Type"] == "image/png" and body[:8] == b"\x89PNG\r\n\x1a\n"
+    served = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_UNCHANGED)
+    original = cv2.imdecode(np.frombuffer(line.files["clean.png"], np.uint8), cv2.IMREAD_UNCHANGED)
+    assert served.dtype == np.uint8 and np.array_equal(served, original)
+
+
+def test_an_image_without_overlay_says_why_instead_of_a_broken_image(line, rows):
+    r = rows["clean.png"]
+    assert r["verdict"] == "ok" and r["overlay"] is None  # output.overlays: alarms
+    text = html_of(line.web_port, f"/result/{r['id']}")
+    assert "No overlay was written for this image" in text and Page(text).imgs == []
+    status, _, body = get(line.web_port, f"/result/{r['id']}/overlay.png")
+    assert status == 404 and b"no overlay" in body
+
+
+def test_an_overlay_removed_by_retention_is_reported_and_404(line, rows):
+    r = rows["defect_retained.png"]
+    Path(r["overlay"]).unlink()  # what retention does to old overlays
+    text = html_of(line.web_port, f"/result/{r['id']}")
+    assert "The overlay file is gone" in text and Page(text).imgs == []
+    status, _, body = get(line.web_port, f"/result/{r['id']}/overlay.png")
+    assert status == 404 and b"gone" in body
+
+
+def test_a_failed_image_shows_its_error(line, rows):
+    r = rows["broken.png"]
+    text = html_of(line.web_port, f"/result/{r['id']}")
+    assert f"failed: {r['error_kind']}" in text and "Not scored" in text and Page(text).imgs == []
+
+
+def test_image_png_is_410_when_the_original_is_gone_or_changed(line, rows):
+    gone, touched = rows["gone.png"], rows["touched.png"]
+    (line.export / "gone.png").unlink()
+    p = line.export / "touched.png"
+    os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 1_000_000_000))  # same bytes, new mtime
+    for r in (gone, touched):
+        status, headers, body = get(line.web_port, f"/result/{r['id']}/image.png")
+        assert status == 410 and headers["Content-Type"].startswith("text/plain") and b"changed since" in body
+
+
+def test_head_answers_like_get_without_a_body(line):
+    status, headers, body = get(line.web_port, "/", "HEAD")
+    assert status == 200 and body == b"" and int(headers["Content-Length"]) > 1000
+
+
+# ------------------------------------------------------------------------------------------------------ safety
+TRAVERSALS = [
+    "/result/abc", "/result/../../etc/passwd", "/../etc/passwd", "/result/1/../../x", "/result/1/../../../etc/passwd",
+    "/result/%2e%2e/%2e%2e/etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/result/1%2f..%2f..%2fetc%2fpasswd",
+    "/result/1/overlay.png/../../../../etc/passwd", "/result/1/..%2f..%2f..%2fetc%2fpasswd", "/etc/passwd",
+    "//etc/passwd", "/result//etc/passwd", "/result/1/overlay.png%00", "/result/1/original.png", "/result/1/",
+    "/result/0", "/result/01", "/result/-1", "/result/99999", "/result/99999999999999999999999999",
+    "/result/1.png", "/result/%31", "/result/1/overlay.png/", "/RESULT/1", "/result/1/../2", "/static/../config.yaml",
+    "/result/1\\..\\..\\etc\\passwd", "/result/99999/overlay.png", "/result/99999/image.png",
+]
+
+
+@pytest.mark.parametrize("path", TRAVERSALS)
+def test_paths_that_are_not_a_ledger_row_are_404(line, path):
+    status, headers, body = get(line.web_port, path)
+    assert status == 404, (path, status)
+    assert b"root:" not in body and b"model:" not in body
+    assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "PROPFIND"])
+def test_methods_other_than_get_and_head_are_405(line, method):
+    status, headers, _ = get(line.web_port, "/", method)
+    assert status == 405 and headers["Allow"] == "GET, HEAD"
+
+
+def test_security_headers(line, rows):
+    for path in ("/", f"/result/{rows['defect.png']['id']}", "/result/abc"):
+        _, headers, _ = get(line.web_port, path)
+        csp = headers["Content-Security-Policy"]
+        assert "default-src 'none'" in csp and "script-src" not in csp and "frame-ancestors 'none'" in csp
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        assert "Python" not in headers["Server"]
+    _, headers, _ = get(line.web_port, "/")
+    assert headers["Cache-Control"] == "no-store"
+
+
+def test_a_file_name_with_markup_is_escaped_everywhere(line, rows):
+    r = rows[SCRIPT_NAME]
+    for path in ("/", f"/result/{r['id']}", "/?verdict=ok"):
+        text = html_of(line.web_port, path)
+        assert "&lt;script&gt;x.png" in text, path
+        assert "<script" not in text.lower(), path
+    assert SCRIPT_NAME in list_names(html_of(line.web_port, "/"))
+
+
+def test_healthz_and_the_metrics_announce_the_page(line):
+    assert get(line.web_port, "/healthz")[:1] == (200,) and get(line.web_port, "/healthz")[2] == b"ok\n"
+    info = [k for k in line.scrape() if k[0] == "monitor_web_info"]
+    assert dict(info[0][1])["external_url"] == f"http://127.0.0.1:{line.web_port}"
+
+
+def test_requests_are_not_logged_at_info_and_nothing_is_written_to_the_export_folder(line):
+    html_of(line.web_port, "/")
+    log = line.log_text()
+    assert f"results page on http://127.0.0.1:{line.web_port}" in log
+    assert '"GET / HTTP' not in log and "Traceback" not in log
+    assert sorted(os.listdir(line.export)) == sorted(set(line.files) - {"gone.png"})
+
+
+# -------------------------------------------------------------------------------------------------------- auth
+def monitor_cli(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "monitor", *map(str, args)], input=stdin, capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def password_hash():
+    r = monitor_cli("hash-password", stdin=PASSWORD + "\n")
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.strip()
+    assert line.startswith("pbkdf2_sha256$600000$") and len(r.stdout.splitlines()) == 1
+    return line
+
+
+def test_hash_password_output_verifies(password_hash):
+    assert verify_password(PASSWORD, password_hash)
+    assert not verify_password(PASSWORD + " ", password_hash) and not verify_password("", password_hash)
+
+
+BAD_HASHES = [
+    "secret", "pbkdf2_sha256$600000$c2FsdA==", "md5$600000$c2FsdA==$aGFzaGhhc2hoYXNoaGFzaA==",
+    "pbkdf2_sha256$many$c2FsdA==$aGFzaGhhc2hoYXNoaGFzaA==", "pbkdf2_sha256$1000$c2FsdA==$aGFzaGhhc2hoYXNoaGFzaA==",
+    "pbkdf2_sha256$600000$not base64!$aGFzaGhhc2hoYXNoaGFzaA==", "pbkdf2_sha256$600000$c2FsdA==$c2hvcnQ=",
+    "pbkdf2_sha256$600000$$aGFzaGhhc2hoYXNoaGFzaA==",
+]
+
+
+def test_a_malformed_password_hash_is_rejected_by_check_config(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"web": {"username": "operator", "password_hash": BAD_HASHES[-1]}}))
+    r = monitor_cli("check-config", "--config", cfg)  # the real command, once
+    assert r.returncode == 2 and "web.password_hash" in r.stderr and "monitor hash-password" in r.stderr
+
+
+@pytest.mark.parametrize("bad", BAD_HASHES)
+def test_malformed_password_hashes(tmp_path, capsys, bad):
+    from monitor.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"web": {"username": "operator", "password_hash": bad}}))
+    assert main(["check-config", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "monitor: error: web: web.password_hash:" in err and "monitor hash-password" in err
+    assert bad not in err  # says what is wrong without echoing the secret
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory, saved_model, password_hash):
+    """A second daemon: basic auth and TLS (a self-signed certificate for 127.0.0.1), one defective image."""
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl not installed (Debian package openssl)")
+    root = tmp_path_factory.mktemp("secured")
+    cert, key = root / "cert.pem", root / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    d = Daemon(root, saved_model, web={"username": "operator", "password_hash": password_hash,
+                                       "certfile": str(cert), "keyfile": str(key),
+                                       "external_url": "https://linepc-3.example:9880/"})
+    d.start()
+    write_renamed(d.export, "a.png", png_bytes(fiber_mat(SHAPE, seed=303)))
+    d.wait_finished(1)
+    d.tls = ssl.create_default_context(cafile=str(cert))  # verified: the certificate, the host 127.0.0.1
+    yield d
+    d.stop()
+
+
+def basic(user: str, password: str) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_auth_no_credentials_wrong_ones_and_the_right_ones(secured):
+    port, tls = secured.web_port, secured.tls
+    row_id = secured.rows()[0]["id"]
+    for path in ("/", f"/result/{row_id}", f"/result/{row_id}/image.png", "/result/99999", "/result/abc"):
+        status, headers, body = get(port, path, tls=tls)
+        assert status == 401 and headers["WWW-Authenticate"].startswith('Basic realm="SEM line monitor"'), path
+        assert b"a.png" not in body
+    for creds in (basic("operator", "wrong"), basic("admin", PASSWORD), basic("operator", PASSWORD + "x"),
+                  basic("operator", ""), {"Authorization": "Basic !!!"}, {"Authorization": "Bearer abc"},
+                  {"Authorization": "Basic " + base64.b64encode(PASSWORD.encode()).decode()}):
+        assert get(port, "/", headers=creds, tls=tls)[0] == 401, creds
+    ok = basic("operator", PASSWORD)
+    status, _, body = get(port, "/", headers=ok, tls=tls)
+    assert status == 200 and b"a.png" in body
+    assert get(port, f"/result/{row_id}/image.png", headers=ok, tls=tls)[0] == 200
+    assert get(port, "/healthz", tls=tls)[:1] == (200,)  # no auth for the health check
+
+
+def test_tls_only_and_the_external_url_in_the_metrics(secured):
+    with pytest.raises((http.client.RemoteDisconnected, ConnectionResetError, http.client.BadStatusLine)):
+        get(secured.web_port, "/healthz")  # plain HTTP to the TLS port
+    assert get(secured.web_port, "/healthz", tls=secured.tls)[0] == 200  # the server survived it
+    info = [k for k in secured.scrape() if k[0] == "monitor_web_info"]
+    assert dict(info[0][1])["external_url"] == "https://linepc-3.example:9880"
+    assert "results page on https://linepc-3.example:9880" in secured.log_text()
+
+
+def test_a_port_in_use_is_a_clear_start_up_error(tmp_path, saved_model, line):
+    d = Daemon(tmp_path, saved_model, web={"port": line.web_port})
+    d.start(wait_ready=False)
+    assert d.proc.wait(60) == 2
+    assert f"results page 127.0.0.1:{line.web_port}" in d.log_text() and "web.port" in d.log_text()
+
+
+# ----------------------------------------------------------------------------------------------------- browser
+def test_a_real_browser_lists_the_images_clicks_through_and_sees_the_overlay(line, rows, tmp_path):
+    why = browser.missing()
+    if why:
+        pytest.fail(why)
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser.chromium(str(tmp_path / "profile"), 1280, 900)
+    try:
+        driver.get(f"http://127.0.0.1:{line.web_port}/")
+        names = [e.get_attribute("title") for e in driver.find_elements(By.CSS_SELECTOR, "a.row .c-name")]
+        assert set(names) == set(line.files) and names[0] == "touched.png"
+        badge = driver.find_element(By.CSS_SELECTOR, f'a.row[href="/result/{rows["defect.png"]["id"]}"] .badge')
+        assert badge.text == "defect" and badge.value_of_css_property("background-color") == "rgba(198, 40, 40, 1)"
+        driver.save_screenshot(str(tmp_path / "list.png"))
+        driver.find_element(By.CSS_SELECTOR, f'a.row[href="/result/{rows["defect.png"]["id"]}"]').click()
+        WebDriverWait(driver, 10).until(lambda d: d.current_url.endswith(f"/result/{rows['defect.png']['id']}"))
+        img = driver.find_element(By.CSS_SELECTOR, "figure img")
+        WebDriverWait(driver, 10).until(lambda d: img.get_property("complete"))
+        assert img.get_property("naturalWidth") == SHAPE[1] and img.size["width"] > 640  # large: over half the screen
+        cells = driver.find_elements(By.CSS_SELECTOR, "table tbody tr td:first-child")
+        assert [c.text for c in cells] == [str(i) for i in range(1, rows["defect.png"]["n_defects"] + 1)]
+        driver.save_screenshot(str(tmp_path / "result.png"))
+        # the filter form, submitted as an operator would
+        driver.get(f"http://127.0.0.1:{line.web_port}/")
+        from selenium.webdriver.support.select import Select
+
+        Select(driver.find_element(By.NAME, "verdict")).select_by_value("defect")
+        driver.find_element(By.CSS_SELECTOR, "form.filters button").click()
+        WebDriverWait(driver, 10).until(lambda d: "verdict=defect" in d.current_url)
+        names = [e.get_attribute("title") for e in driver.find_elements(By.CSS_SELECTOR, "a.row .c-name")]
+        assert set(names) == {"defect.png", "defect_retained.png"}
+        csp = [e for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
+        assert csp == []  # the inline styles are allowed; nothing else is loaded
+    finally:
+        driver.quit()
+    for shot in ("list.png", "result.png"):
+        pic = cv2.imread(str(tmp_path / shot))
+        assert pic is not None and pic.shape[:2] == (900, 1280) and pic.std() > 10
