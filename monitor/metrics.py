@@ -16,6 +16,8 @@ from .images import ERROR_KINDS
 
 # seconds; the scoring path runs in about 0.5 s on 2 CPU cores, a backlog can push end-to-end into minutes
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+# defect coverage (ratio); dense around the usual alarm thresholds (0.1% by default)
+COVERAGE_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 VERDICTS = ("ok", "defect", "no-threshold")
 # failures that are not about the file: out of memory, a CUDA/torch error, anything else
 FAILURE_KINDS = ERROR_KINDS + ("changed", "crashed", "out_of_memory", "device", "internal")
@@ -28,6 +30,7 @@ TABLE = (
     ("scoring_seconds", Histogram, "Time to read and score one image", ()),
     ("end_to_end_seconds", Histogram, "Time from the file being complete to its result being recorded", ()),
     ("last_coverage_ratio", Gauge, "Defect coverage (defect pixels / image pixels) of the last scored image", ()),
+    ("coverage_ratio", Histogram, "Defect coverage of every scored image (none is lost between scrapes)", ()),
     ("coverage_threshold_ratio", Gauge, "Configured alarm.coverage_threshold", ()),
     ("alarm", Gauge, "1 while the defect alarm is raised, else 0", ()),
     ("alarms_total", Counter, "Images that raised the defect alarm", ()),
@@ -54,7 +57,9 @@ class Metrics:
         disable_created_metrics()  # no *_created series: they double the output and no panel or rule uses them
         self.registry = registry or CollectorRegistry()
         for name, kind, doc, labels in TABLE:
-            kw = {"buckets": LATENCY_BUCKETS} if kind is Histogram else {}
+            kw = {}
+            if kind is Histogram:
+                kw["buckets"] = COVERAGE_BUCKETS if name == "coverage_ratio" else LATENCY_BUCKETS
             setattr(self, name, kind(name, doc, labels, namespace=namespace, registry=self.registry, **kw))
         for v in VERDICTS:
             self.images_processed_total.labels(verdict=v)

@@ -157,6 +157,7 @@ class Worker(threading.Thread):
             log.warning("%s: scored in %.2f s, over the %.2f s budget", row.path, secs, cfg.service.budget_seconds)
         if r is not None:
             m.last_coverage_ratio.set(r.coverage)
+            m.coverage_ratio.observe(r.coverage)
         if defect:
             m.alarms_total.inc()
             log.warning("ALARM %s: coverage %.4f%%, %d defect(s), overlay %s", row.path,

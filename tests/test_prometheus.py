@@ -35,13 +35,19 @@ def rules() -> dict[str, dict]:
     return {r["alert"]: r for g in data["groups"] for r in g["rules"] if "alert" in r}
 
 
-def expected(alert: str, **labels) -> dict:
-    """The alert as promtool reports it: its labels, and its annotations rendered for ``labels``."""
+WEB = "http://linepc-1:9880"  # the results page a monitor announces in monitor_web_info
+
+
+def expected(alert: str, web: str = "", **labels) -> dict:
+    """The alert as promtool reports it: its labels, and its annotations rendered for ``labels`` (``web``: the
+    external URL the monitor announced, which the defect alerts link to)."""
     r = rules()[alert]
     ann = {}
     for k, v in r.get("annotations", {}).items():
         for name, val in labels.items():
             v = v.replace("{{ $labels.%s }}" % name, val)
+        if k == "results":
+            v = f"{web}/?verdict=defect" if web else ""
         ann[k] = v
     return {"exp_labels": {**labels, **r["labels"]}, "exp_annotations": ann}
 
@@ -59,11 +65,25 @@ def _hist(kind: str) -> list[dict]:
 
 # (name, input series, [(eval time, alert, [expected alerts])]); each alert appears firing and silent
 CASES = [
-    ("defect alarm: immediate, then sustained after 10 min, then cleared",
-     [{"series": _sel("monitor_alarm"), "values": "0 0 1x14 0x5"}],
+    ("a defect image between two scrapes: the gauge never shows 1, the counter rises, the alert fires",
+     [{"series": _sel("monitor_alarm"), "values": "0x40"},
+      {"series": _sel("monitor_alarms_total"), "values": "3 3 3 3 4x36"},
+      {"series": _sel("monitor_web_info", external_url=WEB), "values": "1x40"}],
+     [("45s", "SemDefectCoverageHigh", []), ("1m", "SemDefectCoverageHigh", [("line", "line1"), ("web", WEB)]),
+      ("1m45s", "SemDefectCoverageHigh", [("line", "line1"), ("web", WEB)]),
+      ("2m15s", "SemDefectCoverageHigh", []), ("9m", "SemDefectCoverageSustained", [])], "15s"),
+    ("a defect image every 30 s, each cleared by a clean one before the next scrape: sustained after 10 min",
+     [{"series": _sel("monitor_alarm"), "values": "0x60"},
+      {"series": _sel("monitor_alarms_total"), "values": " ".join(str(i // 2) for i in range(60))}],
+     [("2m", "SemDefectCoverageHigh", [("line", "line1")]), ("9m45s", "SemDefectCoverageSustained", []),
+      ("10m30s", "SemDefectCoverageSustained", [("line", "line1")])], "15s"),
+    ("an alarm that stays standing (no clean image since): sustained after 10 min, cleared by a clean image",
+     [{"series": _sel("monitor_alarm"), "values": "0 0 1x14 0x5"},
+      {"series": _sel("monitor_alarms_total"), "values": "0 0 1x19"}],
      [("1m", "SemDefectCoverageHigh", []), ("2m", "SemDefectCoverageHigh", [("line", "line1")]),
+      ("5m", "SemDefectCoverageHigh", []),
       ("11m", "SemDefectCoverageSustained", []), ("12m", "SemDefectCoverageSustained", [("line", "line1")]),
-      ("17m", "SemDefectCoverageHigh", []), ("17m", "SemDefectCoverageSustained", [])]),
+      ("17m", "SemDefectCoverageSustained", [])]),
     ("monitor down for 2 min",
      [{"series": _sel("up"), "values": "1 1 0 0 0 0"}],
      [("1m", "SemMonitorDown", []), ("3m", "SemMonitorDown", []), ("4m", "SemMonitorDown", [("full", None)]),
@@ -110,12 +130,12 @@ def _alert_spec(alert: str, labels) -> dict:
 
 def build_unit_tests() -> dict:
     tests = []
-    for name, series, evals in CASES:
+    for name, series, evals, *interval in CASES:
         tests.append({
-            "name": name, "interval": "1m", "input_series": series,
+            "name": name, "interval": interval[0] if interval else "1m", "input_series": series,
             "alert_rule_test": [{"eval_time": t, "alertname": a, "exp_alerts": [_alert_spec(a, lab)] if lab else []}
                                 for t, a, lab in evals]})
-    return {"rule_files": [str(RULES)], "evaluation_interval": "1m", "tests": tests}
+    return {"rule_files": [str(RULES)], "evaluation_interval": "15s", "tests": tests}
 
 
 def test_rules_pass_promtool_check():
@@ -134,8 +154,8 @@ def test_scrape_configs_pass_promtool_check(name, tmp_path):
 
 
 def test_every_alert_is_unit_tested_firing_and_silent():
-    firing = {a for _, _, ev in CASES for _, a, lab in ev if lab}
-    silent = {a for _, _, ev in CASES for _, a, lab in ev if not lab}
+    firing = {a for _, _, ev, *_ in CASES for _, a, lab in ev if lab}
+    silent = {a for _, _, ev, *_ in CASES for _, a, lab in ev if not lab}
     assert firing == set(rules()) and silent == set(rules())
 
 
