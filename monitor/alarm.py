@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .config import AlarmSection
 from .model import Inspection
-from .overlay import render_overlay, write_png
+from .overlay import Caption, render_overlay, write_png
 
 
 def is_defect(ins: Inspection, cfg: AlarmSection) -> bool:
@@ -50,14 +50,23 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def write_outputs(out_dir: Path, stem: str, image, ins: Inspection, result: dict, model_id: str | None,
-                  line: str) -> Path:
+def local_time(t: float | None = None) -> str:
+    """``t`` (default: now) as local time with its UTC offset, the way overlays and the results page show it."""
+    return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(t))
+
+
+def caption_for(result: dict) -> Caption:
+    """The overlay banner of a result (the dict the worker records and writes as JSON)."""
+    return Caption(verdict=result["verdict"], file_name=Path(result["image"]).name, when=result["scored_at"],
+                   line=result.get("line", ""), coverage=result.get("coverage"),
+                   coverage_threshold=result.get("coverage_threshold"), n_defects=result.get("n_defects"),
+                   largest_area=result["defects"][0]["area"] if result.get("defects") else None,
+                   pixel_size_um=result.get("pixel_size_um"), model_id=result.get("model_id"))
+
+
+def write_outputs(out_dir: Path, stem: str, image, ins: Inspection, result: dict) -> Path:
     """Overlay PNG + result JSON named ``stem``; returns the overlay path."""
-    cov = "n/a" if ins.report is None else f"{ins.report.coverage:.4%}"
-    caption = [f"{line}  {result['image']}  verdict: {result['verdict']}  coverage: {cov}",
-               f"model {model_id}  {time.strftime('%Y-%m-%d %H:%M:%S')}"]
     overlay = out_dir / f"{stem}.png"
-    write_png(overlay, render_overlay(image, ins.result.anomaly_map, None if ins.report is None else ins.report.mask,
-                                      caption, ins.threshold))
+    write_png(overlay, render_overlay(image, ins.result.anomaly_map, ins.report, caption_for(result), ins.threshold))
     write_json(out_dir / f"{stem}.json", {**result, "overlay": str(overlay)})
     return overlay

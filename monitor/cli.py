@@ -91,6 +91,8 @@ def cmd_fit(args) -> int:
 
 
 def cmd_score(args) -> int:
+    from .alarm import caption_for, local_time
+    from .images import pixel_size_um
     from .model import Model, expectations
     from .overlay import render_overlay, write_png
 
@@ -115,11 +117,10 @@ def cmd_score(args) -> int:
             Path(args.maps).mkdir(parents=True, exist_ok=True)
             np.save(Path(args.maps) / f"{path.stem}.npy", ins.result.anomaly_map.astype(np.float32))
         if args.overlay:
-            cov = "n/a" if ins.report is None else f"{ins.report.coverage:.4%}"
-            caption = [f"{path.name}  verdict: {ins.verdict}  coverage: {cov}",
-                       f"model {model.model_id}  {time.strftime('%Y-%m-%d %H:%M:%S')}"]
-            pic = render_overlay(img, ins.result.anomaly_map, None if ins.report is None else ins.report.mask,
-                                 caption, ins.threshold)
+            um = cfg.image.pixel_size_um or pixel_size_um(path)
+            caption = caption_for({**out, "scored_at": local_time(), "coverage_threshold": cfg.alarm.coverage_threshold,
+                                   "pixel_size_um": um, "line": cfg.service.line if args.config else ""})
+            pic = render_overlay(img, ins.result.anomaly_map, ins.report, caption, ins.threshold)
             write_png(Path(args.overlay) / f"{path.stem}.png", pic)
         print(json.dumps(out))
     return 1 if failed else 0

@@ -8,6 +8,7 @@ pixel memory is allocated. Files are only ever opened for reading.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +40,11 @@ class ImageLimits:
     min_side: int = 64
     max_pixels: int = 64_000_000
     crop_bottom: int = 0  # rows of the SEM data bar to drop at the bottom
+    pixel_size_um: float = 0.0  # micrometres per pixel for defect sizes; 0 = from the SEM's TIFF tags when present
 
     def __post_init__(self):
+        if not (self.pixel_size_um >= 0 and np.isfinite(self.pixel_size_um)):
+            raise ValueError(f"pixel_size_um must be >= 0, got {self.pixel_size_um}")
         if self.min_side < 1:
             raise ValueError(f"min_side must be >= 1, got {self.min_side}")
         if self.max_pixels < self.min_side**2:
@@ -137,6 +141,47 @@ def _pil_to_array(im: Image.Image) -> np.ndarray:
     if mode.startswith("I;16") and arr.dtype != np.uint16:
         arr = arr.astype(np.uint16)
     return arr
+
+
+# SEM vendors' private TIFF tags that carry the pixel size (the standard X/YResolution tags hold 72 dpi defaults)
+_FEI_TAG, _ZEISS_TAG = 34682, 34118  # FEI/Thermo Fisher: INI text, "PixelWidth=<metres>"; Zeiss: "Image Pixel Size"
+# "µm" as written (micro sign or Greek mu), and as read back when a writer stored it as UTF-8 in an ASCII tag
+_UNITS_UM = {"pm": 1e-6, "nm": 1e-3, "um": 1.0, "µm": 1.0, "μm": 1.0, "Âµm": 1.0, "Î¼m": 1.0, "mm": 1e3}
+
+
+def pixel_size_um(path: str | os.PathLike) -> float | None:
+    """Micrometres per pixel from an SEM TIFF's vendor tags (FEI/Thermo Fisher or Zeiss), else None.
+
+    Only the header is read. The standard resolution tags are not used: SEM software leaves them at 72 dpi."""
+    try:
+        with Image.open(path) as im:
+            tags = getattr(im, "tag_v2", None)
+            if tags is None:
+                return None
+            fei, zeiss = tags.get(_FEI_TAG), tags.get(_ZEISS_TAG)
+    except (OSError, ValueError, SyntaxError):
+        return None
+    if isinstance(fei, bytes):
+        fei = fei.decode("latin-1")
+    if isinstance(zeiss, bytes):
+        zeiss = zeiss.decode("latin-1")
+    m = re.search(r"^\s*PixelWidth\s*=\s*([0-9.eE+-]+)\s*$", fei or "", re.M)
+    if m:
+        value = _finite_positive(m.group(1), 1e6)  # metres
+        if value:
+            return value
+    m = re.search(r"Image Pixel Size\s*=\s*([0-9.eE+-]+)\s*(\S+)", zeiss or "")
+    if m and m.group(2) in _UNITS_UM:
+        return _finite_positive(m.group(1), _UNITS_UM[m.group(2)])
+    return None
+
+
+def _finite_positive(text: str, factor: float) -> float | None:
+    try:
+        v = float(text) * factor
+    except ValueError:
+        return None
+    return v if np.isfinite(v) and v > 0 else None
 
 
 def read_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:

@@ -30,7 +30,7 @@ class Inspection:
             "verdict": self.verdict,
             "coverage": None if r is None else round(r.coverage, 6),
             "n_defects": None if r is None else len(r.defects),
-            "defects": [] if r is None else [d.to_dict() for d in r.defects],
+            "defects": [] if r is None else [{"number": i, **d.to_dict()} for i, d in enumerate(r.defects, 1)],
             "max_score": round(self.result.image_score, 4),
             "threshold": None if self.threshold is None else round(self.threshold, 4),
         }

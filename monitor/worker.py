@@ -16,9 +16,9 @@ from typing import Callable
 
 import torch
 
-from .alarm import AlarmState, is_defect, write_outputs
+from .alarm import AlarmState, is_defect, local_time, write_outputs
 from .config import Config
-from .images import ImageError, read_image
+from .images import ImageError, pixel_size_um, read_image
 from .ledger import Ledger, Row
 from .metrics import Metrics
 from .model import Model
@@ -134,13 +134,19 @@ class Worker(threading.Thread):
         active = self.alarm.update(defect)
         summary = ins.summary()
         summary["verdict"] = verdict
+        um = cfg.image.pixel_size_um or pixel_size_um(row.path)
         result = {"image": row.path, "sha256": row.sha256, "line": cfg.service.line, "model_id": model.model_id,
-                  **summary, "score_seconds": round(secs, 4), "alarm": defect}
+                  "scored_at": local_time(), **summary, "score_seconds": round(secs, 4), "alarm": defect,
+                  "coverage_threshold": cfg.alarm.coverage_threshold, "max_defect_area": cfg.alarm.max_defect_area,
+                  "pixel_size_um": um}
+        if um:
+            for d in result["defects"]:
+                d["area_um2"] = round(d["area"] * um * um, 4)
         overlay = None
         if cfg.output.overlays == "all" or (cfg.output.overlays == "alarms" and defect):
             try:
                 overlay = str(write_outputs(Path(cfg.output.dir), f"{Path(row.path).stem}-{row.id}", image, ins,
-                                            result, model.model_id, cfg.service.line))
+                                            result))
             except OSError as exc:  # a full disk must not stop the line's monitoring: the ledger still has it
                 log.error("%s: cannot write the overlay: %s", row.path, exc)
         r = ins.report
