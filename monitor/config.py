@@ -94,10 +94,36 @@ class OutputSection:
     dir: str = "output"  # overlays and result JSON (never inside watch.dir)
     overlays: str = "alarms"  # alarms | all | none
     ledger: str = "ledger.sqlite"  # the SQLite ledger of every image
+    max_bytes: int = 5_000_000_000  # overlays and result files kept, oldest deleted first (0 = no limit)
+    max_age: str = "90d"  # ... and none older than this (s, m, h, d, w; "0" = no limit); ledger rows stay
 
     def __post_init__(self):
         if self.overlays not in OVERLAYS:
             raise ValueError(f"output.overlays must be one of {', '.join(OVERLAYS)}, got {self.overlays!r}")
+        if self.max_bytes < 0:
+            raise ValueError(f"output.max_bytes must be >= 0 (0 = no limit), got {self.max_bytes}")
+        parse_duration(self.max_age, "output.max_age")
+
+    @property
+    def max_age_seconds(self) -> float:
+        return parse_duration(self.max_age, "output.max_age")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str, key: str) -> float:
+    """"90d", "12h", "30m", "45s", "2w" -> seconds; "0" -> 0 (no limit)."""
+    t = str(text).strip()
+    try:
+        if t == "0":
+            return 0.0
+        value = float(t[:-1])
+        if t[-1:] in _UNITS and value > 0:
+            return value * _UNITS[t[-1]]
+    except ValueError:
+        pass
+    raise ValueError(f"{key} must be a duration such as 90d, 12h, 30m (s, m, h, d, w) or 0 for none, got {text!r}")
 
 
 @dataclass(frozen=True)
@@ -113,22 +139,6 @@ class MetricsSection:
             raise ValueError(f"metrics.port must be in 0..65535, got {self.port}")
         if bool(self.certfile) != bool(self.keyfile):
             raise ValueError("metrics.certfile and metrics.keyfile go together")
-
-
-@dataclass(frozen=True)
-class ServiceSection:
-    line: str = "line1"  # name of the production line (metrics and overlays)
-    budget_seconds: float = 2.0  # production-time budget per image; slower images count as overruns
-    batch: int = 0  # images scored together when they queue up (0 = auto: 8 on a GPU, 1 on CPU)
-    max_attempts: int = 3  # an image that was being scored during this many crashes is failed, not retried
-    stall_seconds: float = 120.0  # no worker progress for this long = unhealthy (no systemd watchdog ping)
-    expected_interval_seconds: float = 300.0  # the line's usual time between two images (the no-image alert)
-
-    def __post_init__(self):
-        if self.budget_seconds <= 0 or self.stall_seconds <= 0 or self.expected_interval_seconds <= 0:
-            raise ValueError("service.budget_seconds, stall_seconds and expected_interval_seconds must be > 0")
-        if self.batch < 0 or self.max_attempts < 1:
-            raise ValueError("service.batch must be >= 0 and service.max_attempts >= 1")
 
 
 RESULTS_MAX = 500  # rows one list page may show (the `limit` filter's maximum)
@@ -165,6 +175,22 @@ class WebSection:
             raise ValueError(f"web.external_url must be empty or an http:// or https:// URL, got {url!r}")
         if not 1 <= self.results <= RESULTS_MAX:
             raise ValueError(f"web.results must be in 1..{RESULTS_MAX}, got {self.results}")
+
+
+@dataclass(frozen=True)
+class ServiceSection:
+    line: str = "line1"  # name of the production line (metrics and overlays)
+    budget_seconds: float = 2.0  # production-time budget per image; slower images count as overruns
+    batch: int = 0  # images scored together when they queue up (0 = auto: 8 on a GPU, 1 on CPU)
+    max_attempts: int = 3  # an image that was being scored during this many crashes is failed, not retried
+    stall_seconds: float = 120.0  # no worker progress for this long = unhealthy (no systemd watchdog ping)
+    expected_interval_seconds: float = 300.0  # the line's usual time between two images (the no-image alert)
+
+    def __post_init__(self):
+        if self.budget_seconds <= 0 or self.stall_seconds <= 0 or self.expected_interval_seconds <= 0:
+            raise ValueError("service.budget_seconds, stall_seconds and expected_interval_seconds must be > 0")
+        if self.batch < 0 or self.max_attempts < 1:
+            raise ValueError("service.batch must be >= 0 and service.max_attempts >= 1")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The composition root of the daemon: start/stop order, signals, systemd notifications.
 
-start:  ledger -> metrics (counters from the ledger) -> model -> /metrics endpoint -> worker -> observer + backlog
-        scan -> READY=1.
-stop:   STOPPING=1 -> observer and intake -> worker (finishes the image in hand) -> endpoint -> ledger. Idempotent.
+start:  ledger -> metrics (counters from the ledger) -> model -> /metrics endpoint -> results page -> worker ->
+        observer + backlog scan -> READY=1.
+stop:   STOPPING=1 -> observer and intake -> worker (finishes the image in hand) -> endpoint -> results page ->
+        ledger. Idempotent.
 SIGTERM/SIGINT set one stop event; SIGHUP reloads configuration and model (a model that fails to load keeps the
 old one). WATCHDOG=1 is sent at half of WATCHDOG_USEC, only while the worker makes progress.
 """
@@ -96,6 +97,8 @@ class Service:
         self.metrics = m = Metrics()
         m.restore(self.ledger.totals())
         self._config_gauges(cfg)
+        self.retention = Retention(self.ledger, cfg.output.max_bytes, cfg.output.max_age_seconds)
+        self._retain()
         self.notify(f"STATUS=loading model {cfg.model.path}")
         model = load_model(cfg)
         self._model_info(model)
@@ -176,12 +179,18 @@ class Service:
             if self.reload_event.is_set():
                 self.reload_event.clear()
                 self.reload()
+            self._retain()
             healthy = self.worker.healthy() and self.intake.is_alive()
             self.metrics.worker_healthy.set(int(healthy))
             if healthy:
                 self.notify("WATCHDOG=1")
             else:
                 log.error("worker stalled or dead: no watchdog ping (systemd will restart the service)")
+
+    def _retain(self) -> None:
+        """Keep output.dir within output.max_bytes / output.max_age (the daemon's own files only)."""
+        self.retention.enforce()
+        self.metrics.output_bytes.set(self.retention.bytes)
 
     def reload(self) -> None:
         self.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
