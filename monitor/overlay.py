@@ -165,13 +165,14 @@ def _legend(width: int, lo: float, hi: float, thresholded: bool) -> Image.Image:
 
 
 def label_boxes(defects, width: int, height: int, font) -> list[tuple[int, int, int, int]]:
-    """(x, y, w, h) of the number label of each defect: above its bounding box, else below, inside the image."""
+    """(x, y, w, h) of the number label of each defect: above its bounding box (else below), centred on the
+    defect's centroid, inside the image."""
     size = font.size
     boxes = []
     for i, dft in enumerate(defects, 1):
         w, h = int(_width(str(i), font)) + 6, size + 4
         x, y, bw, bh = dft.bbox
-        lx = min(max(0, x), width - w)
+        lx = min(max(0, round(dft.centroid[0] - w / 2)), width - w)
         ly = y - h - 1 if y - h - 1 >= 0 else min(y + bh + 1, height - h)
         boxes.append((lx, ly, w, h))
     return boxes

@@ -39,7 +39,7 @@ def test_defects_are_outlined_and_numbered_in_result_order():
     for (lx, ly, w, h), d in zip(boxes, report.defects):
         x, y, bw, bh = d.bbox
         assert 0 <= lx <= 256 - w and 0 <= ly <= 200 - h
-        assert abs(lx - x) <= w and (ly + h <= y or ly >= y + bh)  # next to its defect, not over it
+        assert x - w <= lx <= x + bw and (ly + h <= y or ly >= y + bh)  # next to its defect, not over it
     img = np.full((200, 256), 0.3, np.float32)
     cap = Caption("defect", "x.tif", "now", n_defects=3, largest_area=596)
     pic = render_overlay(img, amap, report, cap, threshold=1.0)
