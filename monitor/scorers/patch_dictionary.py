@@ -54,7 +54,7 @@ class PatchDictionaryConfig:
     n_init: int = 10
     max_fit_patches: int = 200_000
     sigma: float = 4.0
-    border_rings: int = 2  # outer grid rings whose scores are calibrated on the validation images (0 = none)
+    border_rings: int = 2  # outer grid rings whose scores get a gain and offset per side and corner (--val; 0 = none)
     seed: int = 0
 
     def __post_init__(self):
@@ -119,22 +119,23 @@ def border_zones(shape: tuple[int, int], rings: int) -> np.ndarray:
     """(h, w) int array: the calibration zone of each grid cell, for ``rings`` outer rings.
 
     Zone ``side * rings + r``: ring r (cells to the nearest edge) of side 0 top, 1 bottom, 2 left, 3 right, outside
-    the corners; zone ``4 * rings + r``: the corner blocks (cells within ``rings`` of two edges), by ring, the four
-    corners pooled; zone ``5 * rings``: the interior. The sides differ (on NanoTWICE the top and right rims score
-    about 1 higher than the bottom and left ones, on the validation and the test images alike) and the corners score
-    about twice as high as the rims, so one offset per ring left the corners and two sides hot.
+    the corners; zone ``4 * rings``: the corner blocks (cells within ``rings`` of two edges), the four corners pooled
+    (16 cells of a grid with 2 rings: a spread from fewer would be noise); zone ``4 * rings + 1``: the interior. The
+    sides differ (on NanoTWICE the top and right rims score about 1 higher than the bottom and left ones, on the
+    validation and the test images alike) and the corners score about twice as high as the rims, so one offset per
+    ring left the corners and two sides hot.
     """
     h, w = shape
     R = rings
     y, x = np.arange(h)[:, None], np.arange(w)[None, :]
     dy, dx = np.minimum(y, h - 1 - y), np.minimum(x, w - 1 - x)
-    zone = np.full((h, w), 5 * R)
+    zone = np.full((h, w), 4 * R + 1)
     rim_y, rim_x = (dy < R) & (dx >= R), (dx < R) & (dy >= R)
     side_y = np.where(2 * y < h, 0, 1)  # top or bottom
     side_x = np.where(2 * x < w, 2, 3)  # left or right
     zone = np.where(rim_y, side_y * R + dy, zone)
     zone = np.where(rim_x, side_x * R + dx, zone)
-    return np.where((dy < R) & (dx < R), 4 * R + np.minimum(dy, dx), zone)
+    return np.where((dy < R) & (dx < R), 4 * R, zone)
 
 
 def nearest_distances(q: torch.Tensor, words: torch.Tensor, m: int, chunk: int = 8192) -> torch.Tensor:
@@ -169,8 +170,8 @@ class PatchDictionary:
         self.scale: torch.Tensor | None = None  # (r,) std of each component
         self.words: torch.Tensor | None = None  # (k, r)
         # per border zone, once calibrated (empty = none): score -> gain * score + offset
-        self.border_offset = torch.zeros(0, device=self.device)  # (5 * border_rings,)
-        self.border_gain = torch.zeros(0, device=self.device)  # (5 * border_rings,)
+        self.border_offset = torch.zeros(0, device=self.device)  # (4 * border_rings + 1,)
+        self.border_gain = torch.zeros(0, device=self.device)  # (4 * border_rings + 1,)
 
     # ---------------------------------------------------------------------------------------------------- features
     def extract(self, image: np.ndarray, progress: Progress | None = None) -> FeatureGrid:
@@ -226,7 +227,7 @@ class PatchDictionary:
         self.border_offset = self.border_gain = torch.zeros(0, device=self.device)
         if R == 0 or not images:
             return
-        n_zones = 5 * R + 1  # the last: the interior
+        n_zones = 4 * R + 2  # the last: the interior
         n, s1, s2 = np.zeros(n_zones), np.zeros(n_zones), np.zeros(n_zones)
         for img in images:
             s = self.patch_scores(self.extract(img)).cpu().numpy().astype(np.float64)
@@ -263,7 +264,7 @@ class PatchDictionary:
         d = nearest_distances(self.project(f), self.words, self.config.m).reshape(grid.grid_shape)
         n, R = len(self.border_offset), self.config.border_rings
         if n:
-            if n == 5 * R:
+            if n == 4 * R + 1:
                 zones = border_zones(grid.grid_shape, R)
             else:  # a model from before the per-side zones: one offset per ring
                 zones = np.minimum(border_rings(grid.grid_shape), n)
@@ -312,7 +313,7 @@ class PatchDictionary:
         for name in STATE_ARRAYS:
             if name in arrays or not name.startswith("border_"):  # older models lack them: uncalibrated / gain 1
                 setattr(obj, name, torch.from_numpy(np.asarray(arrays[name])).to(obj.device))
-        if len(obj.border_offset) not in (0, cfg.border_rings, 5 * cfg.border_rings):
+        if len(obj.border_offset) not in (0, cfg.border_rings, 4 * cfg.border_rings + 1):
             raise ValueError(f"border_offset has {len(obj.border_offset)} entries, the configuration's "
-                             f"border_rings {cfg.border_rings} needs {5 * cfg.border_rings}")
+                             f"border_rings {cfg.border_rings} needs {4 * cfg.border_rings + 1}")
         return obj
