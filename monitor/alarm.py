@@ -66,7 +66,13 @@ def caption_for(result: dict) -> Caption:
 
 def write_outputs(out_dir: Path, stem: str, image, ins: Inspection, result: dict) -> Path:
     """Overlay PNG + result JSON named ``stem``; returns the overlay path."""
-    overlay = out_dir / f"{stem}.png"
-    write_png(overlay, render_overlay(image, ins.result.anomaly_map, ins.report, caption_for(result), ins.threshold))
-    write_json(out_dir / f"{stem}.json", {**result, "overlay": str(overlay)})
+    overlay, js = out_dir / f"{stem}.png", out_dir / f"{stem}.json"
+    try:
+        write_png(overlay, render_overlay(image, ins.result.anomaly_map, ins.report, caption_for(result),
+                                          ins.threshold))
+        write_json(js, {**result, "overlay": str(overlay)})
+    except BaseException:  # no half pair left behind: retention only knows the files of a recorded overlay
+        for f in (overlay, js):
+            f.unlink(missing_ok=True)
+        raise
     return overlay

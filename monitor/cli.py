@@ -20,7 +20,6 @@ from .ledger import LedgerError
 from .metrics import MetricsError
 from .passwords import ITERATIONS
 from .scorers import METHODS
-from .web import WebError
 
 log = logging.getLogger(__name__)
 
@@ -380,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return args.func(args)
-    except (ConfigError, ArtifactError, BackboneError, ImageError, LedgerError, MetricsError, WebError,
+    except (ConfigError, ArtifactError, BackboneError, ImageError, LedgerError, MetricsError,
             FileNotFoundError) as exc:
         print(f"monitor: error: {exc}", file=sys.stderr)
         return 2

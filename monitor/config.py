@@ -153,7 +153,7 @@ class WebSection:
     keyfile: str = ""
     username: str = ""  # HTTP basic auth when both username and password_hash are set
     password_hash: str = ""  # pbkdf2_sha256$<iterations>$<salt b64>$<hash b64> (`monitor hash-password`)
-    external_url: str = ""  # the URL operators reach the page at ("" = http(s)://address:port)
+    external_url: str = ""  # the URL operators reach the page at; the alerts link there ("" = no link)
     results: int = 50  # rows on the list page by default
 
     def __post_init__(self):
@@ -248,7 +248,9 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     elif isinstance(default, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
-    elif isinstance(default, str):
+    elif isinstance(default, str):  # a number is taken as its text (`max_age: 0`, `line: 3`)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
         ok = isinstance(value, str)
     elif isinstance(default, tuple):
         kind = type(default[0]) if default else str  # tuples of names, or of sizes

@@ -159,18 +159,16 @@ def pixel_size_um(path: str | os.PathLike) -> float | None:
             if tags is None:
                 return None
             fei, zeiss = tags.get(_FEI_TAG), tags.get(_ZEISS_TAG)
-    except (OSError, ValueError, SyntaxError):
+    except Exception:  # any header Pillow cannot parse: the size is unknown, the image was scored all the same
         return None
-    if isinstance(fei, bytes):
-        fei = fei.decode("latin-1")
-    if isinstance(zeiss, bytes):
-        zeiss = zeiss.decode("latin-1")
-    m = re.search(r"^\s*PixelWidth\s*=\s*([0-9.eE+-]+)\s*$", fei or "", re.M)
+    fei, zeiss = (t.decode("latin-1") if isinstance(t, bytes) else t if isinstance(t, str) else ""
+                  for t in (fei, zeiss))
+    m = re.search(r"^\s*PixelWidth\s*=\s*([0-9.eE+-]+)\s*$", fei, re.M)
     if m:
         value = _finite_positive(m.group(1), 1e6)  # metres
         if value:
             return value
-    m = re.search(r"Image Pixel Size\s*=\s*([0-9.eE+-]+)\s*(\S+)", zeiss or "")
+    m = re.search(r"Image Pixel Size\s*=\s*([0-9.eE+-]+)\s*(\S+)", zeiss)
     if m and m.group(2) in _UNITS_UM:
         return _finite_positive(m.group(1), _UNITS_UM[m.group(2)])
     return None

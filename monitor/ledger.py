@@ -50,6 +50,8 @@ CREATE TABLE IF NOT EXISTS images (
 );
 CREATE INDEX IF NOT EXISTS images_state ON images (state, id);
 CREATE INDEX IF NOT EXISTS images_finished ON images (finished_at);
+CREATE INDEX IF NOT EXISTS images_seen ON images (seen_at);
+CREATE INDEX IF NOT EXISTS images_verdict ON images (state, verdict, id);
 """
 
 _COLUMNS = ("id", "path", "size", "mtime_ns", "sha256", "state", "seen_at", "started_at", "finished_at", "attempts",
@@ -107,6 +109,11 @@ class Ledger:
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{self.path}: cannot open the ledger: {exc}") from None
         self._lock = threading.Lock()
+
+    def reader(self) -> "LedgerReader":
+        """A read-only view on its own connection: its queries (the results page) never wait on, nor hold up, the
+        daemon's writes (WAL readers and the writer run side by side)."""
+        return LedgerReader(self.path)
 
     def close(self) -> None:
         with self._lock:
@@ -247,3 +254,17 @@ class Ledger:
             args.append(limit)
         with self._lock:
             return self._all(sql, args)
+
+
+class LedgerReader(Ledger):
+    """Read-only queries on a connection of their own (``Ledger.reader``); the write methods fail."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            uri = self.path.resolve().as_uri() + "?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA query_only=ON")
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path}: cannot open the ledger for reading: {exc}") from None
+        self._lock = threading.Lock()

@@ -27,7 +27,7 @@ from .metrics import Metrics
 from .model import Model, expectations
 from .retention import Retention
 from .watcher import Intake
-from .web import ResultsServer
+from .web import ResultsServer, WebError
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -107,10 +107,9 @@ class Service:
             log.info("metrics on http%s://%s:%d/metrics", "s" if cfg.metrics.certfile else "",
                      cfg.metrics.address, self.port)
         if cfg.web.enabled:
-            self.web = ResultsServer(cfg.web, self.ledger, lambda: self.cfg)
-            self.web_port = self.web.start()
-            log.info("results page on %s (bound to %s:%d)", self.web.url, cfg.web.address, self.web_port)
-        m.set_web(self.web.url if self.web is not None else "")
+            self._start_web(cfg)
+        # the alerts link to the page only where operators can reach it: web.external_url
+        m.set_web(cfg.web.external_url if self.web is not None else "")
         self.worker = Worker(cfg, self.ledger, model, m, self.on_result)
         self.worker.start()
         self.intake = Intake(cfg.watch, self.ledger, self._recorded, self._gone)
@@ -118,6 +117,20 @@ class Service:
         pending = self.ledger.pending_count()
         self.notify("READY=1", f"STATUS=watching {cfg.watch.dir}; model {model.model_id}; {pending} pending")
         log.info("ready: model %s, %d image(s) pending", model.model_id, pending)
+
+    def _start_web(self, cfg: Config) -> None:
+        """The results page; one that cannot start (its port taken by another line's monitor, a bad certificate)
+        is logged and left off: the line's monitoring does not depend on it."""
+        web = ResultsServer(cfg.web, self.ledger.reader(), lambda: self.cfg)
+        try:
+            self.web_port = web.start()
+        except WebError as exc:
+            web.close()
+            log.error("%s; running without the results page", exc)
+            self.notify(f"STATUS=results page off: {exc}")
+            return
+        self.web = web
+        log.info("results page on %s (bound to %s:%d)", web.url, cfg.web.address, self.web_port)
 
     def _config_gauges(self, cfg: Config) -> None:
         self.metrics.budget_seconds.set(cfg.service.budget_seconds)
@@ -188,8 +201,12 @@ class Service:
                 log.error("worker stalled or dead: no watchdog ping (systemd will restart the service)")
 
     def _retain(self) -> None:
-        """Keep output.dir within output.max_bytes / output.max_age (the daemon's own files only)."""
-        self.retention.enforce()
+        """Keep output.dir within output.max_bytes / output.max_age (the daemon's own files only). A failure is
+        logged and tried again at the next turn: it must not stop the monitoring."""
+        try:
+            self.retention.enforce()
+        except Exception:
+            log.exception("retention failed; trying again later")
         self.metrics.output_bytes.set(self.retention.bytes)
 
     def reload(self) -> None:

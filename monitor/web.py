@@ -100,7 +100,7 @@ def parse_filters(query: str, default_limit: int) -> Filters:
     if verdict != "any" and verdict not in VERDICT_FILTERS:
         raise BadRequest(f"verdict must be one of any, {', '.join(VERDICT_FILTERS)}; got {verdict!r}")
     raw = params.get("limit", "").strip()
-    if raw and not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= RESULTS_MAX):
+    if raw and not (raw.isascii() and raw.isdigit() and len(raw) <= 6 and 1 <= int(raw) <= RESULTS_MAX):
         raise BadRequest(f"limit must be a whole number from 1 to {RESULTS_MAX}; got {raw!r}")
     since, until = (_parse_local(name, params.get(name, "")) for name in ("since", "until"))
     if since and until and since >= until:
@@ -490,8 +490,8 @@ class ResultsSite:
             return (f'<p class="notice">The overlay file is gone (removed by retention or by hand): '
                     f'{esc(r.overlay)}. <a href="/result/{r.id}/image.png">Open the original image</a>.</p>')
         src = f"/result/{r.id}/overlay.png"
-        return (f'<figure><a href="{src}"><img src="{src}" alt="Overlay of {esc(name)}: defects outlined in red" '
-                f'></a><figcaption>Overlay: heat map of the anomaly score, defects outlined in red '
+        return (f'<figure><a href="{src}"><img src="{src}" alt="Overlay of {esc(name)}: defects outlined and numbered" '
+                f'></a><figcaption>Overlay: heat map of the anomaly score, defects outlined in white and numbered as in the table '
                 f'(tap to open full size)</figcaption></figure>')
 
     @staticmethod
@@ -688,3 +688,4 @@ class ResultsServer:
             self._server.server_close()
             self._thread.join()
             self._server = None
+        self.site.ledger.close()

@@ -149,6 +149,8 @@ class Worker(threading.Thread):
                                             result))
             except OSError as exc:  # a full disk must not stop the line's monitoring: the ledger still has it
                 log.error("%s: cannot write the overlay: %s", row.path, exc)
+            except Exception:  # nor a drawing bug: the result is recorded without its picture
+                log.exception("%s: cannot draw the overlay", row.path)
         r = ins.report
         done = self.ledger.finish(
             row.id, verdict=verdict, alarm=defect, coverage=None if r is None else r.coverage,

@@ -216,7 +216,8 @@ def test_a_defect_image_cleared_before_the_next_scrape_still_fires_the_defect_al
     first clean one clears the alarm gauge, alarm.clear_after 1) between two scrapes 5 s apart. The defect alert and
     the dashboard's alarm panel read the alarm counter, so they show it anyway; the alert links to the results
     page."""
-    d = Daemon(tmp_path / "d", saved_model, alarm={"coverage_threshold": 0.005, "clear_after": 1})
+    d = Daemon(tmp_path / "d", saved_model, alarm={"coverage_threshold": 0.005, "clear_after": 1},
+               web={"external_url": "https://linepc-1.example:9880/"})
     d.start()
     try:
         base = prometheus(d.port, scrape_interval="5s")
@@ -235,7 +236,7 @@ def test_a_defect_image_cleared_before_the_next_scrape_still_fires_the_defect_al
             return [a for a in got if a["labels"]["alertname"] == "SemDefectCoverageHigh" and a["state"] == "firing"]
         alert = wait_for(firing, 30, "SemDefectCoverageHigh firing")[0]
         assert alert["labels"]["line"] == "line1"
-        assert alert["annotations"]["results"] == f"http://127.0.0.1:{d.web_port}/?verdict=defect"
+        assert alert["annotations"]["results"] == "https://linepc-1.example:9880/?verdict=defect"
         panel = _query(base, _panel_query(_alarm_panel_expr()))
         assert [(p["metric"]["line"], p["value"][1]) for p in panel] == [("line1", "1")]
         # how often the gauge itself was seen raised (usually never: it stood for a fraction of a second)

@@ -8,7 +8,7 @@ from PIL import Image, TiffImagePlugin
 
 from monitor.defects import find_defects
 from monitor.images import pixel_size_um
-from monitor.overlay import (BANNER, GREY, Caption, _font, _sizes, banner_lines, elide_middle, label_boxes,
+from monitor.overlay import (BANNER, GREY, Caption, _font, _sizes, _wrap, banner_lines, elide_middle, label_boxes,
                              render_overlay)
 
 
@@ -78,7 +78,12 @@ def test_text_is_large_enough_to_read_at_full_size(width):
     cap = Caption("defect", "x" * 300 + ".tif", "2026-11-25 10:00:00 +0000", line="line1", coverage=0.01,
                   coverage_threshold=0.001, n_defects=12, largest_area=123456, pixel_size_um=0.01,
                   model_id="0123456789ab")
-    assert render_overlay(img, np.zeros_like(img), None, cap, 1.0).shape[1] == width  # wraps, never wider
+    title_f, text_f = _font(title), _font(text)
+    margin = _sizes(width)[3]
+    lines = _wrap(banner_lines(cap), text_f, width - 2 * margin)
+    assert len(lines) >= 2 and all(text_f.getlength(t) <= width - 2 * margin for t in lines)  # wrapped, not cut
+    assert title_f.getlength("DEFECT  ") + text_f.getlength(elide_middle(cap.file_name, text_f, width)) <= 2 * width
+    assert render_overlay(img, np.zeros_like(img), None, cap, 1.0).shape[1] == width
 
 
 def _tiff(path, tag=None, text=None):

@@ -70,8 +70,8 @@ def test_no_limits_delete_nothing_and_missing_files_are_skipped(setup):
     assert r.enforce() == 0 and r.bytes == 110
 
 
-@pytest.mark.parametrize("value, ok", [("90d", True), ("12h", True), ("0", True), ("1.5w", True),
-                                       ("90", False), ("-1d", False), ("d", False), ("3y", False)])
+@pytest.mark.parametrize("value, ok", [("90d", True), ("12h", True), ("0", True), (0, True), ("1.5w", True),
+                                       ("90", False), (90, False), ("-1d", False), ("d", False), ("3y", False)])
 def test_max_age_must_be_a_duration(value, ok):
     data = {"output": {"max_age": value}}
     if ok:

@@ -329,10 +329,10 @@ def test_a_file_name_with_markup_is_escaped_everywhere(line, rows):
     assert SCRIPT_NAME in list_names(html_of(line.web_port, "/"))
 
 
-def test_healthz_and_the_metrics_announce_the_page(line):
+def test_healthz_and_no_link_announced_without_an_external_url(line):
     assert get(line.web_port, "/healthz")[:1] == (200,) and get(line.web_port, "/healthz")[2] == b"ok\n"
     info = [k for k in line.scrape() if k[0] == "monitor_web_info"]
-    assert dict(info[0][1])["external_url"] == f"http://127.0.0.1:{line.web_port}"
+    assert dict(info[0][1])["external_url"] == ""  # a 127.0.0.1 link in an operator's e-mail would lead nowhere
 
 
 def test_requests_are_not_logged_at_info_and_nothing_is_written_to_the_export_folder(line):
@@ -442,11 +442,19 @@ def test_tls_only_and_the_external_url_in_the_metrics(secured):
     assert "results page on https://linepc-3.example:9880" in secured.log_text()
 
 
-def test_a_port_in_use_is_a_clear_start_up_error(tmp_path, saved_model, line):
-    d = Daemon(tmp_path, saved_model, web={"port": line.web_port})
-    d.start(wait_ready=False)
-    assert d.proc.wait(60) == 2
-    assert f"results page 127.0.0.1:{line.web_port}" in d.log_text() and "web.port" in d.log_text()
+def test_a_port_in_use_leaves_the_page_off_and_the_line_monitored(tmp_path, saved_model, line):
+    """Two lines' monitors on one PC with the same web.port: the second logs why and monitors without its page."""
+    d = Daemon(tmp_path, saved_model, web={"port": line.web_port, "external_url": "http://linepc:9880"})
+    d.start()
+    try:
+        assert f"results page 127.0.0.1:{line.web_port}" in d.log_text() and "web.port" in d.log_text()
+        assert "running without the results page" in d.log_text()
+        write_renamed(d.export, "a.png", png_bytes(fiber_mat(SHAPE, seed=77)))
+        assert d.wait_finished(1)[0]["state"] == "done"
+        info = [k for k in d.scrape() if k[0] == "monitor_web_info"]
+        assert dict(info[0][1])["external_url"] == ""  # no page, no link
+    finally:
+        assert d.stop() == 0
 
 
 # ----------------------------------------------------------------------------------------------------- browser
