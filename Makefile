@@ -5,9 +5,9 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test install clean install-service tools
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -18,21 +18,32 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed tools
 	$(BIN)/python -m pytest -q
 
-# the real Prometheus, promtool, Alertmanager and amtool the tests run against, and the headless Chromium and
-# its WebDriver the results-page test drives (Debian packages), when missing
-TOOLS := prometheus promtool prometheus-alertmanager amtool
+# The real Prometheus, promtool, Alertmanager and amtool the tests run against: Debian's packages unpacked into
+# .tools/ (apt-get download + dpkg-deb -x), never installed, so no service is created or enabled on this host.
+# The headless Chromium and its WebDriver that the results-page test drives are installed from Debian when missing
+# (they bring no service).
+TOOLS_DIR := .tools
+TOOLS_BIN := $(CURDIR)/$(TOOLS_DIR)/root/usr/bin
+TOOL_DEBS := prometheus prometheus-alertmanager
 BROWSER := /usr/bin/chromium /usr/bin/chromedriver
-tools:
-	@missing=0; for t in $(TOOLS); do command -v $$t >/dev/null || missing=1; done; \
-	for f in $(BROWSER); do test -x $$f || missing=1; done; \
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+tools: $(TOOLS_DIR)/.unpacked
+	@missing=0; for f in $(BROWSER); do test -x $$f || missing=1; done; \
 	if [ $$missing = 1 ]; then \
-	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
-	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq \
-	    --no-install-recommends prometheus prometheus-alertmanager chromium chromium-driver; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	    --no-install-recommends chromium chromium-driver; \
 	fi
 
+$(TOOLS_DIR)/.unpacked:
+	rm -rf $(TOOLS_DIR) && mkdir -p $(TOOLS_DIR)/debs
+	cd $(TOOLS_DIR)/debs && { apt-get download $(TOOL_DEBS) || { $(SUDO) apt-get update -qq && apt-get download $(TOOL_DEBS); }; }
+	for d in $(TOOLS_DIR)/debs/*.deb; do dpkg-deb -x $$d $(TOOLS_DIR)/root; done
+	rm -rf $(TOOLS_DIR)/debs
+	$(TOOLS_BIN)/promtool --version >/dev/null && $(TOOLS_BIN)/amtool --version >/dev/null
+	touch $@
+
 clean:
-	rm -rf demo-run evaluation
+	rm -rf demo-run evaluation $(TOOLS_DIR)
 
 # as root: system user, units rendered for this host, default configuration; see systemd/README.md
 PREFIX ?= /opt/sem-line-monitor

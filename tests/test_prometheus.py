@@ -21,7 +21,7 @@ L = {"job": "sem-monitor", "instance": "127.0.0.1:9808", "line": "line1"}
 def _needs(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:  # the project's setup (make test) installs it; its absence is a failure, not a skip
-        pytest.fail(f"{tool} not installed: run `make tools` (Debian packages prometheus, prometheus-alertmanager)")
+        pytest.fail(f"{tool} not installed: run `make tools` (unpacks Debian packages prometheus, prometheus-alertmanager into .tools/)")
     return path
 
 
