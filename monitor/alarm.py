@@ -7,22 +7,14 @@ never into the export folder.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import AlarmSection
+from .files import atomic_write, shown
 from .model import Inspection
 from .overlay import Caption, render_overlay, write_png
-
-
-def is_defect(ins: Inspection, cfg: AlarmSection) -> bool:
-    """Coverage over the threshold, or (when configured) one defect larger than ``max_defect_area``."""
-    r = ins.report
-    if r is None:  # a model without a fitted threshold raises no alarm (and says so in its verdict)
-        return False
-    return ins.verdict == "defect" or bool(cfg.max_defect_area and r.largest_area > cfg.max_defect_area)
 
 
 @dataclass
@@ -44,10 +36,7 @@ class AlarmState:
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def local_time(t: float | None = None) -> str:
@@ -57,7 +46,7 @@ def local_time(t: float | None = None) -> str:
 
 def caption_for(result: dict) -> Caption:
     """The overlay banner of a result (the dict the worker records and writes as JSON)."""
-    return Caption(verdict=result["verdict"], file_name=Path(result["image"]).name, when=result["scored_at"],
+    return Caption(verdict=result["verdict"], file_name=shown(Path(result["image"]).name), when=result["scored_at"],
                    line=result.get("line", ""), coverage=result.get("coverage"),
                    coverage_threshold=result.get("coverage_threshold"), n_defects=result.get("n_defects"),
                    largest_area=result["defects"][0]["area"] if result.get("defects") else None,

@@ -15,7 +15,6 @@ Checkpoints are read with ``torch.load(..., weights_only=True)``, which refuses 
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,20 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .files import file_sha256
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class BackboneError(RuntimeError):
     """A backbone cannot be built: unknown name or layer, missing or mismatching weights."""
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -9,16 +9,15 @@ FreeType font (no font file to install; OpenCV's Hershey fonts have no "µ" and 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .defects import DefectReport
+from .files import atomic_write
 
 BANNER = {"defect": (200, 30, 30), "ok": (25, 130, 60)}  # RGB; any other verdict: grey
 GREY = (95, 95, 95)
@@ -206,12 +205,8 @@ def render_overlay(image: np.ndarray, anomaly_map: np.ndarray, report: DefectRep
 
 
 def write_png(path, picture: np.ndarray) -> None:
-    """Write a PNG atomically: a temporary name beside it, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a PNG atomically (``files.atomic_write``)."""
     ok, buf = cv2.imencode(".png", picture)
     if not ok:
         raise OSError(f"cannot encode {path}")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
+    atomic_write(path, buf.tobytes())

@@ -1,0 +1,57 @@
+"""File helpers shared by the model and the daemon: content hashes, atomic writes, file names that fit.
+
+Atomic writes go to a short temporary name beside the target (never derived from a long target name, so a name
+near the 255-byte limit still works), then ``os.replace``; a failed write leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+
+NAME_MAX = 255  # bytes in one file name on Linux file systems
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def shown(text: str) -> str:
+    """``text`` (a path or name) printable as UTF-8: bytes that are not UTF-8 (kept by Python as surrogates) as
+    ``\\xNN``. The path itself stays as it is for opening the file."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync'd, then renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{secrets.token_hex(6)}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def fitting_stem(stem: str, suffix: str, limit: int = NAME_MAX) -> str:
+    """``stem`` shortened (at a character boundary, keeping its end, which tells images apart) so that
+    ``stem + suffix`` fits ``limit`` bytes; undecodable bytes of the name are kept as ``surrogateescape``."""
+    room = limit - len(os.fsencode(suffix))
+    raw = os.fsencode(stem)
+    if len(raw) <= room:
+        return stem
+    keep = raw[len(raw) - room + 1:]  # "~" marks the cut
+    while keep and (keep[0] & 0xC0) == 0x80:  # do not start inside a UTF-8 sequence
+        keep = keep[1:]
+    return "~" + os.fsdecode(keep)
