@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from .artifact import ArtifactError
-from .backbones import BackboneError, file_sha256
+from .backbones import BackboneError
+from .files import file_sha256, shown
 from .config import Config, ConfigError, load_config
 from .images import ImageError, ImageLimits, list_images, read_image
 from .ledger import LedgerError
@@ -98,16 +99,17 @@ def cmd_score(args) -> int:
     cfg = _load_cfg(args)
     model = Model.load(args.model, cfg.model.device, expectations(cfg.model.method_config) if args.config else None)
     failed = 0
+    limits = cfg.image.for_model(model.meta.get("training_pixels"))
     for path in list_images(args.images):
         t0 = time.perf_counter()
         try:
-            img = read_image(path, cfg.image)
+            img = read_image(path, limits)
         except ImageError as exc:
             print(json.dumps({"image": str(path), "error": exc.reason}))
             failed += 1
             continue
         t1 = time.perf_counter()
-        ins = model.inspect(img, cfg.alarm.coverage_threshold)
+        ins = model.inspect(img, cfg.alarm.coverage_threshold, cfg.alarm.max_defect_area)
         t2 = time.perf_counter()
         out = {"image": str(path), **ins.summary(), "model_id": model.model_id,
                "timings": {"load": round(t1 - t0, 4), "score": round(t2 - t1, 4), "total": round(t2 - t0, 4),
@@ -270,7 +272,7 @@ def cmd_history(args) -> int:
           f"{'e2e s':>7}  image / error")
     for r in rows:
         cov = "" if r.coverage is None else f"{r.coverage:.4%}"
-        what = Path(r.path).name + (f"  [{r.error_kind}] {r.error}" if r.error else "")
+        what = shown(Path(r.path).name) + (f"  [{r.error_kind}] {r.error}" if r.error else "")
         print(f"{r.id:>6}  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r.seen_at))}  {r.state:7}  "
               f"{r.verdict or '':8}  {cov:>9}  {'' if r.n_defects is None else r.n_defects:>7}  "
               f"{'' if r.score_seconds is None else f'{r.score_seconds:.2f}':>7}  "

@@ -62,6 +62,7 @@ class AlarmSection:
 
 
 OBSERVERS = ("native", "polling")
+SYMLINKS = ("inside", "never", "any")
 OVERLAYS = ("alarms", "all", "none")
 
 
@@ -75,6 +76,7 @@ class WatchSection:
     poll_seconds: float = 1.0  # polling observer interval
     recursive: bool = False
     queue_size: int = 10000  # events waiting to be recorded; on overflow the folder is re-scanned
+    symlinks: str = "inside"  # symbolic links: inside (followed when they stay in watch.dir) | never | any
 
     def __post_init__(self):
         object.__setattr__(self, "patterns", tuple(self.patterns))
@@ -87,6 +89,8 @@ class WatchSection:
             raise ValueError("watch.settle_seconds must be >= 0 and watch.poll_seconds > 0")
         if self.queue_size < 1:
             raise ValueError(f"watch.queue_size must be >= 1, got {self.queue_size}")
+        if self.symlinks not in SYMLINKS:
+            raise ValueError(f"watch.symlinks must be one of {', '.join(SYMLINKS)}, got {self.symlinks!r}")
 
 
 @dataclass(frozen=True)
@@ -220,7 +224,7 @@ def _build(cls, data: Any, where: str):
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'configuration'}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{where or 'configuration'}: unknown key {unknown[0]!r}; allowed: {', '.join(fields)}")

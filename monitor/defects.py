@@ -1,4 +1,4 @@
-"""Anomaly map -> defect mask, coverage and the list of defects (connected components)."""
+"""Anomaly map -> defect mask, coverage and the list of defects (connected components); the verdict."""
 
 from __future__ import annotations
 
@@ -59,3 +59,15 @@ def find_defects(anomaly_map: np.ndarray, threshold: float, config: DefectConfig
         defects.append(Defect(area, (x, y, w, h), (float(cents[i][0]), float(cents[i][1])), peak))
     defects.sort(key=lambda d: -d.area)
     return DefectReport(mask, float(mask.mean()), tuple(defects))
+
+
+VERDICTS = ("ok", "defect", "no-threshold")  # every verdict there is (the metrics' labels too)
+
+
+def decide(report: DefectReport | None, coverage_threshold: float = 0.0, max_defect_area: int = 0) -> str:
+    """The one place a verdict is made: ``defect`` when the defect coverage exceeds ``coverage_threshold`` or (when
+    set) one defect is larger than ``max_defect_area`` pixels; ``no-threshold`` for a model without a threshold."""
+    if report is None:
+        return "no-threshold"
+    over_area = bool(max_defect_area) and report.largest_area > max_defect_area
+    return "defect" if report.defects and (report.coverage > coverage_threshold or over_area) else "ok"

@@ -7,10 +7,12 @@ pixel memory is allocated. Files are only ever opened for reading.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,8 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
 
 # the bounded set of ImageError kinds (a metric label; the free-text reason goes to the ledger)
-ERROR_KINDS = ("missing", "permission", "empty", "too_large", "too_small", "unreadable", "corrupt")
+ERROR_KINDS = ("missing", "permission", "empty", "too_large", "too_small", "unreadable", "corrupt", "changed",
+               "symlink")
 
 
 class ImageError(ValueError):
@@ -41,8 +44,14 @@ class ImageLimits:
     max_pixels: int = 64_000_000
     crop_bottom: int = 0  # rows of the SEM data bar to drop at the bottom
     pixel_size_um: float = 0.0  # micrometres per pixel for defect sizes; 0 = from the SEM's TIFF tags when present
+    # images with more pixels than this many times the model's largest training image are refused (0 = no bound):
+    # scoring cost grows with the pixel count, and a model has not seen the scale of a much larger image
+    max_training_ratio: float = 4.0
+    pixels_why: str = field(default="image.max_pixels", init=False, compare=False, repr=False)  # its source
 
     def __post_init__(self):
+        if not (self.max_training_ratio == 0 or self.max_training_ratio >= 1):
+            raise ValueError(f"max_training_ratio must be 0 (off) or >= 1, got {self.max_training_ratio}")
         if not (self.pixel_size_um >= 0 and np.isfinite(self.pixel_size_um)):
             raise ValueError(f"pixel_size_um must be >= 0, got {self.pixel_size_um}")
         if self.min_side < 1:
@@ -51,6 +60,19 @@ class ImageLimits:
             raise ValueError(f"max_pixels must be >= min_side**2, got {self.max_pixels}")
         if self.crop_bottom < 0:
             raise ValueError(f"crop_bottom must be >= 0, got {self.crop_bottom}")
+
+    def for_model(self, training_pixels: int | None) -> "ImageLimits":
+        """These limits with ``max_pixels`` bounded by ``max_training_ratio`` x the model's largest training image
+        (``training_pixels``, None for models saved before it was recorded: no bound but ``max_pixels``)."""
+        if not training_pixels or not self.max_training_ratio:
+            return self
+        bound = int(self.max_training_ratio * training_pixels)
+        if bound >= self.max_pixels:
+            return self
+        out = replace(self, max_pixels=max(bound, self.min_side**2))
+        object.__setattr__(out, "pixels_why", f"{self.max_training_ratio:g} x the model's largest training image "
+                           f"of {training_pixels} pixels, image.max_training_ratio")
+        return out
 
 
 def to_gray_float(arr: np.ndarray) -> np.ndarray:
@@ -74,8 +96,12 @@ def _scale(dtype: np.dtype) -> float:
     return 1.0  # float images are taken to be in [0, 1]
 
 
-def read_image(path: str | os.PathLike, limits: ImageLimits = ImageLimits()) -> np.ndarray:
-    """Read ``path`` as float32 gray (H, W) in [0, 1]. Raises :class:`ImageError`."""
+def read_image(path: str | os.PathLike, limits: ImageLimits = ImageLimits(), sha256: str | None = None) -> np.ndarray:
+    """Read ``path`` as float32 gray (H, W) in [0, 1]. Raises :class:`ImageError`.
+
+    With ``sha256`` (the content the ledger recorded), the bytes are read once, checked against it and decoded
+    from memory: what is scored is exactly what was recorded, even if the file is replaced meanwhile (kind
+    ``changed`` otherwise)."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -85,14 +111,21 @@ def read_image(path: str | os.PathLike, limits: ImageLimits = ImageLimits()) -> 
         raise ImageError(path, f"cannot stat: {exc.strerror or exc}", "unreadable") from None
     if size == 0:
         raise ImageError(path, "empty file (0 bytes)", "empty")
+    source: str | os.PathLike | io.BytesIO = path
     try:
+        if sha256 is not None:
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != sha256:
+                raise ImageError(path, "the file changed after it was recorded (another content under the same "
+                                 "name); that content is recorded as an image of its own", "changed")
+            source = io.BytesIO(data)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 w, h = im.size
                 if w * h > limits.max_pixels:
-                    raise ImageError(path, f"{w}x{h} pixels exceeds the limit of {limits.max_pixels} pixels",
-                                     "too_large")
+                    raise ImageError(path, f"{w}x{h} pixels exceeds the limit of {limits.max_pixels} pixels "
+                                     f"({limits.pixels_why}); refused before decoding", "too_large")
                 if min(w, h) < limits.min_side:
                     raise ImageError(path, f"{w}x{h} is too small; both sides must be >= {limits.min_side}",
                                      "too_small")

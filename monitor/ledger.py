@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import shown
+
 SCHEMA_VERSION = 1
 STATES = ("pending", "done", "failed")
 VERDICT_FILTERS = ("ok", "defect", "no-threshold", "failed", "pending")  # Ledger.results(verdict=...)
@@ -93,17 +95,45 @@ class LedgerError(RuntimeError):
     pass
 
 
+def db_path(path: str) -> str | bytes:
+    """A path as the ledger stores it: text, or, for a name that is not valid UTF-8 (kept by Python as surrogates),
+    its raw bytes as a BLOB in the same column, so that nothing is lost and the file can still be opened."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+
+
+def _row(values) -> Row:
+    path = values[1]
+    if isinstance(path, bytes):
+        values = (values[0], os.fsdecode(path), *values[2:])
+    return Row(*values)
+
+
 class Ledger:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and self.path.stat().st_size == 0:
+            # not a new ledger: a lost one (a full disk, a bad copy). Starting afresh would score every image in
+            # the export folder again, with alarms for old images.
+            raise LedgerError(f"{self.path}: the ledger file is empty (0 bytes); restore it from a backup, or "
+                              "delete it to start a new ledger (every image in the export folder is then scored again)")
         try:
             self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]  # checked before anything is changed
+            if version not in (0, SCHEMA_VERSION):
+                self._db.close()
+                raise LedgerError(f"{self.path}: ledger schema {version}, this version reads {SCHEMA_VERSION}")
+            check = self._db.execute("PRAGMA quick_check").fetchall()
+            if check != [("ok",)]:
+                self._db.close()
+                raise LedgerError(f"{self.path}: the ledger is damaged ({'; '.join(r[0] for r in check[:3])}); "
+                                  "restore it from a backup (sqlite3 .recover can save what is left)")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a done row survives a power cut, not only a crash
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise LedgerError(f"{self.path}: ledger schema {version}, this version reads {SCHEMA_VERSION}")
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
@@ -121,10 +151,10 @@ class Ledger:
 
     def _one(self, sql: str, args=()) -> Row | None:
         r = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM images {sql}", args).fetchone()
-        return None if r is None else Row(*r)
+        return None if r is None else _row(r)
 
     def _all(self, sql: str, args=()) -> list[Row]:
-        return [Row(*r) for r in self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM images {sql}", args)]
+        return [_row(r) for r in self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM images {sql}", args)]
 
     # --------------------------------------------------------------------------------------------------- writes
     def record(self, path: str, size: int, mtime_ns: int, sha256: str, seen_at: float | None = None
@@ -133,9 +163,9 @@ class Ledger:
         with self._lock:
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO images (path, size, mtime_ns, sha256, state, seen_at) "
-                "VALUES (?, ?, ?, ?, 'pending', ?)", (path, size, mtime_ns, sha256, seen_at or time.time()))
+                "VALUES (?, ?, ?, ?, 'pending', ?)", (db_path(path), size, mtime_ns, sha256, seen_at or time.time()))
             created = cur.rowcount == 1
-            return self._one("WHERE path = ? AND sha256 = ?", (path, sha256)), created
+            return self._one("WHERE path = ? AND sha256 = ?", (db_path(path), sha256)), created
 
     def start(self, row_id: int) -> int:
         """Mark scoring as started; returns the attempt number (1 on the first try)."""
@@ -164,7 +194,7 @@ class Ledger:
             self._db.execute(
                 "UPDATE images SET state = 'failed', finished_at = ?, e2e_seconds = ? - seen_at, error_kind = ?, "
                 "error = ?, model_id = ? WHERE id = ? AND state = 'pending'",
-                (now, now, kind, reason, model_id, row_id))
+                (now, now, kind, shown(reason), model_id, row_id))
             return self._one("WHERE id = ?", (row_id,))
 
     # ---------------------------------------------------------------------------------------------------- reads
@@ -185,7 +215,7 @@ class Ledger:
         """True when a row exists for this path with this size and mtime (lets a re-scan skip hashing)."""
         with self._lock:
             return self._db.execute("SELECT 1 FROM images WHERE path = ? AND size = ? AND mtime_ns = ? LIMIT 1",
-                                    (path, size, mtime_ns)).fetchone() is not None
+                                    (db_path(path), size, mtime_ns)).fetchone() is not None
 
     def totals(self) -> dict:
         """Counts the metrics start from: rows, done by verdict, failed by kind, alarms, budget overruns."""

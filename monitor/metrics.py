@@ -12,15 +12,15 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Inf
                                start_http_server)
 
 from . import __version__
+from .defects import VERDICTS
 from .images import ERROR_KINDS
 
 # seconds; the scoring path runs in about 0.5 s on 2 CPU cores, a backlog can push end-to-end into minutes
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 # defect coverage (ratio); dense around the usual alarm thresholds (0.1% by default)
 COVERAGE_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-VERDICTS = ("ok", "defect", "no-threshold")
 # failures that are not about the file: out of memory, a CUDA/torch error, anything else
-FAILURE_KINDS = ERROR_KINDS + ("changed", "crashed", "out_of_memory", "device", "internal")
+FAILURE_KINDS = ERROR_KINDS + ("crashed", "out_of_memory", "device", "internal")
 
 # name, type, help, labels: the table the README documents
 TABLE = (
@@ -42,6 +42,8 @@ TABLE = (
     ("budget_overruns_total", Counter, "Images whose scoring took longer than the budget", ()),
     ("output_bytes", Gauge, "Bytes of overlays and result files the daemon keeps in output.dir", ()),
     ("worker_healthy", Gauge, "1 while the scoring worker makes progress, else 0", ()),
+    ("watch_folder_ok", Gauge, "1 while watch.dir exists and is watched, else 0", ()),
+    ("ledger_errors_total", Counter, "Ledger writes refused (a full disk): images re-scanned, results retried", ()),
     ("model", Info, "The model in use", ()),
     ("web", Info, "The results page: its external URL (alert annotations link to it)", ()),
     ("build", Info, "Software versions", ()),

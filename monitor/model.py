@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from .artifact import ArtifactError, load_artifact, save_artifact
-from .defects import DefectConfig, DefectReport, find_defects
+from .defects import DefectConfig, DefectReport, decide, find_defects
 from .scorers import METHODS, ScoreResult
 from .threshold import Threshold, ThresholdConfig, fit_threshold
 
@@ -66,27 +66,29 @@ class Model:
         if val:
             results = [scorer.score(v) for v in val]
             th = fit_threshold([r.patch_scores for r in results], [r.anomaly_map for r in results], threshold)
-        meta = {"training_sha256": list(train_sha256), "fit_seconds": round(time.perf_counter() - t0, 3)}
+        meta = {"training_sha256": list(train_sha256), "fit_seconds": round(time.perf_counter() - t0, 3),
+                "training_pixels": max(int(im.shape[0]) * int(im.shape[1]) for im in normal)}
         return cls(scorer, th, defects, meta)
 
-    def inspect(self, image: np.ndarray, coverage_threshold: float = 0.0) -> Inspection:
-        """Score ``image``; verdict "defect" when the defect coverage exceeds ``coverage_threshold``."""
-        return self._judge(self.scorer.score(image), coverage_threshold)
+    def inspect(self, image: np.ndarray, coverage_threshold: float = 0.0, max_defect_area: int = 0) -> Inspection:
+        """Score ``image`` and judge it (``defects.decide``: coverage over ``coverage_threshold``, or one defect
+        over ``max_defect_area`` pixels when that is set)."""
+        return self._judge(self.scorer.score(image), coverage_threshold, max_defect_area)
 
-    def inspect_batch(self, images: Sequence[np.ndarray], coverage_threshold: float = 0.0) -> list[Inspection]:
+    def inspect_batch(self, images: Sequence[np.ndarray], coverage_threshold: float = 0.0,
+                      max_defect_area: int = 0) -> list[Inspection]:
         """``inspect`` for several images at once (one forward pass where the scorer can batch them)."""
         batch = getattr(self.scorer, "score_batch", None)
         results = batch(images) if batch is not None else [self.scorer.score(im) for im in images]
-        return [self._judge(r, coverage_threshold) for r in results]
+        return [self._judge(r, coverage_threshold, max_defect_area) for r in results]
 
-    def _judge(self, result: ScoreResult, coverage_threshold: float) -> Inspection:
+    def _judge(self, result: ScoreResult, coverage_threshold: float, max_defect_area: int) -> Inspection:
         if self.threshold is None:
-            return Inspection(result, None, "no-threshold", None)
+            return Inspection(result, None, decide(None), None)
         t = time.perf_counter()
         report = find_defects(result.anomaly_map, self.threshold.value, self.defects)
         result.timings["defects"] = time.perf_counter() - t
-        verdict = "defect" if report.defects and report.coverage > coverage_threshold else "ok"
-        return Inspection(result, report, verdict, self.threshold.value)
+        return Inspection(result, report, decide(report, coverage_threshold, max_defect_area), self.threshold.value)
 
     # ------------------------------------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike) -> str:
@@ -94,7 +96,7 @@ class Model:
         meta = {"method": self.scorer.method, "scorer": smeta,
                 "threshold": None if self.threshold is None else self.threshold.to_dict(),
                 "defects": asdict(self.defects), "training_sha256": self.meta.get("training_sha256", []),
-                "fit_seconds": self.meta.get("fit_seconds")}
+                "fit_seconds": self.meta.get("fit_seconds"), "training_pixels": self.meta.get("training_pixels")}
         model_id = save_artifact(directory, meta, arrays)
         self.meta = load_artifact(directory)[0]
         return model_id

@@ -11,6 +11,7 @@ old one). WATCHDOG=1 is sent at half of WATCHDOG_USEC, only while the worker mak
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import logging
 import os
 import signal
@@ -22,7 +23,7 @@ from typing import Callable
 
 from .artifact import ArtifactError
 from .config import Config, load_config
-from .ledger import Ledger, Row
+from .ledger import Ledger, LedgerError, Row
 from .metrics import Metrics
 from .model import Model, expectations
 from .retention import Retention
@@ -57,6 +58,24 @@ class Notifier:
             log.warning("sd_notify to %s failed: %s", self.address, exc)
 
 
+def lock_ledger(path: str | os.PathLike) -> int:
+    """Hold ``<ledger>.lock`` for the life of the process (released by the kernel however it ends): two daemons on
+    one ledger would score every image twice and raise every alarm twice. Returns the lock's file descriptor."""
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        other = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise LedgerError(f"{path}: another monitor (pid {other}) runs on this ledger; two would score every image "
+                          "twice (output.ledger must differ per line)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
 def load_model(cfg: Config) -> Model:
     path = Path(cfg.model.path)
     if not (path / "model.json").is_file():
@@ -84,6 +103,7 @@ class Service:
         self.intake: Intake | None = None
         self.web: ResultsServer | None = None
         self.retention: Retention | None = None
+        self._lock_fd: int | None = None
         self.port: int | None = None
         self.web_port: int | None = None
         self._stopped = False
@@ -93,6 +113,7 @@ class Service:
     def start(self) -> None:
         cfg = self.cfg
         self.notify("STATUS=starting: opening the ledger")
+        self._lock_fd = lock_ledger(cfg.output.ledger)
         self.ledger = Ledger(cfg.output.ledger)
         self.metrics = m = Metrics()
         m.restore(self.ledger.totals())
@@ -112,8 +133,9 @@ class Service:
         m.set_web(cfg.web.external_url if self.web is not None else "")
         self.worker = Worker(cfg, self.ledger, model, m, self.on_result)
         self.worker.start()
-        self.intake = Intake(cfg.watch, self.ledger, self._recorded, self._gone)
+        self.intake = Intake(cfg.watch, self.ledger, self._recorded, self._rejected, m.ledger_errors_total.inc)
         self.intake.start_watching()
+        m.watch_folder_ok.set(1)
         pending = self.ledger.pending_count()
         self.notify("READY=1", f"STATUS=watching {cfg.watch.dir}; model {model.model_id}; {pending} pending")
         log.info("ready: model %s, %d image(s) pending", model.model_id, pending)
@@ -149,13 +171,15 @@ class Service:
         if row.state == "pending":
             self.worker.wake.set()
 
-    def _gone(self, path: str) -> None:
-        """A file that vanished before it could be hashed still gets a (failed) row: nothing disappears silently."""
-        row, created = self.ledger.record(path, 0, 0, f"missing:{time.time_ns()}")
+    def _rejected(self, path: str, kind: str, reason: str, key: str, size: int = 0, mtime_ns: int = 0) -> None:
+        """A file that cannot be taken (vanished before it could be hashed, a symbolic link the policy refuses)
+        still gets a failed row: nothing disappears silently. ``key`` stands in for the content hash, so that the
+        same refusal seen again (the next scan) is the same row."""
+        row, created = self.ledger.record(path, size, mtime_ns, key)
         if created:
             self.metrics.images_received_total.inc()
-            self.ledger.fail(row.id, "missing", "file removed before it could be read")
-            self.metrics.images_failed_total.labels(reason="missing").inc()
+            self.ledger.fail(row.id, kind, reason)
+            self.metrics.images_failed_total.labels(reason=kind).inc()
 
     # ------------------------------------------------------------------------------------------------------ run
     def run(self) -> int:
@@ -195,6 +219,7 @@ class Service:
             self._retain()
             healthy = self.worker.healthy() and self.intake.is_alive()
             self.metrics.worker_healthy.set(int(healthy))
+            self.metrics.watch_folder_ok.set(int(self.intake.folder_ok))
             if healthy:
                 self.notify("WATCHDOG=1")
             else:
@@ -248,4 +273,7 @@ class Service:
             self.web.close()
         if self.ledger is not None:
             self.ledger.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
         log.info("stopped")

@@ -8,9 +8,11 @@ Two threads:
 When is a file complete?
 
 * ``native`` observer (inotify): on close-after-write, or when it is renamed into the folder (microscope software
-  often writes ``x.tif.tmp`` and renames it to ``x.tif``). Created/modified events are ignored.
+  often writes ``x.tif.tmp`` and renames it to ``x.tif``). A file that appears without either (moved in from
+  another folder: inotify reports it as created, with no write and no close) is taken once its size and mtime have
+  not changed for ``settle_seconds``; a write to it means it is being written here, and its close is waited for.
 * ``polling`` observer (network shares, where no close events exist): once its size and mtime have not changed for
-  ``settle_seconds``.
+  ``settle_seconds`` (an empty file: 5 x ``settle_seconds``, then it is recorded and fails ``empty``).
 * the start-up scan (backlog) and re-scans after a queue overflow: files whose mtime is ``settle_seconds`` old are
   complete; younger ones are watched until they settle (or, native, until their close event comes).
 
@@ -20,10 +22,13 @@ Files in the export folder are only ever opened for reading.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import logging
 import os
 import queue
+import sqlite3
+import stat
 import threading
 import time
 from pathlib import Path
@@ -33,13 +38,16 @@ from watchdog.events import FileClosedEvent, FileCreatedEvent, FileModifiedEvent
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from .backbones import file_sha256
+from .files import file_sha256
 from .config import WatchSection
 from .ledger import Ledger, Row
 
 log = logging.getLogger(__name__)
 
-COMPLETE, CANDIDATE = "complete", "candidate"
+COMPLETE, CANDIDATE, WRITING = "complete", "candidate", "writing"
+EMPTY_SETTLE_FACTOR = 5  # a 0-byte candidate is recorded (and fails "empty") after 5 x settle_seconds unchanged
+FOLDER_CHECK_SECONDS = 1.0  # how often the intake checks that watch.dir is still the folder it watches
+RETRY_SECONDS = 5.0  # after the ledger refused a write (a full disk), the folder is re-scanned this much later
 
 
 def wanted(name: str, cfg: WatchSection) -> bool:
@@ -58,6 +66,7 @@ class _Handler(FileSystemEventHandler):
     def __init__(self, cfg: WatchSection, q: queue.Queue, overflow: threading.Event):
         self.cfg, self.q, self.overflow = cfg, q, overflow
         self.native = cfg.observer == "native"
+        self._writing: set[str] = set()  # native: files being written here (one WRITING event each until closed)
 
     def _put(self, kind: str, path: str) -> None:
         if not wanted(os.path.basename(path), self.cfg):
@@ -69,50 +78,97 @@ class _Handler(FileSystemEventHandler):
 
     def on_closed(self, event: FileClosedEvent) -> None:  # IN_CLOSE_WRITE
         if self.native and not event.is_directory:
+            self._writing.discard(event.src_path)
             self._put(COMPLETE, event.src_path)
 
     def on_moved(self, event: FileMovedEvent) -> None:
         if not event.is_directory:
+            self._writing.discard(event.src_path)
             self._put(COMPLETE if self.native else CANDIDATE, event.dest_path)
 
     def on_created(self, event: FileCreatedEvent) -> None:
-        if not self.native and not event.is_directory:
+        # native: a file moved in from another folder (mv from a staging folder, rsync --temp-dir) comes as
+        # "created" with neither writes nor a close event: it is a candidate, taken once it has settled. A file
+        # created to be written here is taken at its close instead (its first write withdraws the candidate).
+        if not event.is_directory:
             self._put(CANDIDATE, event.src_path)
 
+    def on_deleted(self, event) -> None:
+        self._writing.discard(event.src_path)
+
     def on_modified(self, event: FileModifiedEvent) -> None:
-        if not self.native and not event.is_directory:
+        if event.is_directory:
+            return
+        if not self.native:
             self._put(CANDIDATE, event.src_path)
+        elif event.src_path not in self._writing:  # the first write only: a large file makes thousands
+            self._writing.add(event.src_path)
+            self._put(WRITING, event.src_path)
 
 
 class Intake(threading.Thread):
     """Records complete files in the ledger and wakes the worker. Owns the observer."""
 
     def __init__(self, cfg: WatchSection, ledger: Ledger, on_recorded: Callable[[Row, bool], None],
-                 on_gone: Callable[[str], None] | None = None):
+                 on_rejected: Callable[..., None] | None = None, on_error: Callable[[], None] | None = None):
         super().__init__(name="intake", daemon=True)
         self.cfg = cfg
         self.dir = Path(cfg.dir).resolve()  # the ledger keeps absolute paths
         self.ledger = ledger
         self.on_recorded = on_recorded
-        self.on_gone = on_gone
+        self.on_rejected = on_rejected  # (path, kind, reason, key, size, mtime_ns): a failed row
         self.q: queue.Queue = queue.Queue(maxsize=cfg.queue_size)
         self.overflow = threading.Event()
         self._halt = threading.Event()
         self._candidates: dict[str, tuple[int, int, float]] = {}  # path -> (size, mtime_ns, unchanged since)
         self.observer = None
+        self.on_error = on_error  # called once per file the ledger refused to record (the intake errors metric)
+        self.folder_ok = False  # watch.dir exists and is the folder the observer watches
+        self._folder_id: tuple[int, int] | None = None
+        self._next_folder_check = 0.0
+        self._rescan_at: float | None = None  # set while files wait to be recorded after a ledger error
 
     # ------------------------------------------------------------------------------------------------ lifecycle
     def start_watching(self) -> None:
         """Start the observer, then scan the backlog (in that order: a file arriving in between is not missed)."""
         if not self.dir.is_dir():
             raise FileNotFoundError(f"watch.dir {self.dir} is not a folder")
+        self._observe()
+        n = self.scan()
+        log.info("watching %s (%s observer); backlog scan recorded %d new image(s)", self.dir, self.cfg.observer, n)
+        self.start()
+
+    def _observe(self) -> None:
+        """(Re)start the observer on watch.dir as it is now."""
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer.join(timeout=10)
+        self._folder_id = _folder_id(self.dir)
         obs_cls = Observer if self.cfg.observer == "native" else PollingObserver
         self.observer = obs_cls(timeout=self.cfg.poll_seconds) if obs_cls is PollingObserver else obs_cls()
         self.observer.schedule(_Handler(self.cfg, self.q, self.overflow), str(self.dir), recursive=self.cfg.recursive)
         self.observer.start()
-        n = self.scan()
-        log.info("watching %s (%s observer); backlog scan recorded %d new image(s)", self.dir, self.cfg.observer, n)
-        self.start()
+        self.folder_ok = True
+
+    def _check_folder(self) -> None:
+        """An export folder deleted and made anew (``rm -rf export && mkdir export``, a share re-mounted) leaves the
+        observer on the old, deleted folder, blind to every new image: watch the new one and scan it. While there is
+        none, say so (``folder_ok``, the metric ``monitor_watch_folder_ok``)."""
+        now = time.monotonic()
+        if now < self._next_folder_check:
+            return
+        self._next_folder_check = now + FOLDER_CHECK_SECONDS
+        ident = _folder_id(self.dir)
+        if ident is not None and ident == self._folder_id:
+            return
+        if ident is None:
+            if self.folder_ok:
+                log.error("watch.dir %s is gone; no image is taken until it exists again", self.dir)
+                self.folder_ok = False
+            return
+        log.warning("watch.dir %s was made anew; watching the new folder", self.dir)
+        self._observe()
+        log.info("re-scan of the new %s recorded %d new image(s)", self.dir, self.scan())
 
     def stop(self) -> None:
         self._halt.set()
@@ -131,7 +187,9 @@ class Intake(threading.Thread):
             if wanted(p.name, self.cfg):
                 try:
                     st = p.stat()
-                except OSError:
+                except OSError:  # a symbolic link loop or a dangling link: recorded as refused if it is one
+                    if p.is_symlink() and self.link_problem(str(p)):
+                        self._reject(str(p), "symlink", self.link_problem(str(p)))
                     continue
                 if p.is_file():
                     files.append((st.st_mtime_ns, str(p), st))
@@ -155,11 +213,19 @@ class Intake(threading.Thread):
             except queue.Empty:
                 kind = None
             try:
+                self._check_folder()
+                if self._rescan_at is not None and time.monotonic() >= self._rescan_at and self.folder_ok:
+                    self._rescan_at = None
+                    n = self.scan()
+                    if self._rescan_at is None:
+                        log.info("the ledger takes writes again: re-scan recorded %d image(s)", n)
                 if kind == COMPLETE:
                     self._candidates.pop(path, None)
                     self._record(path)
                 elif kind == CANDIDATE:
                     self._candidates.setdefault(path, (-1, -1, time.monotonic()))
+                elif kind == WRITING:  # native: written here, so its close event will come
+                    self._candidates.pop(path, None)
                 if self.overflow.is_set():
                     self.overflow.clear()
                     log.warning("event queue overflowed (watch.queue_size=%d); re-scanning %s",
@@ -179,27 +245,81 @@ class Intake(threading.Thread):
                 continue
             if (st.st_size, st.st_mtime_ns) != (size, mtime):
                 self._candidates[path] = (st.st_size, st.st_mtime_ns, now)
-            elif now - since >= self.cfg.settle_seconds and st.st_size > 0:
-                del self._candidates[path]
+            elif now - since >= self.cfg.settle_seconds * (1 if st.st_size else EMPTY_SETTLE_FACTOR):
+                del self._candidates[path]  # an empty file waits longer: its writer may not have begun
                 self._record(path)
+
+    def link_problem(self, path: str) -> str | None:
+        """Why ``path`` may not be read under ``watch.symlinks``, or None. A link loop is always refused."""
+        if not os.path.islink(path):
+            return None
+        if self.cfg.symlinks == "never":
+            return "a symbolic link (watch.symlinks: never)"
+        try:
+            real = os.path.realpath(path, strict=True)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return "a symbolic link loop"
+            return None  # dangling or vanished: reported as missing when it is read
+        inside = real.startswith(str(self.dir) + os.sep)
+        if self.cfg.symlinks == "inside" and not inside:
+            return f"a symbolic link out of the export folder, to {real} (watch.symlinks: inside)"
+        return None
+
+    def _reject(self, path: str, kind: str, reason: str) -> None:
+        try:
+            st = os.lstat(path)
+            size, mtime_ns = st.st_size, st.st_mtime_ns
+        except OSError:
+            size, mtime_ns = 0, 0
+        log.warning("%s: not taken: %s", path, reason)
+        if self.on_rejected is not None:
+            key = f"{kind}:{mtime_ns}" if kind != "missing" else f"missing:{time.time_ns()}"
+            try:
+                self.on_rejected(path, kind, reason, key, size, mtime_ns)
+            except sqlite3.Error as exc:
+                self._refused(path, exc)
 
     def _record(self, path: str) -> int:
         """Hash and record one complete file; returns 1 when a new row was made."""
+        problem = self.link_problem(path)
+        if problem:
+            self._reject(path, "symlink", problem)
+            return 0
         try:
             st = os.stat(path)
             if self.ledger.known(path, st.st_size, st.st_mtime_ns):
                 return 0
             digest = file_sha256(path)
         except FileNotFoundError:
-            log.warning("%s: gone before it could be recorded", path)
-            if self.on_gone is not None:
-                self.on_gone(path)
+            self._reject(path, "missing", "file removed before it could be read")
             return 0
         except OSError as exc:
             # unreadable (permissions): record it so that it fails with a reason instead of vanishing
             st = os.stat(path)
             digest = f"unreadable:{st.st_size}:{st.st_mtime_ns}"
             log.warning("%s: cannot read to hash it: %s", path, exc.strerror or exc)
-        row, created = self.ledger.record(path, st.st_size, st.st_mtime_ns, digest)
+        try:
+            row, created = self.ledger.record(path, st.st_size, st.st_mtime_ns, digest)
+        except sqlite3.Error as exc:  # a full disk, an I/O error: the file stays, a re-scan records it later
+            self._refused(path, exc)
+            return 0
         self.on_recorded(row, created)
         return int(created)
+
+    def _refused(self, path: str, exc: sqlite3.Error) -> None:
+        if self._rescan_at is None:
+            log.error("cannot record %s in the ledger (%s); the folder is re-scanned every %.0f s until it can",
+                      path, exc, RETRY_SECONDS)
+        self._rescan_at = time.monotonic() + RETRY_SECONDS
+        if self.on_error is not None:
+            self.on_error()
+
+
+def _folder_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the folder at ``path``, None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None

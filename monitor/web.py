@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 
 from .config import RESULTS_MAX, Config, WebSection
+from .files import shown
 from .images import ImageError, read_image
 from .ledger import VERDICT_FILTERS, Ledger, Row
 from .passwords import parse_hash, verify_password
@@ -66,7 +67,8 @@ class BadRequest(ValueError):
 
 
 def esc(value) -> str:
-    return html.escape(str(value), quote=True)
+    """HTML-escaped text; bytes of a file name that are not UTF-8 shown as \\xNN (``files.shown``)."""
+    return html.escape(shown(str(value)), quote=True)
 
 
 @dataclass
@@ -538,6 +540,8 @@ class ResultsSite:
         """The original, read as the worker reads it (no data-bar crop) and sent as 8-bit gray PNG."""
         gone = text(410, f"410 gone: the original of result {r.id} is no longer in the export folder "
                          "as it was scored (removed, or changed since)")
+        if r.state != "done":  # not scored: possibly refused before decoding (too large, a link out of the folder)
+            return text(404, f"404 not found: result {r.id} was not scored; its original is not shown")
         if not self._unchanged(r):
             return gone
         limits = replace(self.settings().image, crop_bottom=0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -16,14 +17,17 @@ from typing import Callable
 
 import torch
 
-from .alarm import AlarmState, is_defect, local_time, write_outputs
+from .alarm import AlarmState, local_time, write_outputs
 from .config import Config
+from .files import fitting_stem, shown
 from .images import ImageError, pixel_size_um, read_image
 from .ledger import Ledger, Row
 from .metrics import Metrics
 from .model import Model
 
 log = logging.getLogger(__name__)
+
+LEDGER_RETRY_SECONDS = 5.0
 
 
 class Worker(threading.Thread):
@@ -72,22 +76,38 @@ class Worker(threading.Thread):
         return b
 
     def run(self) -> None:
+        refused = False  # the ledger refused a write: logged once, retried every LEDGER_RETRY_SECONDS
         while not self._halt.is_set():
             self.last_progress = time.monotonic()
-            rows = self.ledger.pending(self.batch_size())
-            if not rows:
-                self.metrics.queue_depth.set(0)
-                self.wake.wait(timeout=1.0)
-                self.wake.clear()
+            try:
+                rows = self.ledger.pending(self.batch_size())
+                if not rows:
+                    self.metrics.queue_depth.set(0)
+                    self.wake.wait(timeout=1.0)
+                    self.wake.clear()
+                    continue
+                self.process(rows)
+                self.metrics.queue_depth.set(self.ledger.pending_count())
+            except sqlite3.Error as exc:
+                # a full disk: the rows stay pending (a result not recorded is scored again); a restart would not
+                # help, so the worker stays up, says so, and tries again
+                self.metrics.ledger_errors_total.inc()
+                if not refused:
+                    log.error("the ledger refused a write (%s); results are retried every %.0f s", exc,
+                              LEDGER_RETRY_SECONDS)
+                refused = True
+                self._halt.wait(LEDGER_RETRY_SECONDS)
                 continue
-            self.process(rows)
-            self.metrics.queue_depth.set(self.ledger.pending_count())
+            if refused:
+                log.info("the ledger takes writes again")
+                refused = False
 
     def process(self, rows: list[Row]) -> list[Row]:
         """Score ``rows`` (oldest first): read each, then one batched inspection; failures stay per image."""
         with self._lock:
             model, cfg = self._model, self.cfg
         done, ready = [], []  # ready: (row, image, seconds spent reading)
+        limits = cfg.image.for_model(model.meta.get("training_pixels"))  # bounded before any pixel is decoded
         for row in rows:
             if row.attempts >= cfg.service.max_attempts:
                 done.append(self._failed(row, "crashed", f"the daemon stopped {row.attempts} times while scoring "
@@ -96,14 +116,15 @@ class Worker(threading.Thread):
             self.ledger.start(row.id)
             t0 = time.monotonic()
             try:
-                ready.append((row, read_image(row.path, cfg.image), time.monotonic() - t0))
+                ready.append((row, read_image(row.path, limits, _content_hash(row)), time.monotonic() - t0))
             except ImageError as exc:
                 done.append(self._failed(row, exc.kind, exc.reason, model))
         if not ready:
             return done
         t0 = time.monotonic()
         try:
-            inspections = model.inspect_batch([im for _, im, _ in ready], cfg.alarm.coverage_threshold)
+            inspections = model.inspect_batch([im for _, im, _ in ready], cfg.alarm.coverage_threshold,
+                                              cfg.alarm.max_defect_area)
             share = (time.monotonic() - t0) / len(ready)
             results = [(ins, read + share) for (_, _, read), ins in zip(ready, inspections)]
         except Exception as exc:
@@ -124,16 +145,16 @@ class Worker(threading.Thread):
     def _inspect_one(model: Model, cfg: Config, image, read: float):
         t0 = time.monotonic()
         try:
-            return model.inspect(image, cfg.alarm.coverage_threshold), read + time.monotonic() - t0
+            return (model.inspect(image, cfg.alarm.coverage_threshold, cfg.alarm.max_defect_area),
+                    read + time.monotonic() - t0)
         except Exception as exc:
             return _failure(exc)
 
     def _record(self, row: Row, image, ins, secs: float, model: Model, cfg: Config) -> Row:
-        defect = is_defect(ins, cfg.alarm)
-        verdict = "defect" if defect else ins.verdict
+        verdict = ins.verdict
+        defect = verdict == "defect"
         active = self.alarm.update(defect)
         summary = ins.summary()
-        summary["verdict"] = verdict
         um = cfg.image.pixel_size_um or pixel_size_um(row.path)
         result = {"image": row.path, "sha256": row.sha256, "line": cfg.service.line, "model_id": model.model_id,
                   "scored_at": local_time(), **summary, "score_seconds": round(secs, 4), "alarm": defect,
@@ -145,8 +166,9 @@ class Worker(threading.Thread):
         overlay = None
         if cfg.output.overlays == "all" or (cfg.output.overlays == "alarms" and defect):
             try:
-                overlay = str(write_outputs(Path(cfg.output.dir), f"{Path(row.path).stem}-{row.id}", image, ins,
-                                            result))
+                # printable (names that are not UTF-8 shown as \xNN) and short enough (names of 255 bytes)
+                stem = fitting_stem(shown(Path(row.path).stem), f"-{row.id}.json") + f"-{row.id}"
+                overlay = str(write_outputs(Path(cfg.output.dir), stem, image, ins, result))
             except OSError as exc:  # a full disk must not stop the line's monitoring: the ledger still has it
                 log.error("%s: cannot write the overlay: %s", row.path, exc)
             except Exception:  # nor a drawing bug: the result is recorded without its picture
@@ -186,6 +208,11 @@ class Worker(threading.Thread):
         if self.on_result is not None:
             self.on_result(row)
         return row
+
+
+def _content_hash(row: Row) -> str | None:
+    """The sha256 the image must still have when it is read (None for rows recorded without one)."""
+    return row.sha256 if len(row.sha256) == 64 and ":" not in row.sha256 else None
 
 
 def _failure(exc: BaseException) -> tuple[str, str]:

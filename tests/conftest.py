@@ -1,3 +1,6 @@
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,9 @@ from monitor.threshold import ThresholdConfig
 ROOT = Path(__file__).resolve().parent.parent
 NANOTWICE = ROOT.parent / "shared" / "data" / "nanotwice"
 SHAPE = (256, 320)
+
+# the Prometheus, promtool, Alertmanager and amtool that `make tools` unpacks (never installs) into .tools/
+os.environ["PATH"] = f"{ROOT / '.tools' / 'root' / 'usr' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
 
 # small and fast, same code path as the default: real pretrained weights, dense mode. 3x3 aggregation as in the
 # demo: on the synthetic mats it separates defects from clean images far better than the NanoTWICE default's none
@@ -45,3 +51,38 @@ def saved_model(fitted_model, tmp_path_factory):
 def defect_sample():
     return defective_image(SHAPE, kinds=("bead", "film", "clot"), seed=7)
 
+
+
+def _children() -> set[int]:
+    """Live child processes of this process (from /proc: every thread's children)."""
+    pids = set()
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            pids.update(int(p) for p in (task / "children").read_text().split())
+        except OSError:
+            pass
+    return pids
+
+
+@pytest.fixture(autouse=True)
+def _leaves_nothing_behind():
+    """A test that leaves a thread or a child process running fails: a leaked daemon or observer would make later
+    tests (and CI) depend on what ran before, and a real line's monitor must stop cleanly."""
+    threads, children = set(threading.enumerate()), _children()
+    yield
+    deadline = time.monotonic() + 5  # threads and processes being stopped get a moment to end
+
+    def leaked():
+        t = [th for th in threading.enumerate() if th not in threads and th.is_alive()]
+        return t, sorted(_children() - children)
+
+    t, c = leaked()
+    while (t or c) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        t, c = leaked()
+    for pid in c:  # reap what can be reaped, so one leak does not fail every later test too
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+    assert not t and not c, f"left running: threads {[th.name for th in t]}, child processes {c}"

@@ -16,6 +16,8 @@ def test_every_default_key_is_in_config_yaml():
 
     def keys(obj, prefix=""):
         for f in dataclasses.fields(obj):
+            if not f.init:  # derived, not a setting
+                continue
             v = getattr(obj, f.name)
             if dataclasses.is_dataclass(v):
                 yield from keys(v, f"{prefix}{f.name}.")

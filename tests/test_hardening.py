@@ -1,0 +1,319 @@
+"""Hostile cases against a real `monitor run` or the real intake and worker (real folders, real writes, a real
+SQLite ledger): file names that are not UTF-8, files moved in from another folder, content replaced or rewritten
+between recording and scoring, an export folder made anew, a full ledger, symbolic links, damaged ledgers, names of
+255 bytes, empty files under the polling observer, two daemons on one ledger, images far larger than the training
+images, one verdict. `pytest -v tests/test_hardening.py` prints one line per case (README, "Reliability")."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from monitor.config import Config, WatchSection, parse_config
+from monitor.images import ImageLimits
+from monitor.defects import Defect, DefectReport, decide
+from monitor.ledger import Ledger
+from monitor.metrics import Metrics
+from monitor.synth import defective_image, fiber_mat
+from monitor.watcher import Intake
+from monitor.worker import Worker
+from tests.conftest import SHAPE
+from tests.daemon import Daemon, png_bytes, wait_for, write_renamed
+
+LATIN1_NAME = os.fsdecode(b"lat\xe4n.png")  # "latän" written by a Windows-1252 microscope PC: not UTF-8
+
+
+def _clean(seed: int) -> bytes:
+    return png_bytes(fiber_mat(SHAPE, seed=seed))
+
+
+@pytest.fixture
+def daemon(tmp_path, saved_model):
+    started = []
+
+    def make(**sections) -> Daemon:
+        d = Daemon(tmp_path / f"d{len(started)}", saved_model, **sections)
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        if d.proc is not None and d.proc.poll() is None:
+            d.stop()
+
+
+def test_a_name_that_is_not_utf8_is_scored_and_shown_losslessly(daemon):
+    d = daemon(output={"overlays": "all"})
+    (d.export / LATIN1_NAME).write_bytes(_clean(1))  # in the backlog: the start-up scan meets it
+    d.start()
+    write_renamed(d.export, os.fsdecode(b"r\xe9sultat.png"), _clean(2))  # and while running
+    rows = d.wait_finished(2)
+    assert [r["state"] for r in rows] == ["done", "done"], rows
+    paths = [r["path"] for r in rows]
+    assert paths[0] == os.fsencode(str(d.export / LATIN1_NAME))  # the exact bytes, as a BLOB
+    assert all(os.path.exists(p) for p in paths)
+    out = subprocess.run([sys.executable, "-m", "monitor", "history", "--ledger", str(d.ledger_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "lat\\xe4n.png" in out.stdout, out.stderr
+    assert any(p.name.startswith("lat\\xe4n") for p in d.out.glob("*.png"))
+
+
+def test_a_file_moved_in_from_another_folder_is_taken(daemon, tmp_path):
+    d = daemon().start()
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (staging / "moved.png").write_bytes(_clean(3))
+    os.rename(staging / "moved.png", d.export / "moved.png")  # inotify: "created" in the export folder, no close
+    rows = d.wait_finished(1, timeout=30)
+    assert rows[0]["path"].endswith("moved.png") and rows[0]["state"] == "done"
+
+
+def test_content_replaced_after_recording_is_never_scored_under_the_old_row(tmp_path, fitted_model):
+    """The row records content A; the file is then replaced by B before the worker reads it. Scoring B under A's
+    row would give A's row B's verdict (and B a second alarm under its own row): A's row fails ``changed``."""
+    export, ledger = tmp_path / "export", Ledger(tmp_path / "ledger.sqlite")
+    export.mkdir()
+    try:
+        path = export / "x.png"
+        path.write_bytes(_clean(4))
+        from monitor.files import file_sha256
+
+        st = path.stat()
+        row, _ = ledger.record(str(path), st.st_size, st.st_mtime_ns, file_sha256(path))
+        img, _ = defective_image(SHAPE, kinds=("bead", "film"), seed=5)
+        path.write_bytes(png_bytes(img))  # replaced under the same name
+        worker = Worker(Config(), ledger, fitted_model, Metrics())
+        done = worker.process([row])
+        assert done[0].state == "failed" and done[0].error_kind == "changed", done[0]
+        path.write_bytes(_clean(4))  # the recorded content back: scored
+        row2, created = ledger.record(str(path), st.st_size, st.st_mtime_ns, file_sha256(path))
+        assert not created and row2.id == row.id
+    finally:
+        ledger.close()
+
+
+def test_symbolic_links_out_of_the_folder_and_loops_are_refused_with_a_reason(daemon, tmp_path):
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(_clean(6))
+    d = daemon()
+    (d.export / "real.png").write_bytes(_clean(7))
+    d.start()
+    os.symlink(outside, d.export / "out.png.part")
+    os.rename(d.export / "out.png.part", d.export / "out.png")
+    os.symlink("loop.png", d.export / "loop.png.part")  # a link to itself once renamed
+    os.rename(d.export / "loop.png.part", d.export / "loop.png")
+    os.symlink(d.export / "real.png", d.export / "in.png.part")
+    os.rename(d.export / "in.png.part", d.export / "in.png")
+    rows = {os.path.basename(r["path"]): r for r in d.wait_finished(4, timeout=30)}
+    assert rows["out.png"]["state"] == "failed" and rows["out.png"]["error_kind"] == "symlink"
+    assert "out of the export folder" in rows["out.png"]["error"]
+    assert rows["loop.png"]["state"] == "failed" and "loop" in rows["loop.png"]["error"]
+    assert rows["in.png"]["state"] == "done" and rows["real.png"]["state"] == "done"
+    assert "Traceback" not in d.log_text()
+
+
+@pytest.mark.parametrize("damage", ["empty", "schema 99", "corrupt page"])
+def test_a_damaged_ledger_is_a_clear_error_and_is_left_as_it_was(daemon, damage):
+    d = daemon()
+    d.ledger_path.parent.mkdir(parents=True, exist_ok=True)
+    if damage == "empty":
+        d.ledger_path.write_bytes(b"")
+    else:
+        led = Ledger(d.ledger_path)
+        for i in range(400):  # several pages of rows
+            led.record(f"/export/img{i:04d}_{'x' * 100}.tif", 1, i, f"{i:064d}")
+        led.close()
+        with sqlite3.connect(d.ledger_path) as db:
+            db.execute("PRAGMA journal_mode=DELETE")
+            if damage == "schema 99":
+                db.execute("PRAGMA user_version=99")
+        if damage == "corrupt page":
+            data = bytearray(d.ledger_path.read_bytes())
+            page = 4096
+            data[3 * page:3 * page + 12] = b"\xff" * 12  # the header of a page in the middle of the table
+            d.ledger_path.write_bytes(bytes(data))
+    before = d.ledger_path.read_bytes()
+    d.start(wait_ready=False)
+    assert d.proc.wait(60) == 2, d.log_text()
+    log = d.log_text()
+    assert "monitor: error:" in log and "Traceback" not in log, log
+    assert d.ledger_path.read_bytes() == before  # not switched to WAL, not "repaired", not started afresh
+    assert not os.path.exists(f"{d.ledger_path}-wal")
+
+
+def test_names_of_255_bytes_get_their_overlay_and_result_and_leave_no_temporary_file(daemon):
+    d = daemon(output={"overlays": "all"}).start()
+    name = "n" * 251 + ".png"  # 255 bytes
+    img, _ = defective_image(SHAPE, kinds=("bead", "film", "clot"), seed=9)
+    (d.export / "x.tmp").write_bytes(png_bytes(img))
+    os.rename(d.export / "x.tmp", d.export / name)
+    row = d.wait_finished(1)[0]
+    assert row["state"] == "done" and row["overlay"], row
+    files = sorted(p.name for p in d.out.iterdir())
+    assert len(files) == 2 and all(len(os.fsencode(f)) <= 255 for f in files), files
+    assert not [f for f in files if f.startswith(".")]
+    assert json.loads((d.out / files[0]).read_text())["image"].endswith(name)
+
+
+def test_the_polling_observer_records_an_empty_file_as_failed(daemon):
+    d = daemon(watch={"observer": "polling", "settle_seconds": 0.2, "poll_seconds": 0.1}).start()
+    (d.export / "empty.png").write_bytes(b"")
+    row = d.wait_finished(1, timeout=20)[0]
+    assert row["state"] == "failed" and row["error_kind"] == "empty"
+
+
+def test_two_daemons_on_one_ledger_the_second_refuses_to_start(daemon):
+    first = daemon().start()
+    second = daemon(output={"ledger": str(first.ledger_path)})
+    second.start(wait_ready=False)
+    assert second.proc.wait(60) == 2
+    assert f"another monitor (pid {first.proc.pid})" in second.log_text()
+    write_renamed(first.export, "a.png", _clean(8))
+    assert first.wait_finished(1)[0]["state"] == "done"  # the first goes on
+
+
+@pytest.mark.parametrize("coverage, largest, max_area, want", [
+    (0.0005, 400, 0, "ok"), (0.0005, 400, 300, "defect"), (0.0005, 400, 500, "ok"), (0.002, 400, 0, "defect"),
+    (0.0, 0, 300, "ok")])
+def test_one_verdict_for_coverage_and_defect_size(coverage, largest, max_area, want):
+    defects = (Defect(largest, (0, 0, 1, 1), (0.0, 0.0), 1.0),) if largest else ()
+    report = DefectReport(np.zeros((2, 2), bool), coverage, defects)
+    assert decide(report, 0.001, max_area) == want
+    assert decide(None, 0.001, max_area) == "no-threshold"
+
+
+def test_monitor_score_and_the_daemon_agree_when_a_defect_is_too_large(daemon, saved_model, tmp_path):
+    img, _ = defective_image(SHAPE, kinds=("bead",), seed=11)
+    alarm = {"coverage_threshold": 0.9, "max_defect_area": 20}  # only the size rule can raise it
+    d = daemon(alarm=alarm).start()
+    write_renamed(d.export, "big.png", png_bytes(img))
+    row = d.wait_finished(1)[0]
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "big.png").write_bytes(png_bytes(img))
+    out = subprocess.run([sys.executable, "-m", "monitor", "score", str(tmp_path / "img" / "big.png"), "--model",
+                          str(saved_model), "--config", str(d.config)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert row["verdict"] == json.loads(out.stdout)["verdict"] == "defect"
+
+
+def test_an_export_folder_made_anew_is_watched_again(daemon):
+    d = daemon().start()
+    write_renamed(d.export, "before.png", _clean(12))
+    d.wait_finished(1)
+    shutil.rmtree(d.export)  # rm -rf export: the observer's folder is gone
+    wait_for(lambda: d.value(d.scrape(), "monitor_watch_folder_ok") == 0, 10, "watch_folder_ok 0")
+    d.export.mkdir()  # mkdir export: a new folder under the old name
+    write_renamed(d.export, "after.png", _clean(13))
+    rows = d.wait_finished(2, timeout=30)
+    assert rows[1]["path"].endswith("after.png") and rows[1]["state"] == "done"
+    wait_for(lambda: d.value(d.scrape(), "monitor_watch_folder_ok") == 1, 10, "watch_folder_ok 1")
+    log = d.log_text()
+    assert "is gone" in log and "made anew" in log and "Traceback" not in log, log
+
+
+def test_images_that_arrive_while_the_ledger_is_full_are_recorded_once_it_has_room(tmp_path):
+    """SQLite's own "database or disk is full" (max_page_count reached): the images are recorded by a re-scan as
+    soon as the ledger takes writes again, without a restart, and the refusals are counted."""
+    export = tmp_path / "export"
+    export.mkdir()
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorded, errors = [], []
+    db = ledger._db
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count = {pages}")
+    i = 0
+    with pytest.raises(sqlite3.OperationalError, match="full"):  # fill the last page
+        while True:
+            ledger.record(f"/elsewhere/filler{i}.png", 1, i, f"{i:064d}")
+            i += 1
+    intake = Intake(WatchSection(dir=str(export), settle_seconds=0.2), ledger, lambda row, new: recorded.append(row),
+                    on_error=lambda: errors.append(1))
+    intake.start_watching()
+    try:
+        for n in range(3):
+            write_renamed(export, f"full{n}.png", _clean(20 + n))
+        wait_for(lambda: len(errors) >= 3, 10, "three refusals")
+        assert not recorded
+        db.execute("PRAGMA max_page_count = 1000000")  # room again
+        wait_for(lambda: len(recorded) == 3, 20, "the three images recorded by the re-scan")
+        assert sorted(os.path.basename(r.path) for r in recorded) == ["full0.png", "full1.png", "full2.png"]
+    finally:
+        intake.stop()
+        ledger.close()
+
+
+def test_an_image_far_larger_than_the_training_images_is_refused_before_decoding(daemon):
+    d = daemon().start()
+    big = np.zeros((3000, 3000), np.float32)  # 9 Mpx in a few kB of PNG; the model was fitted on 256x320
+    write_renamed(d.export, "huge.png", png_bytes(big))
+    row = d.wait_finished(1)[0]
+    assert row["state"] == "failed" and row["error_kind"] == "too_large", row
+    assert "training image" in row["error"] and row["e2e_seconds"] < 10, row
+
+
+def test_the_training_bound_follows_the_model_and_can_be_turned_off():
+    lim = ImageLimits(max_pixels=10_000_000)
+    assert lim.for_model(1_000_000).max_pixels == 4_000_000
+    assert lim.for_model(None) is lim  # a model saved before the bound was recorded
+    assert ImageLimits(max_training_ratio=0).for_model(1_000_000).max_pixels == 64_000_000
+    assert lim.for_model(5_000_000).max_pixels == 10_000_000  # image.max_pixels stays the outer bound
+    with pytest.raises(ValueError):
+        ImageLimits(max_training_ratio=0.5)
+
+
+def test_a_result_the_full_ledger_refuses_is_scored_again_once_it_has_room(tmp_path, fitted_model):
+    export = tmp_path / "export"
+    export.mkdir()
+    ledger, metrics = Ledger(tmp_path / "ledger.sqlite"), Metrics()
+    path = export / "a.png"
+    path.write_bytes(_clean(30))
+    st = path.stat()
+    from monitor.files import file_sha256
+
+    row, _ = ledger.record(str(path), st.st_size, st.st_mtime_ns, file_sha256(path))
+    db = ledger._db
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+    i = 0
+    with pytest.raises(sqlite3.OperationalError, match="full"):  # fill it with rows already done
+        while True:
+            db.execute("INSERT INTO images (path, size, mtime_ns, sha256, state, seen_at) "
+                       "VALUES (?, 1, ?, ?, 'done', 0)", (f"/elsewhere/filler{i}.png", i, f"{i:064d}"))
+            i += 1
+    cfg = parse_config({"output": {"dir": str(tmp_path / "out"), "ledger": str(tmp_path / "ledger.sqlite")}})
+    worker = Worker(cfg, ledger, fitted_model, metrics)
+    worker.start()
+    try:
+        wait_for(lambda: metrics.ledger_errors_total._value.get() >= 1, 30, "a refused write")
+        assert worker.is_alive() and ledger.get(row.id).state == "pending"
+        db.execute("PRAGMA max_page_count = 1000000")
+        wait_for(lambda: ledger.get(row.id).state == "done", 30, "the result recorded")
+    finally:
+        worker.stop()
+        ledger.close()
+
+
+def test_a_file_closed_at_two_thirds_and_rewritten_is_scored_only_with_its_final_content(daemon):
+    d = daemon().start()
+    img, _ = defective_image(SHAPE, kinds=("bead", "film"), seed=31)
+    data = png_bytes(img)
+    path = d.export / "rewritten.png"
+    with open(path, "wb") as f:  # a first close at 2/3: the native observer records that content
+        f.write(data[: 2 * len(data) // 3])
+    wait_for(lambda: d.rows(), 10, "the row of the first close")
+    with open(path, "r+b") as f:  # reopened and written to the end
+        f.seek(0, os.SEEK_END)
+        f.write(data[2 * len(data) // 3:])
+    rows = d.wait_finished(2, timeout=30)
+    from monitor.files import file_sha256
+
+    final = [r for r in rows if r["sha256"] == file_sha256(path)]
+    early = [r for r in rows if r["sha256"] != file_sha256(path)]
+    assert len(final) == 1 and final[0]["state"] == "done", rows
+    assert early and all(r["state"] == "failed" and r["error_kind"] in ("changed", "corrupt") for r in early), rows
