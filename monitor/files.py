@@ -9,17 +9,48 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import stat
 from pathlib import Path
 
 NAME_MAX = 255  # bytes in one file name on Linux file systems
 
 
+def open_regular(path: str | os.PathLike):
+    """``open(path, "rb")`` for a regular file only (NotRegularFile otherwise). Opened without blocking: a FIFO
+    swapped in under an image's name would otherwise block its reader for good."""
+    fh = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb")
+    if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+        fh.close()
+        raise NotRegularFile(f"{os.fsdecode(path)}: not a regular file")
+    return fh
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_regular(path: str | os.PathLike, max_bytes: int) -> bytes:
+    """The content of a regular file of at most ``max_bytes``; NotRegularFile or FileTooLarge otherwise (refused
+    before a byte is read)."""
+    with open_regular(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > max_bytes:
+            raise FileTooLarge(size, max_bytes)
+        return fh.read(max_bytes + 1)
+
+
+class NotRegularFile(OSError):
+    pass
+
+
+class FileTooLarge(OSError):
+    def __init__(self, size: int, limit: int):
+        super().__init__(f"{size} bytes, more than the {limit} bytes any image within the pixel limit can take")
+        self.size, self.limit = size, limit
 
 
 def shown(text: str) -> str:

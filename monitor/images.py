@@ -18,10 +18,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .files import FileTooLarge, NotRegularFile, open_regular, read_regular
+
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
 
 # the bounded set of ImageError kinds (a metric label; the free-text reason goes to the ledger)
+BYTES_PER_PIXEL = 8  # the most an uncompressed pixel takes (16-bit RGBA, float64 gray)
+
 ERROR_KINDS = ("missing", "permission", "empty", "too_large", "too_small", "unreadable", "corrupt", "changed",
                "symlink")
 
@@ -111,17 +115,17 @@ def read_image(path: str | os.PathLike, limits: ImageLimits = ImageLimits(), sha
         raise ImageError(path, f"cannot stat: {exc.strerror or exc}", "unreadable") from None
     if size == 0:
         raise ImageError(path, "empty file (0 bytes)", "empty")
-    source: str | os.PathLike | io.BytesIO = path
     try:
-        if sha256 is not None:
-            data = path.read_bytes()
-            if hashlib.sha256(data).hexdigest() != sha256:
-                raise ImageError(path, "the file changed after it was recorded (another content under the same "
-                                 "name); that content is recorded as an image of its own", "changed")
-            source = io.BytesIO(data)
+        # read once, into memory: never a FIFO (it would block), never more than an image within the pixel limit
+        # can take (BYTES_PER_PIXEL: 16-bit RGBA or float64, uncompressed), and, with ``sha256``, exactly the
+        # content that was recorded
+        data = read_regular(path, limits.max_pixels * BYTES_PER_PIXEL + (1 << 20))
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            raise ImageError(path, "the file changed after it was recorded (another content under the same "
+                             "name); that content is recorded as an image of its own", "changed")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as im:
+            with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
                 if w * h > limits.max_pixels:
                     raise ImageError(path, f"{w}x{h} pixels exceeds the limit of {limits.max_pixels} pixels "
@@ -133,6 +137,12 @@ def read_image(path: str | os.PathLike, limits: ImageLimits = ImageLimits(), sha
                 arr = _pil_to_array(im)
     except ImageError:
         raise
+    except NotRegularFile:
+        raise ImageError(path, "not a regular file (a FIFO, socket or device)", "unreadable") from None
+    except FileTooLarge as exc:
+        raise ImageError(path, f"file of {exc.size} bytes exceeds the {exc.limit} bytes an image of at most "
+                         f"{limits.max_pixels} pixels ({limits.pixels_why}) can take; refused unread", "too_large") \
+            from None
     except PermissionError:
         raise ImageError(path, "permission denied", "permission") from None
     except FileNotFoundError:
@@ -187,7 +197,7 @@ def pixel_size_um(path: str | os.PathLike) -> float | None:
 
     Only the header is read. The standard resolution tags are not used: SEM software leaves them at 72 dpi."""
     try:
-        with Image.open(path) as im:
+        with open_regular(path) as fh, Image.open(fh) as im:
             tags = getattr(im, "tag_v2", None)
             if tags is None:
                 return None

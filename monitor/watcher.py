@@ -288,6 +288,10 @@ class Intake(threading.Thread):
             return 0
         try:
             st = os.stat(path)
+            if not stat.S_ISREG(st.st_mode):  # a FIFO would block the intake for good on its first read
+                if not stat.S_ISDIR(st.st_mode):
+                    self._reject(path, "unreadable", "not a regular file (a FIFO, socket or device)")
+                return 0
             if self.ledger.known(path, st.st_size, st.st_mtime_ns):
                 return 0
             digest = file_sha256(path)

@@ -317,3 +317,21 @@ def test_a_file_closed_at_two_thirds_and_rewritten_is_scored_only_with_its_final
     early = [r for r in rows if r["sha256"] != file_sha256(path)]
     assert len(final) == 1 and final[0]["state"] == "done", rows
     assert early and all(r["state"] == "failed" and r["error_kind"] in ("changed", "corrupt") for r in early), rows
+
+
+def test_a_fifo_under_an_image_name_is_refused_and_blocks_nothing(daemon):
+    d = daemon().start()
+    os.mkfifo(d.export / "fifo.png")  # opening it to read would block until a writer comes: forever
+    write_renamed(d.export, "after.png", _clean(40))
+    rows = {os.path.basename(r["path"]): r for r in d.wait_finished(2, timeout=30)}
+    assert rows["fifo.png"]["state"] == "failed" and "not a regular file" in rows["fifo.png"]["error"], rows
+    assert rows["after.png"]["state"] == "done"
+
+
+def test_a_file_larger_than_any_image_within_the_bound_is_refused_unread(daemon):
+    d = daemon().start()
+    with open(d.export / "big.tif.part", "wb") as f:
+        f.truncate(50_000_000)  # 50 MB (sparse): more than 8 bytes for each of the 4 x 256 x 320 pixels allowed
+    os.rename(d.export / "big.tif.part", d.export / "big.tif")
+    row = d.wait_finished(1, timeout=30)[0]
+    assert row["state"] == "failed" and row["error_kind"] == "too_large" and "refused unread" in row["error"], row
