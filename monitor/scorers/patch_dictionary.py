@@ -88,6 +88,9 @@ def greedy_coreset(x: torch.Tensor, k: int, seed: int = 0, proj_dim: int = 128) 
     """Indices of ``k`` rows of ``x`` chosen by greedy k-center (farthest point) selection.
 
     Distances are computed in a random projection to ``proj_dim`` dimensions when x is wider (PatchCore's trick).
+    Each pick costs one matrix-vector product into buffers allocated once (``|x_j - c|^2 = |x_j|^2 - 2 x_j.c +
+    |c|^2``, the squared norms computed once): no n-sized allocation per iteration, whose cost depends on the
+    machine's allocator far more than on the arithmetic.
     """
     n = len(x)
     if k >= n:
@@ -96,14 +99,18 @@ def greedy_coreset(x: torch.Tensor, k: int, seed: int = 0, proj_dim: int = 128) 
     if x.shape[1] > proj_dim:
         proj = torch.randn(x.shape[1], proj_dim, generator=g).to(x.device) / proj_dim**0.5
         x = x @ proj
+    x = x.contiguous()
+    sq = (x * x).sum(1)
     first = int(torch.randint(n, (1,), generator=g))
     selected = torch.empty(k, dtype=torch.long, device=x.device)
     selected[0] = first
-    mind = ((x - x[first]) ** 2).sum(1)
+    mind = torch.addmv(sq, x, x[first], alpha=-2).add_(sq[first])  # squared distance to the nearest pick
+    d = torch.empty_like(mind)
     for i in range(1, k):
         nxt = int(torch.argmax(mind))
         selected[i] = nxt
-        mind = torch.minimum(mind, ((x - x[nxt]) ** 2).sum(1))
+        torch.addmv(sq, x, x[nxt], alpha=-2, out=d).add_(sq[nxt])
+        torch.minimum(mind, d, out=mind)
     return selected
 
 
