@@ -77,6 +77,7 @@ class WatchSection:
     recursive: bool = False
     queue_size: int = 10000  # events waiting to be recorded; on overflow the folder is re-scanned
     symlinks: str = "inside"  # symbolic links: inside (followed when they stay in watch.dir) | never | any
+    rescan_seconds: float = 300.0  # a full re-scan this often catches images whose events were lost (0 = off)
 
     def __post_init__(self):
         object.__setattr__(self, "patterns", tuple(self.patterns))
@@ -89,6 +90,8 @@ class WatchSection:
             raise ValueError("watch.settle_seconds must be >= 0 and watch.poll_seconds > 0")
         if self.queue_size < 1:
             raise ValueError(f"watch.queue_size must be >= 1, got {self.queue_size}")
+        if self.rescan_seconds < 0:
+            raise ValueError(f"watch.rescan_seconds must be >= 0, got {self.rescan_seconds}")
         if self.symlinks not in SYMLINKS:
             raise ValueError(f"watch.symlinks must be one of {', '.join(SYMLINKS)}, got {self.symlinks!r}")
 

@@ -53,10 +53,14 @@ class FileTooLarge(OSError):
         self.size, self.limit = size, limit
 
 
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+
+
 def shown(text: str) -> str:
-    """``text`` (a path or name) printable as UTF-8: bytes that are not UTF-8 (kept by Python as surrogates) as
+    """``text`` (a path or name) printable on one line: bytes that are not UTF-8 (kept by Python as surrogates)
+    and control characters (a newline would forge a log line, an escape sequence recolour a terminal) as
     ``\\xNN``. The path itself stays as it is for opening the file."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").translate(_CONTROLS)
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:

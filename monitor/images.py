@@ -154,6 +154,12 @@ def read_image(path: str | os.PathLike, limits: ImageLimits = ImageLimits(), sha
                          "too_large") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError(path, f"truncated or corrupt image data: {exc}") from None
+    except Exception as exc:  # a malformed file can make the decoder fail in any way (a TIFF tag of the wrong type)
+        raise ImageError(path, f"undecodable image data ({type(exc).__name__}: {exc})") from None
+    if arr.dtype.kind == "f" and arr.size and not (0.0 <= float(np.nanmin(arr)) and float(np.nanmax(arr)) <= 1.0):
+        raise ImageError(path, f"floating-point image with values in [{float(np.nanmin(arr)):g}, "
+                         f"{float(np.nanmax(arr)):g}]; floating-point images must hold [0, 1] (export 8- or 16-bit "
+                         "integers)", "unreadable")
     gray = to_gray_float(arr)
     if limits.crop_bottom:
         if gray.shape[0] - limits.crop_bottom < limits.min_side:

@@ -134,6 +134,8 @@ class Ledger:
                                   "restore it from a backup (sqlite3 .recover can save what is left)")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a done row survives a power cut, not only a crash
+            st = os.stat(self.path)
+            self._identity = (st.st_dev, st.st_ino)
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
@@ -166,6 +168,27 @@ class Ledger:
                 "VALUES (?, ?, ?, ?, 'pending', ?)", (db_path(path), size, mtime_ns, sha256, seen_at or time.time()))
             created = cur.rowcount == 1
             return self._one("WHERE path = ? AND sha256 = ?", (db_path(path), sha256)), created
+
+    def rename(self, src: str, dest: str, size: int, mtime_ns: int) -> bool:
+        """The newest finished row of ``src`` with this size and mtime now names ``dest`` (a file renamed in the
+        export folder). False when there is none (or it is still pending: it is scored under its old name)."""
+        with self._lock:
+            try:
+                cur = self._db.execute(
+                    "UPDATE images SET path = ? WHERE id = (SELECT MAX(id) FROM images WHERE path = ? AND size = ? "
+                    "AND mtime_ns = ? AND state != 'pending')", (db_path(dest), db_path(src), size, mtime_ns))
+            except sqlite3.IntegrityError:  # dest already has a row with this content (renamed back and forth)
+                return True
+            return cur.rowcount == 1
+
+    def lost(self) -> bool:
+        """True when ``path`` no longer names the file this ledger writes (deleted, or replaced by another file):
+        every row written from then on would be lost at the next start."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != self._identity
 
     def start(self, row_id: int) -> int:
         """Mark scoring as started; returns the attempt number (1 on the first try)."""

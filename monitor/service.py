@@ -104,6 +104,7 @@ class Service:
         self.web: ResultsServer | None = None
         self.retention: Retention | None = None
         self._lock_fd: int | None = None
+        self.exit_code = 0
         self.port: int | None = None
         self.web_port: int | None = None
         self._stopped = False
@@ -136,6 +137,7 @@ class Service:
         self.intake = Intake(cfg.watch, self.ledger, self._recorded, self._rejected, m.ledger_errors_total.inc)
         self.intake.start_watching()
         m.watch_folder_ok.set(1)
+        m.worker_healthy.set(1)  # until the first check of the serve loop
         pending = self.ledger.pending_count()
         self.notify("READY=1", f"STATUS=watching {cfg.watch.dir}; model {model.model_id}; {pending} pending")
         log.info("ready: model %s, %d image(s) pending", model.model_id, pending)
@@ -193,7 +195,7 @@ class Service:
             self.stop()
             for s, h in old.items():
                 signal.signal(s, h)
-        return 0
+        return self.exit_code
 
     def _on_stop(self, signum, frame) -> None:
         log.info("%s: stopping", signal.Signals(signum).name)
@@ -217,6 +219,13 @@ class Service:
                 self.reload_event.clear()
                 self.reload()
             self._retain()
+            if self.ledger.lost():  # the state folder removed, the ledger replaced: stop, loudly
+                log.critical("the ledger %s was deleted or replaced while the monitor ran; stopping (nothing it "
+                             "wrote from then on could be read back). Restore it, or start again with a new ledger, "
+                             "which scores every image in the export folder again", self.cfg.output.ledger)
+                self.exit_code = 1
+                return
+            self._keep_lock()
             healthy = self.worker.healthy() and self.intake.is_alive()
             self.metrics.worker_healthy.set(int(healthy))
             self.metrics.watch_folder_ok.set(int(self.intake.folder_ok))
@@ -224,6 +233,24 @@ class Service:
                 self.notify("WATCHDOG=1")
             else:
                 log.error("worker stalled or dead: no watchdog ping (systemd will restart the service)")
+
+    def _keep_lock(self) -> None:
+        """A lock file removed while the monitor runs would let a second monitor in: put it back and hold it."""
+        lock = f"{self.cfg.output.ledger}.lock"
+        try:
+            held = os.fstat(self._lock_fd).st_ino == os.stat(lock).st_ino
+        except OSError:
+            held = False
+        if held:
+            return
+        try:
+            fd = lock_ledger(self.cfg.output.ledger)
+        except (LedgerError, OSError) as exc:
+            log.error("the lock file %s was removed and cannot be taken again: %s", lock, exc)
+            return
+        os.close(self._lock_fd)
+        self._lock_fd = fd
+        log.warning("the lock file %s was removed while the monitor ran; made and held again", lock)
 
     def _retain(self) -> None:
         """Keep output.dir within output.max_bytes / output.max_age (the daemon's own files only). A failure is

@@ -44,7 +44,7 @@ from .ledger import Ledger, Row
 
 log = logging.getLogger(__name__)
 
-COMPLETE, CANDIDATE, WRITING = "complete", "candidate", "writing"
+COMPLETE, CANDIDATE, WRITING, MOVED = "complete", "candidate", "writing", "moved"
 EMPTY_SETTLE_FACTOR = 5  # a 0-byte candidate is recorded (and fails "empty") after 5 x settle_seconds unchanged
 FOLDER_CHECK_SECONDS = 1.0  # how often the intake checks that watch.dir is still the folder it watches
 RETRY_SECONDS = 5.0  # after the ledger refused a write (a full disk), the folder is re-scanned this much later
@@ -68,8 +68,9 @@ class _Handler(FileSystemEventHandler):
         self.native = cfg.observer == "native"
         self._writing: set[str] = set()  # native: files being written here (one WRITING event each until closed)
 
-    def _put(self, kind: str, path: str) -> None:
-        if not wanted(os.path.basename(path), self.cfg):
+    def _put(self, kind: str, path) -> None:
+        dest = path[1] if kind == MOVED else path
+        if not wanted(os.path.basename(dest), self.cfg):
             return
         try:
             self.q.put_nowait((kind, path))
@@ -84,7 +85,10 @@ class _Handler(FileSystemEventHandler):
     def on_moved(self, event: FileMovedEvent) -> None:
         if not event.is_directory:
             self._writing.discard(event.src_path)
-            self._put(COMPLETE if self.native else CANDIDATE, event.dest_path)
+            if wanted(os.path.basename(event.src_path), self.cfg):  # an image renamed (or its folder renamed)
+                self._put(MOVED, (event.src_path, event.dest_path))
+            else:  # a temporary name renamed into place
+                self._put(COMPLETE if self.native else CANDIDATE, event.dest_path)
 
     def on_created(self, event: FileCreatedEvent) -> None:
         # native: a file moved in from another folder (mv from a staging folder, rsync --temp-dir) comes as
@@ -106,6 +110,22 @@ class _Handler(FileSystemEventHandler):
             self._put(WRITING, event.src_path)
 
 
+class _OverflowSpy(logging.Filter):
+    """watchdog handles the kernel's inotify queue overflow (events lost) itself, logs it and tells no handler:
+    its warning sets ``flag``, and the intake re-scans the folder."""
+
+    LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify")
+
+    def __init__(self, flag: threading.Event):
+        super().__init__()
+        self.flag = flag
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "overflow" in record.getMessage().lower():
+            self.flag.set()
+        return True
+
+
 class Intake(threading.Thread):
     """Records complete files in the ledger and wakes the worker. Owns the observer."""
 
@@ -114,6 +134,7 @@ class Intake(threading.Thread):
         super().__init__(name="intake", daemon=True)
         self.cfg = cfg
         self.dir = Path(cfg.dir).resolve()  # the ledger keeps absolute paths
+        self.native = cfg.observer == "native"
         self.ledger = ledger
         self.on_recorded = on_recorded
         self.on_rejected = on_rejected  # (path, kind, reason, key, size, mtime_ns): a failed row
@@ -127,12 +148,17 @@ class Intake(threading.Thread):
         self._folder_id: tuple[int, int] | None = None
         self._next_folder_check = 0.0
         self._rescan_at: float | None = None  # set while files wait to be recorded after a ledger error
+        self._next_rescan = time.monotonic() + cfg.rescan_seconds if cfg.rescan_seconds else None
+        self._spy = _OverflowSpy(self.overflow)
+        self._blocked: set[str] = set()  # paths that could not be stat'ed for a moment (logged once)
 
     # ------------------------------------------------------------------------------------------------ lifecycle
     def start_watching(self) -> None:
         """Start the observer, then scan the backlog (in that order: a file arriving in between is not missed)."""
         if not self.dir.is_dir():
             raise FileNotFoundError(f"watch.dir {self.dir} is not a folder")
+        for name in _OverflowSpy.LOGGERS:
+            logging.getLogger(name).addFilter(self._spy)
         self._observe()
         n = self.scan()
         log.info("watching %s (%s observer); backlog scan recorded %d new image(s)", self.dir, self.cfg.observer, n)
@@ -172,6 +198,8 @@ class Intake(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
+        for name in _OverflowSpy.LOGGERS:
+            logging.getLogger(name).removeFilter(self._spy)
         if self.observer is not None:
             self.observer.stop()
             self.observer.join(timeout=10)
@@ -182,17 +210,15 @@ class Intake(threading.Thread):
     def scan(self) -> int:
         """Record every complete image in the folder, oldest first; younger files become candidates."""
         files = []
-        walker = self.dir.rglob("*") if self.cfg.recursive else self.dir.iterdir()
-        for p in walker:
-            if wanted(p.name, self.cfg):
-                try:
-                    st = p.stat()
-                except OSError:  # a symbolic link loop or a dangling link: recorded as refused if it is one
-                    if p.is_symlink() and self.link_problem(str(p)):
-                        self._reject(str(p), "symlink", self.link_problem(str(p)))
-                    continue
-                if p.is_file():
-                    files.append((st.st_mtime_ns, str(p), st))
+        for path in self._entries():
+            try:
+                st = os.stat(path)
+            except OSError:  # a symbolic link loop or a dangling link: recorded as refused if it is one
+                if os.path.islink(path) and self.link_problem(path):
+                    self._reject(path, "symlink", self.link_problem(path))
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                files.append((st.st_mtime_ns, path, st))
         files.sort()
         now, n = time.time(), 0
         for mtime_ns, path, st in files:
@@ -203,6 +229,23 @@ class Intake(threading.Thread):
             else:
                 self._candidates[path] = (st.st_size, mtime_ns, time.monotonic())
         return n
+
+    def _entries(self):
+        """Paths of the wanted names in the folder (and below it, ``recursive``). A folder that cannot be read (no
+        permission, a path longer than PATH_MAX) is logged and skipped: never fatal, at start or later."""
+        def skipped(exc: OSError) -> None:
+            log.warning("cannot scan %s: %s", exc.filename, exc.strerror or exc)
+
+        if self.cfg.recursive:
+            for root, _, names in os.walk(self.dir, onerror=skipped):  # symlinked folders are not entered
+                yield from (os.path.join(root, n) for n in names if wanted(n, self.cfg))
+            return
+        try:
+            names = os.listdir(self.dir)
+        except OSError as exc:
+            skipped(exc)
+            return
+        yield from (os.path.join(self.dir, n) for n in names if wanted(n, self.cfg))
 
     # ----------------------------------------------------------------------------------------------------- loop
     def run(self) -> None:
@@ -219,17 +262,24 @@ class Intake(threading.Thread):
                     n = self.scan()
                     if self._rescan_at is None:
                         log.info("the ledger takes writes again: re-scan recorded %d image(s)", n)
+                if self._next_rescan is not None and time.monotonic() >= self._next_rescan:
+                    self._next_rescan = time.monotonic() + self.cfg.rescan_seconds
+                    n = self.scan() if self.folder_ok else 0
+                    if n:  # found by the periodic re-scan only: some event was lost
+                        log.warning("periodic re-scan recorded %d image(s) no event had announced", n)
                 if kind == COMPLETE:
                     self._candidates.pop(path, None)
                     self._record(path)
+                elif kind == MOVED:
+                    self._moved(*path)
                 elif kind == CANDIDATE:
                     self._candidates.setdefault(path, (-1, -1, time.monotonic()))
                 elif kind == WRITING:  # native: written here, so its close event will come
                     self._candidates.pop(path, None)
                 if self.overflow.is_set():
                     self.overflow.clear()
-                    log.warning("event queue overflowed (watch.queue_size=%d); re-scanning %s",
-                                self.cfg.queue_size, self.dir)
+                    log.warning("file events were lost (an event queue overflowed: watch.queue_size=%d or the "
+                                "kernel's inotify queue); re-scanning %s", self.cfg.queue_size, self.dir)
                     self.scan()
                 self._settle()
             except Exception:  # the intake must not die: log, and the next scan or event catches up
@@ -242,6 +292,8 @@ class Intake(threading.Thread):
                 st = os.stat(path)
             except FileNotFoundError:
                 del self._candidates[path]  # written under a temporary name and moved away, or deleted
+                continue
+            except OSError:  # the folder unreadable for a moment (permissions): tried again at the next tick
                 continue
             if (st.st_size, st.st_mtime_ns) != (size, mtime):
                 self._candidates[path] = (st.st_size, st.st_mtime_ns, now)
@@ -288,19 +340,29 @@ class Intake(threading.Thread):
             return 0
         try:
             st = os.stat(path)
-            if not stat.S_ISREG(st.st_mode):  # a FIFO would block the intake for good on its first read
-                if not stat.S_ISDIR(st.st_mode):
-                    self._reject(path, "unreadable", "not a regular file (a FIFO, socket or device)")
-                return 0
-            if self.ledger.known(path, st.st_size, st.st_mtime_ns):
-                return 0
+        except FileNotFoundError:
+            self._reject(path, "missing", "file removed before it could be read")
+            return 0
+        except OSError as exc:  # the folder itself unreadable for a moment (chmod 000): a candidate until it is not
+            if path not in self._blocked:
+                self._blocked.add(path)
+                log.warning("%s: cannot look at it (%s); trying again", path, exc.strerror or exc)
+            self._candidates[path] = (-1, -1, time.monotonic())
+            return 0
+        self._blocked.discard(path)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the intake for good on its first read
+            if not stat.S_ISDIR(st.st_mode):
+                self._reject(path, "unreadable", "not a regular file (a FIFO, socket or device)")
+            return 0
+        # always hashed, never skipped for a known size and mtime: an event says the content may have changed
+        # (`cp -p` rewrites a file and puts its old mtime back); the start-up and re-scans skip known files
+        try:
             digest = file_sha256(path)
         except FileNotFoundError:
             self._reject(path, "missing", "file removed before it could be read")
             return 0
         except OSError as exc:
             # unreadable (permissions): record it so that it fails with a reason instead of vanishing
-            st = os.stat(path)
             digest = f"unreadable:{st.st_size}:{st.st_mtime_ns}"
             log.warning("%s: cannot read to hash it: %s", path, exc.strerror or exc)
         try:
@@ -310,6 +372,25 @@ class Intake(threading.Thread):
             return 0
         self.on_recorded(row, created)
         return int(created)
+
+    def _moved(self, src: str, dest: str) -> None:
+        """An image renamed within the folder (or with its folder) is not a new image: its row follows it (no second
+        score, no second alarm). A rename keeps size and mtime; a row still pending, or none, makes a new row."""
+        try:
+            st = os.stat(dest)
+            if not self.link_problem(dest) and self.ledger.rename(src, dest, st.st_size, st.st_mtime_ns):
+                log.info("%s: renamed to %s; its result follows it", src, dest)
+                return
+        except OSError:
+            pass
+        except sqlite3.Error as exc:
+            self._refused(dest, exc)
+            return
+        if self.native:
+            self._candidates.pop(dest, None)
+            self._record(dest)
+        else:
+            self._candidates.setdefault(dest, (-1, -1, time.monotonic()))
 
     def _refused(self, path: str, exc: sqlite3.Error) -> None:
         if self._rescan_at is None:

@@ -98,6 +98,10 @@ class Worker(threading.Thread):
                 refused = True
                 self._halt.wait(LEDGER_RETRY_SECONDS)
                 continue
+            except Exception:  # anything else: logged; the rows stay pending and are retried (service.max_attempts)
+                log.exception("worker error; retrying in %.0f s", LEDGER_RETRY_SECONDS)
+                self._halt.wait(LEDGER_RETRY_SECONDS)
+                continue
             if refused:
                 log.info("the ledger takes writes again")
                 refused = False
@@ -119,6 +123,11 @@ class Worker(threading.Thread):
                 ready.append((row, read_image(row.path, limits, _content_hash(row)), time.monotonic() - t0))
             except ImageError as exc:
                 done.append(self._failed(row, exc.kind, exc.reason, model))
+            except sqlite3.Error:
+                raise
+            except Exception as exc:  # a reader bug must fail this image, never stop the worker for the next ones
+                log.exception("%s: reading failed", row.path)
+                done.append(self._failed(row, "internal", f"{type(exc).__name__}: {exc}", model))
         if not ready:
             return done
         t0 = time.monotonic()

@@ -6,21 +6,29 @@ images, one verdict. `pytest -v tests/test_hardening.py` prints one line per cas
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
+import signal
 import sqlite3
+import struct
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from monitor.config import Config, WatchSection, parse_config
-from monitor.images import ImageLimits
 from monitor.defects import Defect, DefectReport, decide
-from monitor.ledger import Ledger
+from monitor.images import ImageError, ImageLimits, read_image
+from monitor.ledger import Ledger, LedgerError
 from monitor.metrics import Metrics
+from monitor.service import lock_ledger
 from monitor.synth import defective_image, fiber_mat
 from monitor.watcher import Intake
 from monitor.worker import Worker
@@ -335,3 +343,169 @@ def test_a_file_larger_than_any_image_within_the_bound_is_refused_unread(daemon)
     os.rename(d.export / "big.tif.part", d.export / "big.tif")
     row = d.wait_finished(1, timeout=30)[0]
     assert row["state"] == "failed" and row["error_kind"] == "too_large" and "refused unread" in row["error"], row
+
+
+# ---------------------------------------------------------------------------------------------- second campaign
+
+
+def _tiff_with_a_tag_of_the_wrong_type() -> bytes:
+    """A 16-bit TIFF whose StripOffsets tag says UNDEFINED instead of LONG: Pillow fails with a TypeError."""
+    buf = io.BytesIO()
+    Image.fromarray((np.arange(96 * 96).reshape(96, 96) % 60000).astype(np.uint16)).save(buf, format="TIFF")
+    data = bytearray(buf.getvalue())
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for i in range(struct.unpack_from("<H", data, ifd)[0]):
+        at = ifd + 2 + 12 * i
+        if struct.unpack_from("<H", data, at)[0] == 273:
+            struct.pack_into("<H", data, at + 2, 7)
+    return bytes(data)
+
+
+def test_a_file_that_makes_the_decoder_fail_in_any_way_fails_alone(daemon, tmp_path):
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(_tiff_with_a_tag_of_the_wrong_type())
+    with pytest.raises(ImageError) as exc:
+        read_image(bad)
+    assert exc.value.kind == "corrupt" and "TypeError" in exc.value.reason
+    d = daemon().start()
+    write_renamed(d.export, "bad.tif", bad.read_bytes())
+    img, _ = defective_image(SHAPE, kinds=("bead", "film", "clot"), seed=41)
+    write_renamed(d.export, "after.png", png_bytes(img))
+    rows = {os.path.basename(r["path"]): r for r in d.wait_finished(2, timeout=30)}
+    assert rows["bad.tif"]["state"] == "failed" and rows["after.png"]["state"] == "done", rows
+    assert d.value(d.scrape(), "monitor_worker_healthy") == 1
+
+
+def test_a_floating_point_image_outside_0_1_is_refused_not_clipped(tmp_path):
+    f = tmp_path / "f.tif"
+    Image.fromarray((fiber_mat(SHAPE, seed=42) * 4095).astype(np.float32)).save(f)
+    with pytest.raises(ImageError, match=r"must hold \[0, 1\]"):
+        read_image(f)
+    Image.fromarray(fiber_mat(SHAPE, seed=42).astype(np.float32)).save(f)
+    assert read_image(f).shape == SHAPE
+
+
+def test_images_whose_events_the_kernel_dropped_are_found_by_a_re_scan(daemon):
+    """SIGSTOP the daemon while 4,000 files arrive: the kernel's inotify queue (16,384 events) overflows and
+    watchdog drops events; its overflow warning makes the intake re-scan, and every file gets its row."""
+    d = daemon(watch={"queue_size": 100000}).start()
+    os.kill(d.proc.pid, signal.SIGSTOP)
+    try:
+        for i in range(4000):
+            write_renamed(d.export, f"burst{i:05d}.png", b"not an image %d" % i)  # fails fast, unscored
+    finally:
+        os.kill(d.proc.pid, signal.SIGCONT)
+    wait_for(lambda: len(d.rows()) == 4000, 120, "4000 rows")
+    assert "re-scanning" in d.log_text()
+
+
+def test_an_image_renamed_in_the_folder_keeps_its_result_and_raises_no_second_alarm(daemon):
+    d = daemon(watch={"recursive": True}).start()
+    img, _ = defective_image(SHAPE, kinds=("bead", "film", "clot"), seed=43)
+    write_renamed(d.export, "a.png", png_bytes(img))
+    assert d.wait_finished(1)[0]["alarm"] == 1
+    os.rename(d.export / "a.png", d.export / "b.png")
+    (d.export / "day1").mkdir()
+    img2, _ = defective_image(SHAPE, kinds=("bead", "film", "clot"), seed=44)
+    write_renamed(d.export / "day1", "c.png", png_bytes(img2))
+    assert len(d.wait_finished(2)) == 2
+    os.rename(d.export / "day1", d.export / "day1_done")  # a folder renamed with its images
+    write_renamed(d.export, "last.png", _clean(45))  # everything before it has been handled once it is done
+    rows = d.wait_finished(3)
+    time.sleep(1)
+    rows = d.rows()
+    assert len(rows) == 3, rows
+    assert sorted(os.path.relpath(r["path"], d.export) for r in rows) == ["b.png", "day1_done/c.png", "last.png"]
+    assert d.value(d.scrape(), "monitor_alarms_total") == 2
+
+
+def test_an_overwrite_that_keeps_size_and_mtime_is_recorded(daemon):
+    """`cp -p`: new content, the old file's size, its mtime put back before the close."""
+    d = daemon().start()
+    a, b = _clean(46), _clean(47)
+    size = max(len(a), len(b))
+    a, b = a.ljust(size, b"\0"), b.ljust(size, b"\0")  # trailing bytes after IEND: the same size, still PNGs
+    path = d.export / "current.png"
+    path.write_bytes(a)
+    first = d.wait_finished(1)[0]
+    with open(path, "r+b") as f:
+        f.write(b)
+        f.flush()
+        os.utime(f.fileno(), ns=(first["mtime_ns"], first["mtime_ns"]))
+    rows = d.wait_finished(2, timeout=20)
+    assert {r["sha256"] for r in rows} == {hashlib.sha256(a).hexdigest(), hashlib.sha256(b).hexdigest()}
+
+
+def test_a_folder_that_cannot_be_looked_into_for_a_moment_loses_nothing(tmp_path, monkeypatch):
+    """chmod 000 on the export folder for a moment (stat fails EACCES; root is not refused, hence the patch)."""
+    export = tmp_path / "export"
+    export.mkdir()
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    recorded = []
+    intake = Intake(WatchSection(dir=str(export), settle_seconds=0.2), ledger, lambda row, new: recorded.append(row))
+    real_stat, blocked = os.stat, threading.Event()
+    blocked.set()
+
+    def stat(path, *a, **kw):
+        if blocked.is_set() and str(path).startswith(str(export) + os.sep):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *a, **kw)
+
+    intake.start_watching()
+    try:
+        monkeypatch.setattr(os, "stat", stat)
+        write_renamed(export, "p.png", _clean(48))
+        time.sleep(1.0)
+        assert not recorded
+        blocked.clear()  # chmod 755
+        wait_for(lambda: recorded, 10, "the image recorded once the folder can be read")
+    finally:
+        monkeypatch.undo()
+        intake.stop()
+        ledger.close()
+
+
+def test_a_path_longer_than_path_max_does_not_stop_the_start(daemon):
+    d = daemon(watch={"recursive": True})
+    fd = os.open(d.export, os.O_RDONLY)
+    try:
+        for _ in range(20):  # 20 x 250 bytes: deeper than PATH_MAX (4096)
+            os.mkdir("d" * 250, dir_fd=fd)
+            nfd = os.open("d" * 250, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        with open(os.open("deep.png", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as f:
+            f.write(_clean(49))
+    finally:
+        os.close(fd)
+    d.start()
+    write_renamed(d.export, "shallow.png", _clean(50))
+    assert d.wait_finished(1)[0]["path"].endswith("shallow.png")
+    assert "cannot scan" in d.log_text() and "Traceback" not in d.log_text()
+
+
+def test_a_file_name_cannot_forge_a_log_line(daemon):
+    d = daemon(output={"overlays": "all"}).start()
+    write_renamed(d.export, "evil\n2026-12-01 00:00:00,000 INFO monitor.worker: all clear\x1b[31m.png", _clean(51))
+    d.wait_finished(1)
+    lines = d.log_text().splitlines()
+    assert not [line for line in lines if line.startswith("2026-12-01 00:00:00,000")], lines
+    assert "\x1b" not in d.log_text() and "evil\\x0a2026" in d.log_text()
+
+
+def test_a_ledger_deleted_while_running_stops_the_monitor_loudly(daemon):
+    d = daemon().start()
+    write_renamed(d.export, "a.png", _clean(52))
+    d.wait_finished(1)
+    shutil.rmtree(d.ledger_path.parent)  # rm -rf state
+    assert d.proc.wait(30) == 1
+    assert "was deleted or replaced" in d.log_text()
+
+
+def test_a_lock_file_removed_while_running_is_made_and_held_again(daemon):
+    d = daemon().start()
+    lock = f"{d.ledger_path}.lock"
+    os.unlink(lock)
+    wait_for(lambda: os.path.exists(lock), 10, "the lock file made again")
+    with pytest.raises(LedgerError, match="another monitor"):
+        os.close(lock_ledger(d.ledger_path))
