@@ -170,13 +170,14 @@ class Ledger:
             return self._one("WHERE path = ? AND sha256 = ?", (db_path(path), sha256)), created
 
     def rename(self, src: str, dest: str, size: int, mtime_ns: int) -> bool:
-        """The newest finished row of ``src`` with this size and mtime now names ``dest`` (a file renamed in the
-        export folder). False when there is none (or it is still pending: it is scored under its old name)."""
+        """The newest pending or scored row of ``src`` with this size and mtime now names ``dest`` (a file renamed in
+        the export folder; the worker reads a pending one under its new name). False when there is none (a failed
+        row does not follow: the renamed file gets a row of its own)."""
         with self._lock:
             try:
                 cur = self._db.execute(
                     "UPDATE images SET path = ? WHERE id = (SELECT MAX(id) FROM images WHERE path = ? AND size = ? "
-                    "AND mtime_ns = ? AND state != 'pending')", (db_path(dest), db_path(src), size, mtime_ns))
+                    "AND mtime_ns = ? AND state IN ('pending', 'done'))", (db_path(dest), db_path(src), size, mtime_ns))
             except sqlite3.IntegrityError:  # dest already has a row with this content (renamed back and forth)
                 return True
             return cur.rowcount == 1
@@ -211,14 +212,27 @@ class Ledger:
                  model_id, overlay, result_json, row_id))
             return self._one("WHERE id = ?", (row_id,))
 
-    def fail(self, row_id: int, kind: str, reason: str, model_id: str | None = None) -> Row:
+    def fail(self, row_id: int, kind: str, reason: str, model_id: str | None = None, path: str | None = None) -> Row:
+        """Fail a pending row (with ``path``: only while the row still names that path). Returns the row as it is."""
         with self._lock:
             now = time.time()
             self._db.execute(
                 "UPDATE images SET state = 'failed', finished_at = ?, e2e_seconds = ? - seen_at, error_kind = ?, "
-                "error = ?, model_id = ? WHERE id = ? AND state = 'pending'",
-                (now, now, kind, shown(reason), model_id, row_id))
+                "error = ?, model_id = ? WHERE id = ? AND state = 'pending'" + (" AND path = ?" if path else ""),
+                (now, now, kind, shown(reason), model_id, row_id, *((db_path(path),) if path else ())))
             return self._one("WHERE id = ?", (row_id,))
+
+    def record_failed(self, path: str, size: int, mtime_ns: int, key: str, kind: str, reason: str
+                      ) -> tuple[Row, bool]:
+        """A file that cannot be taken, recorded failed in one statement (never seen pending by the worker);
+        ``key`` stands in for the content hash. Returns (row, created)."""
+        with self._lock:
+            now = time.time()
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO images (path, size, mtime_ns, sha256, state, seen_at, finished_at, e2e_seconds, "
+                "error_kind, error) VALUES (?, ?, ?, ?, 'failed', ?, ?, 0, ?, ?)",
+                (db_path(path), size, mtime_ns, key, now, now, kind, shown(reason)))
+            return self._one("WHERE path = ? AND sha256 = ?", (db_path(path), key)), cur.rowcount == 1
 
     # ---------------------------------------------------------------------------------------------------- reads
     def get(self, row_id: int) -> Row | None:

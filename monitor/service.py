@@ -173,15 +173,15 @@ class Service:
         if row.state == "pending":
             self.worker.wake.set()
 
-    def _rejected(self, path: str, kind: str, reason: str, key: str, size: int = 0, mtime_ns: int = 0) -> None:
+    def _rejected(self, path: str, kind: str, reason: str, key: str, size: int = 0, mtime_ns: int = 0) -> bool:
         """A file that cannot be taken (vanished before it could be hashed, a symbolic link the policy refuses)
         still gets a failed row: nothing disappears silently. ``key`` stands in for the content hash, so that the
-        same refusal seen again (the next scan) is the same row."""
-        row, created = self.ledger.record(path, size, mtime_ns, key)
+        same refusal seen again (the next scan) is the same row. True when the row is new."""
+        row, created = self.ledger.record_failed(path, size, mtime_ns, key, kind, reason)
         if created:
             self.metrics.images_received_total.inc()
-            self.ledger.fail(row.id, kind, reason)
             self.metrics.images_failed_total.labels(reason=kind).inc()
+        return created
 
     # ------------------------------------------------------------------------------------------------------ run
     def run(self) -> int:

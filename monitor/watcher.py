@@ -169,12 +169,13 @@ class Intake(threading.Thread):
         if self.observer is not None:
             self.observer.stop()
             self.observer.join(timeout=10)
-        self._folder_id = _folder_id(self.dir)
+        self.folder_ok, self._folder_id = False, None  # until watching: a failure here is tried again in a second
+        ident = _folder_id(self.dir)
         obs_cls = Observer if self.cfg.observer == "native" else PollingObserver
         self.observer = obs_cls(timeout=self.cfg.poll_seconds) if obs_cls is PollingObserver else obs_cls()
         self.observer.schedule(_Handler(self.cfg, self.q, self.overflow), str(self.dir), recursive=self.cfg.recursive)
         self.observer.start()
-        self.folder_ok = True
+        self.folder_ok, self._folder_id = True, ident
 
     def _check_folder(self) -> None:
         """An export folder deleted and made anew (``rm -rf export && mkdir export``, a share re-mounted) leaves the
@@ -214,8 +215,9 @@ class Intake(threading.Thread):
             try:
                 st = os.stat(path)
             except OSError:  # a symbolic link loop or a dangling link: recorded as refused if it is one
-                if os.path.islink(path) and self.link_problem(path):
-                    self._reject(path, "symlink", self.link_problem(path))
+                problem = self.link_problem(path)
+                if problem:
+                    self._reject(path, "symlink", problem)
                 continue
             if not stat.S_ISDIR(st.st_mode):
                 files.append((st.st_mtime_ns, path, st))
@@ -292,14 +294,21 @@ class Intake(threading.Thread):
                 st = os.stat(path)
             except FileNotFoundError:
                 del self._candidates[path]  # written under a temporary name and moved away, or deleted
+                self._blocked.discard(path)
                 continue
-            except OSError:  # the folder unreadable for a moment (permissions): tried again at the next tick
+            except OSError as exc:
+                if exc.errno in (errno.EACCES, errno.EPERM):  # the folder unreadable for a moment: next tick
+                    continue
+                del self._candidates[path]  # a link loop, a name too long: recorded as refused, once
+                self._record(path)
                 continue
             if (st.st_size, st.st_mtime_ns) != (size, mtime):
                 self._candidates[path] = (st.st_size, st.st_mtime_ns, now)
             elif now - since >= self.cfg.settle_seconds * (1 if st.st_size else EMPTY_SETTLE_FACTOR):
                 del self._candidates[path]  # an empty file waits longer: its writer may not have begun
-                self._record(path)
+                # native: an empty regular file is taken at its close (or by a re-scan), not as a false "empty"
+                if st.st_size or not self.native or not stat.S_ISREG(st.st_mode):
+                    self._record(path)
 
     def link_problem(self, path: str) -> str | None:
         """Why ``path`` may not be read under ``watch.symlinks``, or None. A link loop is always refused."""
@@ -324,13 +333,15 @@ class Intake(threading.Thread):
             size, mtime_ns = st.st_size, st.st_mtime_ns
         except OSError:
             size, mtime_ns = 0, 0
-        log.warning("%s: not taken: %s", path, reason)
-        if self.on_rejected is not None:
-            key = f"{kind}:{mtime_ns}" if kind != "missing" else f"missing:{time.time_ns()}"
-            try:
-                self.on_rejected(path, kind, reason, key, size, mtime_ns)
-            except sqlite3.Error as exc:
-                self._refused(path, exc)
+        if self.on_rejected is None:
+            log.warning("%s: not taken: %s", path, reason)
+            return
+        key = f"{kind}:{mtime_ns}" if kind != "missing" else f"missing:{time.time_ns()}"
+        try:
+            if self.on_rejected(path, kind, reason, key, size, mtime_ns):  # logged once, not at every re-scan
+                log.warning("%s: not taken: %s", path, reason)
+        except sqlite3.Error as exc:
+            self._refused(path, exc)
 
     def _record(self, path: str) -> int:
         """Hash and record one complete file; returns 1 when a new row was made."""

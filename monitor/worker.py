@@ -7,6 +7,7 @@ image with its reason, and the worker goes on. The model can be swapped between 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -44,6 +45,7 @@ class Worker(threading.Thread):
         self._halt = threading.Event()
         self.alarm = AlarmState(cfg.alarm)
         self.last_progress = time.monotonic()  # updated at every loop turn and every image
+        self._in_hand: set[int] = set()  # rows this process has started and not yet finished
 
     # ------------------------------------------------------------------------------------------------ control
     @property
@@ -113,18 +115,21 @@ class Worker(threading.Thread):
         done, ready = [], []  # ready: (row, image, seconds spent reading)
         limits = cfg.image.for_model(model.meta.get("training_pixels"))  # bounded before any pixel is decoded
         for row in rows:
-            if row.attempts >= cfg.service.max_attempts:
-                done.append(self._failed(row, "crashed", f"the daemon stopped {row.attempts} times while scoring "
-                                         "this image; not retried (service.max_attempts)", model))
-                continue
-            self.ledger.start(row.id)
+            if row.id not in self._in_hand:  # attempts count the processes that died scoring it, not retries here
+                if row.attempts >= cfg.service.max_attempts:
+                    done.append(self._failed(row, "crashed", f"the daemon stopped {row.attempts} times while "
+                                             "scoring this image; not retried (service.max_attempts)", model))
+                    continue
+                self.ledger.start(row.id)
+                self._in_hand.add(row.id)
             t0 = time.monotonic()
             try:
-                ready.append((row, read_image(row.path, limits, _content_hash(row)), time.monotonic() - t0))
+                ready.append((row, self._read(row, limits), time.monotonic() - t0))
             except ImageError as exc:
-                done.append(self._failed(row, exc.kind, exc.reason, model))
-            except sqlite3.Error:
-                raise
+                # a file gone is failed only if its row still names that path: renamed meanwhile, it stays pending
+                failed = self._failed(row, exc.kind, exc.reason, model, row.path if exc.kind == "missing" else None)
+                if failed is not None:
+                    done.append(failed)
             except Exception as exc:  # a reader bug must fail this image, never stop the worker for the next ones
                 log.exception("%s: reading failed", row.path)
                 done.append(self._failed(row, "internal", f"{type(exc).__name__}: {exc}", model))
@@ -150,6 +155,17 @@ class Worker(threading.Thread):
                 done.append(self._record(row, image, res[0], res[1], model, cfg))
         return done
 
+    def _read(self, row: Row, limits):
+        """The row's image, exactly as recorded. An image renamed in the folder after its row was taken is read
+        under the name its row now has."""
+        try:
+            return read_image(row.path, limits, _content_hash(row))
+        except ImageError as exc:
+            now = self.ledger.get(row.id)
+            if exc.kind != "missing" or now is None or now.path == row.path:
+                raise
+            return read_image(now.path, limits, _content_hash(now))
+
     @staticmethod
     def _inspect_one(model: Model, cfg: Config, image, read: float):
         t0 = time.monotonic()
@@ -162,6 +178,7 @@ class Worker(threading.Thread):
     def _record(self, row: Row, image, ins, secs: float, model: Model, cfg: Config) -> Row:
         verdict = ins.verdict
         defect = verdict == "defect"
+        before = dataclasses.replace(self.alarm)
         active = self.alarm.update(defect)
         summary = ins.summary()
         um = cfg.image.pixel_size_um or pixel_size_um(row.path)
@@ -183,11 +200,12 @@ class Worker(threading.Thread):
             except Exception:  # nor a drawing bug: the result is recorded without its picture
                 log.exception("%s: cannot draw the overlay", row.path)
         r = ins.report
-        done = self.ledger.finish(
-            row.id, verdict=verdict, alarm=defect, coverage=None if r is None else r.coverage,
-            n_defects=None if r is None else len(r.defects), largest_area=None if r is None else r.largest_area,
-            max_score=ins.result.image_score, score_seconds=secs, model_id=model.model_id, overlay=overlay,
-            result_json=json.dumps(result))
+        try:
+            done = self.ledger.finish(row.id, **_finish_args(verdict, defect, r, ins, secs, model, overlay, result))
+        except sqlite3.Error:  # not recorded: scored again later, and the alarm state must not count it twice
+            self.alarm.active, self.alarm.clean_run = before.active, before.clean_run
+            raise
+        self._in_hand.discard(row.id)
         m = self.metrics
         m.images_processed_total.labels(verdict=verdict).inc()
         m.scoring_seconds.observe(secs)
@@ -204,9 +222,13 @@ class Worker(threading.Thread):
         m.alarm.set(int(active))
         return self._finished(done)
 
-    def _failed(self, row: Row, kind: str, reason: str, model: Model) -> Row:
+    def _failed(self, row: Row, kind: str, reason: str, model: Model, path: str | None = None) -> Row | None:
+        """Fail ``row`` (with ``path``: only while the row still names it; None when it does not)."""
+        done = self.ledger.fail(row.id, kind, reason, model.model_id, path=path)
+        if done.state != "failed":
+            return None
+        self._in_hand.discard(row.id)
         log.error("%s: failed (%s): %s", row.path, kind, reason)
-        done = self.ledger.fail(row.id, kind, reason, model.model_id)
         self.metrics.images_failed_total.labels(reason=kind).inc()
         return self._finished(done)
 
@@ -217,6 +239,13 @@ class Worker(threading.Thread):
         if self.on_result is not None:
             self.on_result(row)
         return row
+
+
+def _finish_args(verdict, defect, r, ins, secs, model, overlay, result) -> dict:
+    return dict(verdict=verdict, alarm=defect, coverage=None if r is None else r.coverage,
+                n_defects=None if r is None else len(r.defects), largest_area=None if r is None else r.largest_area,
+                max_score=ins.result.image_score, score_seconds=secs, model_id=model.model_id, overlay=overlay,
+                result_json=json.dumps(result))
 
 
 def _content_hash(row: Row) -> str | None:

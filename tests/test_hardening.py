@@ -31,6 +31,7 @@ from monitor.metrics import Metrics
 from monitor.service import lock_ledger
 from monitor.synth import defective_image, fiber_mat
 from monitor.watcher import Intake
+from monitor import worker as worker_module
 from monitor.worker import Worker
 from tests.conftest import SHAPE
 from tests.daemon import Daemon, png_bytes, wait_for, write_renamed
@@ -276,7 +277,10 @@ def test_the_training_bound_follows_the_model_and_can_be_turned_off():
         ImageLimits(max_training_ratio=0.5)
 
 
-def test_a_result_the_full_ledger_refuses_is_scored_again_once_it_has_room(tmp_path, fitted_model):
+def test_a_result_the_full_ledger_refuses_is_scored_again_once_it_has_room(tmp_path, fitted_model, monkeypatch):
+    """However long the disk stays full: retries in one process are not attempts (service.max_attempts 3 counts
+    processes that died), so the image is scored once there is room, not failed "crashed"."""
+    monkeypatch.setattr(worker_module, "LEDGER_RETRY_SECONDS", 0.1)
     export = tmp_path / "export"
     export.mkdir()
     ledger, metrics = Ledger(tmp_path / "ledger.sqlite"), Metrics()
@@ -298,10 +302,11 @@ def test_a_result_the_full_ledger_refuses_is_scored_again_once_it_has_room(tmp_p
     worker = Worker(cfg, ledger, fitted_model, metrics)
     worker.start()
     try:
-        wait_for(lambda: metrics.ledger_errors_total._value.get() >= 1, 30, "a refused write")
+        wait_for(lambda: metrics.ledger_errors_total._value.get() >= 6, 60, "six refused writes")
         assert worker.is_alive() and ledger.get(row.id).state == "pending"
         db.execute("PRAGMA max_page_count = 1000000")
-        wait_for(lambda: ledger.get(row.id).state == "done", 30, "the result recorded")
+        wait_for(lambda: ledger.get(row.id).state != "pending", 30, "the result recorded")
+        assert ledger.get(row.id).state == "done" and ledger.get(row.id).attempts == 1, ledger.get(row.id)
     finally:
         worker.stop()
         ledger.close()
@@ -506,6 +511,47 @@ def test_a_lock_file_removed_while_running_is_made_and_held_again(daemon):
     d = daemon().start()
     lock = f"{d.ledger_path}.lock"
     os.unlink(lock)
-    wait_for(lambda: os.path.exists(lock), 10, "the lock file made again")
+    wait_for(lambda: "made and held again" in d.log_text(), 15, "the lock file made and held again")
     with pytest.raises(LedgerError, match="another monitor"):
         os.close(lock_ledger(d.ledger_path))
+
+
+def test_an_image_renamed_while_its_row_is_pending_is_scored_once_under_its_new_name(tmp_path, fitted_model):
+    export = tmp_path / "export"
+    export.mkdir()
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    intake = Intake(WatchSection(dir=str(export), settle_seconds=0.2), ledger, lambda row, new: None)
+    cfg = parse_config({"output": {"dir": str(tmp_path / "out"), "ledger": str(tmp_path / "ledger.sqlite")}})
+    intake.start_watching()
+    try:
+        write_renamed(export, "a.png", _clean(60))
+        wait_for(lambda: ledger.pending(5), 10, "a pending row")
+        stale = ledger.pending(5)  # the worker has taken the row, then the software renames the file
+        os.rename(export / "a.png", export / "a_0001.png")
+        wait_for(lambda: ledger.get(stale[0].id).path.endswith("a_0001.png"), 10, "the row following the rename")
+        done = Worker(cfg, ledger, fitted_model, Metrics()).process(stale)
+        assert [r.state for r in done] == ["done"] and done[0].path.endswith("a_0001.png"), done
+        time.sleep(0.5)
+        assert len(ledger.results(limit=10)) == 1  # no second row for the new name
+    finally:
+        intake.stop()
+        ledger.close()
+
+
+def test_a_symbolic_link_loop_made_in_place_is_refused_at_once(daemon):
+    d = daemon().start()
+    os.symlink("loop2.png", d.export / "loop2.png")  # created in place, not renamed in
+    row = d.wait_finished(1, timeout=15)[0]
+    assert row["state"] == "failed" and "loop" in row["error"], row
+
+
+def test_a_file_created_empty_and_written_later_is_no_false_empty_failure(daemon):
+    d = daemon().start()  # settle_seconds 0.5: an empty candidate would be taken after 2.5 s
+    path = d.export / "late.png"
+    with open(path, "wb") as f:
+        f.flush()
+        time.sleep(3.5)  # the microscope opened the file, then acquires the image
+        f.write(_clean(61))
+    rows = d.wait_finished(1, timeout=20)
+    time.sleep(1)
+    assert [(r["state"], r["error_kind"]) for r in d.rows()] == [("done", None)], d.rows()
