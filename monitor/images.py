@@ -23,9 +23,9 @@ from .files import FileTooLarge, NotRegularFile, open_regular, read_regular
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
 
-# the bounded set of ImageError kinds (a metric label; the free-text reason goes to the ledger)
 BYTES_PER_PIXEL = 8  # the most an uncompressed pixel takes (16-bit RGBA, float64 gray)
 
+# the bounded set of ImageError kinds (a metric label; the free-text reason goes to the ledger)
 ERROR_KINDS = ("missing", "permission", "empty", "too_large", "too_small", "unreadable", "corrupt", "changed",
                "symlink")
 

@@ -162,12 +162,13 @@ class Ledger:
     def record(self, path: str, size: int, mtime_ns: int, sha256: str, seen_at: float | None = None
                ) -> tuple[Row, bool]:
         """Record a complete image. Returns (row, created); an existing (path, sha256) row is returned unchanged."""
+        stored = db_path(path)
         with self._lock:
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO images (path, size, mtime_ns, sha256, state, seen_at) "
-                "VALUES (?, ?, ?, ?, 'pending', ?)", (db_path(path), size, mtime_ns, sha256, seen_at or time.time()))
+                "VALUES (?, ?, ?, ?, 'pending', ?)", (stored, size, mtime_ns, sha256, seen_at or time.time()))
             created = cur.rowcount == 1
-            return self._one("WHERE path = ? AND sha256 = ?", (db_path(path), sha256)), created
+            return self._one("WHERE path = ? AND sha256 = ?", (stored, sha256)), created
 
     def rename(self, src: str, dest: str, size: int, mtime_ns: int) -> bool:
         """The newest pending or scored row of ``src`` with this size and mtime now names ``dest`` (a file renamed in
@@ -226,13 +227,14 @@ class Ledger:
                       ) -> tuple[Row, bool]:
         """A file that cannot be taken, recorded failed in one statement (never seen pending by the worker);
         ``key`` stands in for the content hash. Returns (row, created)."""
+        stored = db_path(path)
         with self._lock:
             now = time.time()
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO images (path, size, mtime_ns, sha256, state, seen_at, finished_at, e2e_seconds, "
                 "error_kind, error) VALUES (?, ?, ?, ?, 'failed', ?, ?, 0, ?, ?)",
-                (db_path(path), size, mtime_ns, key, now, now, kind, shown(reason)))
-            return self._one("WHERE path = ? AND sha256 = ?", (db_path(path), key)), cur.rowcount == 1
+                (stored, size, mtime_ns, key, now, now, kind, shown(reason)))
+            return self._one("WHERE path = ? AND sha256 = ?", (stored, key)), cur.rowcount == 1
 
     # ---------------------------------------------------------------------------------------------------- reads
     def get(self, row_id: int) -> Row | None:

@@ -7,7 +7,6 @@ image with its reason, and the worker goes on. The model can be swapped between 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import sqlite3
@@ -178,7 +177,7 @@ class Worker(threading.Thread):
     def _record(self, row: Row, image, ins, secs: float, model: Model, cfg: Config) -> Row:
         verdict = ins.verdict
         defect = verdict == "defect"
-        before = dataclasses.replace(self.alarm)
+        before = (self.alarm.active, self.alarm.clean_run)
         active = self.alarm.update(defect)
         summary = ins.summary()
         um = cfg.image.pixel_size_um or pixel_size_um(row.path)
@@ -201,9 +200,13 @@ class Worker(threading.Thread):
                 log.exception("%s: cannot draw the overlay", row.path)
         r = ins.report
         try:
-            done = self.ledger.finish(row.id, **_finish_args(verdict, defect, r, ins, secs, model, overlay, result))
+            done = self.ledger.finish(
+                row.id, verdict=verdict, alarm=defect, coverage=None if r is None else r.coverage,
+                n_defects=None if r is None else len(r.defects), largest_area=None if r is None else r.largest_area,
+                max_score=ins.result.image_score, score_seconds=secs, model_id=model.model_id, overlay=overlay,
+                result_json=json.dumps(result))
         except sqlite3.Error:  # not recorded: scored again later, and the alarm state must not count it twice
-            self.alarm.active, self.alarm.clean_run = before.active, before.clean_run
+            self.alarm.active, self.alarm.clean_run = before
             raise
         self._in_hand.discard(row.id)
         m = self.metrics
@@ -239,13 +242,6 @@ class Worker(threading.Thread):
         if self.on_result is not None:
             self.on_result(row)
         return row
-
-
-def _finish_args(verdict, defect, r, ins, secs, model, overlay, result) -> dict:
-    return dict(verdict=verdict, alarm=defect, coverage=None if r is None else r.coverage,
-                n_defects=None if r is None else len(r.defects), largest_area=None if r is None else r.largest_area,
-                max_score=ins.result.image_score, score_seconds=secs, model_id=model.model_id, overlay=overlay,
-                result_json=json.dumps(result))
 
 
 def _content_hash(row: Row) -> str | None:

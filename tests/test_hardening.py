@@ -227,6 +227,20 @@ def test_an_export_folder_made_anew_is_watched_again(daemon):
     assert "is gone" in log and "made anew" in log and "Traceback" not in log, log
 
 
+def _fill(ledger: Ledger) -> sqlite3.Connection:
+    """Make the ledger full as a full disk does (SQLite's own "database or disk is full", max_page_count reached):
+    no room for a page more, the last one filled with rows already done. Returns its connection."""
+    db = ledger._db
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+    i = 0
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        while True:
+            db.execute("INSERT INTO images (path, size, mtime_ns, sha256, state, seen_at) "
+                       "VALUES (?, 1, ?, ?, 'done', 0)", (f"/elsewhere/filler{i}.png", i, f"{i:064d}"))
+            i += 1
+    return db
+
+
 def test_images_that_arrive_while_the_ledger_is_full_are_recorded_once_it_has_room(tmp_path):
     """SQLite's own "database or disk is full" (max_page_count reached): the images are recorded by a re-scan as
     soon as the ledger takes writes again, without a restart, and the refusals are counted."""
@@ -234,14 +248,7 @@ def test_images_that_arrive_while_the_ledger_is_full_are_recorded_once_it_has_ro
     export.mkdir()
     ledger = Ledger(tmp_path / "ledger.sqlite")
     recorded, errors = [], []
-    db = ledger._db
-    pages = db.execute("PRAGMA page_count").fetchone()[0]
-    db.execute(f"PRAGMA max_page_count = {pages}")
-    i = 0
-    with pytest.raises(sqlite3.OperationalError, match="full"):  # fill the last page
-        while True:
-            ledger.record(f"/elsewhere/filler{i}.png", 1, i, f"{i:064d}")
-            i += 1
+    db = _fill(ledger)
     intake = Intake(WatchSection(dir=str(export), settle_seconds=0.2), ledger, lambda row, new: recorded.append(row),
                     on_error=lambda: errors.append(1))
     intake.start_watching()
@@ -290,14 +297,7 @@ def test_a_result_the_full_ledger_refuses_is_scored_again_once_it_has_room(tmp_p
     from monitor.files import file_sha256
 
     row, _ = ledger.record(str(path), st.st_size, st.st_mtime_ns, file_sha256(path))
-    db = ledger._db
-    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
-    i = 0
-    with pytest.raises(sqlite3.OperationalError, match="full"):  # fill it with rows already done
-        while True:
-            db.execute("INSERT INTO images (path, size, mtime_ns, sha256, state, seen_at) "
-                       "VALUES (?, 1, ?, ?, 'done', 0)", (f"/elsewhere/filler{i}.png", i, f"{i:064d}"))
-            i += 1
+    db = _fill(ledger)
     cfg = parse_config({"output": {"dir": str(tmp_path / "out"), "ledger": str(tmp_path / "ledger.sqlite")}})
     worker = Worker(cfg, ledger, fitted_model, metrics)
     worker.start()
