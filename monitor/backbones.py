@@ -15,6 +15,7 @@ Checkpoints are read with ``torch.load(..., weights_only=True)``, which refuses 
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,13 @@ from torch import nn
 
 from .files import file_sha256
 
+log = logging.getLogger(__name__)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+RUNTIMES = ("auto", "openvino", "torch")  # where the CPU forward pass runs (see openvino_backbone.py)
 
 
 class BackboneError(RuntimeError):
@@ -153,6 +159,7 @@ class Backbone(nn.Module):
         self.layers = layers
         self.infos = infos
         self.weights_sha256 = weights_sha256
+        self.accelerated = None  # an OpenVINO graph of the network (use_runtime), else torch
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
@@ -170,7 +177,40 @@ class Backbone(nn.Module):
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        accel = self.accelerated
+        if accel is not None and x.device.type == "cpu":
+            out = accel(x)
+            if out is not None:
+                return out
         return self._run(x)
+
+    @torch.inference_mode()
+    def torch_forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The torch path, whatever runtime is in use (the reference the accelerated one is checked against)."""
+        return self._run(x)
+
+    def use_runtime(self, runtime: str) -> str:
+        """Run the forward pass on ``runtime`` ("auto", "openvino" or "torch") where it can; returns the runtime
+        in use. "auto" takes OpenVINO when it is installed and has a graph for this backbone, else torch with a log
+        line saying why; "openvino" raises BackboneError when it cannot be had."""
+        if runtime not in RUNTIMES:
+            raise BackboneError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        self.accelerated = None
+        if runtime == "torch" or self.mean.device.type != "cpu":
+            return "torch"
+        from .openvino_backbone import OpenVinoLite0, RuntimeUnavailable
+
+        try:
+            accel = OpenVinoLite0(self, torch.get_num_threads())
+        except RuntimeUnavailable as exc:
+            if runtime == "openvino":
+                raise BackboneError(f"runtime openvino: {exc}") from None
+            log.warning("backbone runs on torch: %s", exc)
+            return "torch"
+        self.accelerated = accel
+        log.info("backbone %s runs on OpenVINO %s (CPU, %d threads)", self.name, accel.version,
+                 torch.get_num_threads())
+        return "openvino"
 
     def _run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -14,9 +14,10 @@ import numpy as np
 
 from .artifact import ArtifactError
 from .backbones import BackboneError
-from .files import file_sha256, shown
+from .files import shown
+from .fit import bar, fit_model
 from .config import Config, ConfigError, load_config
-from .images import ImageError, ImageLimits, list_images, read_image
+from .images import ImageError, list_images, read_image
 from .ledger import LedgerError
 from .metrics import MetricsError
 from .passwords import ITERATIONS
@@ -25,50 +26,8 @@ from .scorers import METHODS
 log = logging.getLogger(__name__)
 
 
-def _progress(total: int, desc: str):
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit="it", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
-    return bar, bar.update
-
-
 def _load_cfg(args) -> Config:
     return load_config(args.config, args.set or [])
-
-
-def _read_all(paths, limits: ImageLimits) -> list[np.ndarray]:
-    return [read_image(p, limits) for p in paths]
-
-
-def fit_model(cfg: Config, normal_paths, val_paths, out: Path, quiet: bool = False):
-    from .model import Model
-
-    mc = cfg.model.method_config
-    normal = _read_all(normal_paths, cfg.image)
-    val = _read_all(val_paths, cfg.image)
-    if getattr(mc, "mode", None) == "crop":
-        from .features import patch_count
-
-        total = sum(patch_count(g.shape, mc.patch_size, mc.stride) for g in normal)
-        unit = "patches"
-    elif hasattr(mc, "steps"):  # trained methods: one tick per optimiser step
-        total, unit = mc.steps, "steps"
-    elif hasattr(mc, "epochs"):
-        total, unit = mc.epochs, "epochs"
-    else:
-        total, unit = len(normal), "images"
-    t0 = time.perf_counter()
-    bar, update = _progress(total, f"fit {cfg.model.method} ({unit})") if not quiet else (None, None)
-    try:
-        model = Model.fit(cfg.model.method, mc, normal, val, cfg.threshold, cfg.defects, cfg.model.device,
-                          update, [file_sha256(p) for p in normal_paths])
-    finally:
-        if bar is not None:
-            bar.close()
-    if not val:
-        log.warning("no --val images: the model has no threshold (nor border calibration) and will give no verdicts")
-    model_id = model.save(out)
-    return model, model_id, time.perf_counter() - t0
 
 
 def cmd_fit(args) -> int:
@@ -97,7 +56,8 @@ def cmd_score(args) -> int:
     from .overlay import render_overlay, write_png
 
     cfg = _load_cfg(args)
-    model = Model.load(args.model, cfg.model.device, expectations(cfg.model.method_config) if args.config else None)
+    model = Model.load(args.model, cfg.model.device, expectations(cfg.model.method_config) if args.config else None,
+                       runtime=cfg.model.runtime)
     failed = 0
     limits = cfg.image.for_model(model.meta.get("training_pixels"))
     for path in list_images(args.images):
@@ -149,7 +109,7 @@ def _evaluate_job(job: tuple[str, str], args_ns: dict, queue) -> None:
             fit_model(cfg, list(ds.train), list(ds.val), mdir, quiet=False)
         else:
             mdir = Path(what)
-        model = Model.load(mdir, cfg.model.device)
+        model = Model.load(mdir, cfg.model.device, runtime=cfg.model.runtime)
         name = what if kind == "fit" else Path(what).name
 
         def score(p):
@@ -157,11 +117,11 @@ def _evaluate_job(job: tuple[str, str], args_ns: dict, queue) -> None:
             return r.anomaly_map, r.image_score
 
         n = min(args_ns["limit"], len(ds.test)) if args_ns["limit"] else len(ds.test)
-        bar, update = _progress(n, f"evaluate {name}")
+        progress = bar(n, f"evaluate {name}", "images")
         try:
-            rep, raw = evaluate(score, ds, read_mask, args_ns["limit"], update)
+            rep, raw = evaluate(score, ds, read_mask, args_ns["limit"], progress.update)
         finally:
-            bar.close()
+            progress.close()
         rep.update(model_id=model.model_id, model_dir=str(mdir), method=model.meta["method"],
                    config=model.meta["scorer"]["config"], fit_seconds=model.meta.get("fit_seconds"),
                    device=str(model.scorer.device),

@@ -16,6 +16,7 @@ import yaml
 
 from .defects import DefectConfig
 from .images import ImageLimits
+from .backbones import RUNTIMES
 from .passwords import parse_hash
 from .scorers import METHODS, DFRConfig, PatchDictionaryConfig, PIADEConfig, SSIMAutoencoderConfig
 from .threshold import ThresholdConfig
@@ -30,6 +31,7 @@ class ModelSection:
     path: str = "model"  # the fitted model directory the daemon loads (`monitor fit --out`)
     method: str = "patch_dictionary"
     device: str = "auto"
+    runtime: str = "auto"  # the CPU forward pass: auto (OpenVINO when installed, else torch) | openvino | torch
     patch_dictionary: PatchDictionaryConfig = field(default_factory=PatchDictionaryConfig)
     ssim_autoencoder: SSIMAutoencoderConfig = field(default_factory=SSIMAutoencoderConfig)
     dfr: DFRConfig = field(default_factory=DFRConfig)
@@ -40,6 +42,8 @@ class ModelSection:
             raise ValueError(f"model.method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
             raise ValueError(f"model.device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"model.runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
 
     @property
     def method_config(self):

@@ -56,7 +56,7 @@ def demo_config(workdir: Path, cfg: Config = Config()) -> Config:
 
 
 def run_demo(workdir: Path, n_images: int = 12, seed: int = 0, interval: float = 1.0, cfg: Config = Config()) -> int:
-    from .cli import fit_model
+    from .fit import fit_model
     from .service import Service
 
     workdir = Path(workdir).resolve()

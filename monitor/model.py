@@ -12,6 +12,7 @@ import numpy as np
 from .artifact import ArtifactError, load_artifact, save_artifact
 from .defects import DefectConfig, DefectReport, decide, find_defects
 from .scorers import METHODS, ScoreResult
+from .scorers.base import QUIET, Progress
 from .threshold import Threshold, ThresholdConfig, fit_threshold
 
 
@@ -55,17 +56,23 @@ class Model:
     @classmethod
     def fit(cls, method: str, method_config, normal: Sequence[np.ndarray], val: Sequence[np.ndarray] = (),
             threshold: ThresholdConfig = ThresholdConfig(), defects: DefectConfig = DefectConfig(),
-            device: str = "auto", progress=None, train_sha256: Sequence[str] = ()) -> "Model":
+            device: str = "auto", progress: Progress = QUIET, train_sha256: Sequence[str] = (),
+            runtime: str = "auto") -> "Model":
         scorer_cls, _ = METHODS[method]
         scorer = scorer_cls(method_config, device)
+        scorer.use_runtime(runtime)
         t0 = time.perf_counter()
         scorer.fit(normal, progress)
         th = None
-        if val and hasattr(scorer, "calibrate"):
-            scorer.calibrate(val)  # position-dependent corrections fitted on normal images, before the threshold
         if val:
-            results = [scorer.score(v) for v in val]
+            scorer.calibrate(val, progress)  # position-dependent corrections from normal images, before the threshold
+            tick = progress.phase("threshold", len(val), "images")
+            results = []
+            for v in val:
+                results.append(scorer.score(v))
+                tick(1)
             th = fit_threshold([r.patch_scores for r in results], [r.anomaly_map for r in results], threshold)
+        progress.close()
         meta = {"training_sha256": list(train_sha256), "fit_seconds": round(time.perf_counter() - t0, 3),
                 "training_pixels": max(int(im.shape[0]) * int(im.shape[1]) for im in normal)}
         return cls(scorer, th, defects, meta)
@@ -78,8 +85,7 @@ class Model:
     def inspect_batch(self, images: Sequence[np.ndarray], coverage_threshold: float = 0.0,
                       max_defect_area: int = 0) -> list[Inspection]:
         """``inspect`` for several images at once (one forward pass where the scorer can batch them)."""
-        batch = getattr(self.scorer, "score_batch", None)
-        results = batch(images) if batch is not None else [self.scorer.score(im) for im in images]
+        results = self.scorer.score_batch(images)
         return [self._judge(r, coverage_threshold, max_defect_area) for r in results]
 
     def _judge(self, result: ScoreResult, coverage_threshold: float, max_defect_area: int) -> Inspection:
@@ -102,8 +108,10 @@ class Model:
         return model_id
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, device: str = "auto", expect: dict | None = None) -> "Model":
-        """Load a model; ``expect`` (e.g. {"backbone": ..., "mode": ...}) must match the model's configuration."""
+    def load(cls, directory: str | os.PathLike, device: str = "auto", expect: dict | None = None,
+             runtime: str = "auto") -> "Model":
+        """Load a model; ``expect`` (e.g. {"backbone": ..., "mode": ...}) must match the model's configuration;
+        ``runtime``: where the CPU forward pass runs (``Backbone.use_runtime``)."""
         meta, arrays = load_artifact(directory)
         method = meta.get("method")
         if method not in METHODS:
@@ -118,4 +126,5 @@ class Model:
             scorer = scorer_cls.from_state(meta["scorer"], arrays, device)
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{directory}: cannot rebuild the {method} scorer: {exc}") from None
+        scorer.use_runtime(runtime)
         return cls(scorer, Threshold.from_dict(meta.get("threshold")), DefectConfig(**meta["defects"]), meta)

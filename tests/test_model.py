@@ -110,7 +110,9 @@ def test_nearest_distances_against_brute_force():
     q, w = torch.randn(50, 7, generator=g), torch.randn(30, 7, generator=g)
     d = torch.cdist(q, w)
     assert torch.allclose(nearest_distances(q, w, 1), d.min(1).values, atol=1e-4)
-    assert torch.allclose(nearest_distances(q, w, 3, chunk=16), d.topk(3, largest=False).values.mean(1), atol=1e-4)
+    buf = torch.empty(16, 30)  # blocks of 16 queries: four blocks, the last one short
+    assert torch.allclose(nearest_distances(q, w, 1, buf=buf), d.min(1).values, atol=1e-4)
+    assert torch.allclose(nearest_distances(q, w, 3, buf=buf), d.topk(3, largest=False).values.mean(1), atol=1e-4)
 
 
 def test_coreset_picks_far_points_first():
@@ -222,6 +224,7 @@ def test_a_model_from_before_the_border_calibration_loads_uncalibrated(fitted_mo
     meta, arrays = fitted_model.scorer.state()
     del arrays["border_offset"], arrays["border_gain"]
     old = PatchDictionary.from_state(meta, arrays, "cpu")
+    old.use_runtime("auto")  # the runtime the fitted model scores on
     assert len(old.border_offset) == 0
     img = fiber_mat(SHAPE, seed=9)
     s_old, s_new = old.score(img).patch_scores, fitted_model.scorer.score(img).patch_scores

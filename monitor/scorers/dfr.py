@@ -24,7 +24,7 @@ from torch import nn
 
 from ..backbones import build_backbone
 from ..features import DenseExtractor, grid_to_map
-from .base import Progress, ScoreResult
+from .base import QUIET, Progress, Scorer, ScoreResult
 from .patch_dictionary import resolve_device
 from .training import load_module_arrays, module_arrays, optimizer_step, seeded
 
@@ -69,7 +69,7 @@ class FeatureAutoencoder(nn.Module):
         return self.net(x)
 
 
-class DFR:
+class DFR(Scorer):
     method = "dfr"
 
     def __init__(self, config: DFRConfig = DFRConfig(), device: str = "auto"):
@@ -84,16 +84,24 @@ class DFR:
         self.std: torch.Tensor | None = None
         self.cae: FeatureAutoencoder | None = None
 
+    def use_runtime(self, runtime: str) -> str:
+        return self.backbone.use_runtime(runtime)  # the backbone only extracts features here (no gradient)
+
     @property
     def fitted(self) -> bool:
         return self.cae is not None
 
-    def fit(self, images: Sequence[np.ndarray], progress: Progress | None = None) -> None:
+    def fit(self, images: Sequence[np.ndarray], progress: Progress = QUIET) -> None:
         if not images:
             raise ValueError("fit needs at least one normal image")
         c = self.config
         g = seeded(c.seed)
-        x = torch.cat([self.extractor(im).features.reshape(-1, self.channels) for im in images]).clone()
+        tick = progress.phase("extraction", len(images), "images")
+        feats = []
+        for im in images:
+            feats.append(self.extractor(im).features.reshape(-1, self.channels))
+            tick(1)
+        x = torch.cat(feats).clone()
         self.mean, self.std = x.mean(0), x.std(0).clamp_min(1e-6)
         x = (x - self.mean) / self.std
         s = torch.linalg.svdvals(x[torch.randperm(len(x), generator=g)[:50_000].to(x.device)].double())
@@ -104,6 +112,7 @@ class DFR:
         steps = c.epochs * -(-len(x) // c.batch_size)
         cae.train()
         step = 0
+        tick = progress.phase("training", c.epochs, "epochs")
         for _ in range(c.epochs):
             order = torch.randperm(len(x), generator=g).to(x.device)
             for i in range(0, len(x), c.batch_size):
@@ -113,8 +122,7 @@ class DFR:
                 loss = ((cae(b) - b) ** 2).sum(1).mean()
                 optimizer_step(opt, loss, step, steps, c.lr)
                 step += 1
-            if progress is not None:
-                progress(1)
+            tick(1)
         self.cae = cae.eval()
 
     def score(self, image: np.ndarray) -> ScoreResult:

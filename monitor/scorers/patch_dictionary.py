@@ -24,7 +24,7 @@ import torch
 
 from ..backbones import build_backbone
 from ..features import MODES, CropExtractor, DenseExtractor, FeatureGrid, grid_to_map
-from .base import Progress, ScoreResult
+from .base import QUIET, Progress, Scorer, ScoreResult, Tick
 
 DICTIONARIES = ("kmeans", "coreset")
 STATE_ARRAYS = ("mean", "components", "scale", "words", "border_offset", "border_gain")
@@ -84,13 +84,25 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def greedy_coreset(x: torch.Tensor, k: int, seed: int = 0, proj_dim: int = 128) -> torch.Tensor:
-    """Indices of ``k`` rows of ``x`` chosen by greedy k-center (farthest point) selection.
+# Above this many rows the coreset is built in blocks of COMPOSE_BLOCK rows (see greedy_coreset): 16,384 rows of
+# 128 float32 are 8 MB, which stays in a server CPU's cache from pick to pick. On a 2-core EPYC VM one pick cost
+# 0.27 ms over such a block and 2.3 ms over 44,544 rows (23 MB): 9x the time for 2.7x the rows.
+COMPOSE_ABOVE = 16_384
+COMPOSE_BLOCK = 16_384
+
+
+def greedy_coreset(x: torch.Tensor, k: int, seed: int = 0, proj_dim: int = 128, tick: Tick | None = None,
+                   compose_above: int = COMPOSE_ABOVE, block: int = COMPOSE_BLOCK) -> torch.Tensor:
+    """Indices of ``k`` rows of ``x`` chosen by greedy k-center (farthest point) selection, deterministic for a seed.
 
     Distances are computed in a random projection to ``proj_dim`` dimensions when x is wider (PatchCore's trick).
-    Each pick costs one matrix-vector product into buffers allocated once (``|x_j - c|^2 = |x_j|^2 - 2 x_j.c +
-    |c|^2``, the squared norms computed once): no n-sized allocation per iteration, whose cost depends on the
-    machine's allocator far more than on the arithmetic.
+    Up to ``compose_above`` rows the selection runs over all rows at once. Above, it is composed (Indyk et al.
+    2014, composable core-sets for k-center): each block of ``block`` consecutive rows is reduced to its own k
+    farthest-point picks, then the picks of all blocks are reduced to k the same way (in blocks again while they
+    are many). The cost is then linear in the row count, each block stays in the CPU's cache, and the result
+    covers the data within a constant factor of the one-pass selection (on 44,544 random 147-d rows: mean
+    distance to the nearest word 13.32 either way, largest 16.30 composed against 16.50 in one pass).
+    ``tick`` is called with picks made (the ``dictionary`` phase of a fit).
     """
     n = len(x)
     if k >= n:
@@ -100,6 +112,33 @@ def greedy_coreset(x: torch.Tensor, k: int, seed: int = 0, proj_dim: int = 128) 
         proj = torch.randn(x.shape[1], proj_dim, generator=g).to(x.device) / proj_dim**0.5
         x = x @ proj
     x = x.contiguous()
+    tick = tick or (lambda n: None)
+    if n <= compose_above:
+        return _farthest_points(x, k, g, tick)
+    idx = torch.arange(n, device=x.device)
+    while len(idx) > compose_above:
+        parts = [idx[i:i + block] for i in range(0, len(idx), block)]
+        idx = torch.cat([p[_farthest_points(x[p], min(k, len(p)), g, tick)] for p in parts])
+    return idx[_farthest_points(x[idx], k, g, tick)]
+
+
+def coreset_picks(n: int, k: int, compose_above: int = COMPOSE_ABOVE, block: int = COMPOSE_BLOCK) -> int:
+    """The number of picks ``greedy_coreset`` makes for n rows (the ``dictionary`` phase's total)."""
+    if k >= n:
+        return 0
+    total = 0
+    while n > compose_above:
+        sizes = [min(block, n - i) for i in range(0, n, block)]
+        total += sum(min(k, s) for s in sizes)
+        n = sum(min(k, s) for s in sizes)
+    return total + k
+
+
+def _farthest_points(x: torch.Tensor, k: int, g: torch.Generator, tick: Tick) -> torch.Tensor:
+    """Greedy k-center over all rows of x. Each pick costs one matrix-vector product into buffers allocated once
+    (``|x_j - c|^2 = |x_j|^2 - 2 x_j.c + |c|^2``, the squared norms computed once): no n-sized allocation per
+    iteration, whose cost depends on the machine's allocator far more than on the arithmetic."""
+    n = len(x)
     sq = (x * x).sum(1)
     first = int(torch.randint(n, (1,), generator=g))
     selected = torch.empty(k, dtype=torch.long, device=x.device)
@@ -111,6 +150,9 @@ def greedy_coreset(x: torch.Tensor, k: int, seed: int = 0, proj_dim: int = 128) 
         selected[i] = nxt
         torch.addmv(sq, x, x[nxt], alpha=-2, out=d).add_(sq[nxt])
         torch.minimum(mind, d, out=mind)
+        if (i + 1) % 256 == 0:
+            tick(256)
+    tick(k % 256)
     return selected
 
 
@@ -145,22 +187,38 @@ def border_zones(shape: tuple[int, int], rings: int) -> np.ndarray:
     return np.where((dy < R) & (dx < R), 4 * R, zone)
 
 
-def nearest_distances(q: torch.Tensor, words: torch.Tensor, m: int, chunk: int = 8192) -> torch.Tensor:
-    """Mean Euclidean distance from each row of q (n, d) to its m nearest rows of words (k, d)."""
-    w2 = (words * words).sum(1)
-    out = []
-    for i in range(0, len(q), chunk):
-        a = q[i:i + chunk]
-        d2 = (a * a).sum(1, keepdim=True) - 2 * a @ words.T + w2  # (c, k)
+NN_CHUNK = 1024  # query rows per block of the nearest-word search: a 1024 x 4096 block is 16 MB, cache-sized
+
+
+def nearest_distances(q: torch.Tensor, words: torch.Tensor, m: int, w2: torch.Tensor | None = None,
+                      buf: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean Euclidean distance from each row of q (n, d) to its m nearest rows of words (k, d).
+
+    ``|q - w|^2 = |q|^2 - 2 q.w + |w|^2``: per block of NN_CHUNK queries one ``addmm`` into ``buf`` (NN_CHUNK, k),
+    reused from block to block (and from image to image when the caller keeps it), then the minimum over the words.
+    ``w2``: the words' squared norms, when the caller keeps them.
+    """
+    k = len(words)
+    if w2 is None:
+        w2 = (words * words).sum(1)
+    if buf is None or buf.shape[1] != k or buf.dtype != q.dtype or buf.device != q.device:
+        buf = torch.empty(min(NN_CHUNK, len(q)), k, dtype=q.dtype, device=q.device)
+    out = torch.empty(len(q), dtype=q.dtype, device=q.device)
+    wt = words.T
+    for i in range(0, len(q), len(buf)):
+        a = q[i:i + len(buf)]
+        d2 = torch.addmm(w2, a, wt, alpha=-2, out=buf[:len(a)])  # |w|^2 - 2 q.w; |q|^2 added after the min
         if m == 1:
-            d = d2.min(1).values.clamp_min(0).sqrt()
+            torch.amin(d2, 1, out=out[i:i + len(a)])
         else:
-            d = d2.topk(m, dim=1, largest=False).values.clamp_min(0).sqrt().mean(1)
-        out.append(d)
-    return torch.cat(out)
+            out[i:i + len(a)] = d2.topk(m, dim=1, largest=False).values.add_((a * a).sum(1, keepdim=True)) \
+                .clamp_(min=0).sqrt_().mean(1)
+    if m == 1:
+        out.add_((q * q).sum(1)).clamp_(min=0).sqrt_()
+    return out
 
 
-class PatchDictionary:
+class PatchDictionary(Scorer):
     method = "patch_dictionary"
 
     def __init__(self, config: PatchDictionaryConfig = PatchDictionaryConfig(), device: str = "auto"):
@@ -179,9 +237,14 @@ class PatchDictionary:
         # per border zone, once calibrated (empty = none): score -> gain * score + offset
         self.border_offset = torch.zeros(0, device=self.device)  # (4 * border_rings + 1,)
         self.border_gain = torch.zeros(0, device=self.device)  # (4 * border_rings + 1,)
+        self._w2: torch.Tensor | None = None  # the words' squared norms, once scored
+        self._nn_buf: torch.Tensor | None = None  # the nearest-word search's block, allocated at the first image
 
     # ---------------------------------------------------------------------------------------------------- features
-    def extract(self, image: np.ndarray, progress: Progress | None = None) -> FeatureGrid:
+    def use_runtime(self, runtime: str) -> str:
+        return self.backbone.use_runtime(runtime)
+
+    def extract(self, image: np.ndarray, progress: Tick | None = None) -> FeatureGrid:
         if isinstance(self.extractor, CropExtractor):
             return self.extractor(image, progress)
         return self.extractor(image)
@@ -195,45 +258,66 @@ class PatchDictionary:
         return self.words is not None
 
     # ---------------------------------------------------------------------------------------------------------- fit
-    def fit(self, images: Sequence[np.ndarray], progress: Progress | None = None) -> None:
+    def fit(self, images: Sequence[np.ndarray], progress: Progress = QUIET) -> None:
+        """Features of every image -> PCA -> dictionary. Each image keeps at most ``max_fit_patches / len(images)``
+        of its cells (a seeded random subset), so that memory stays bounded however many images come."""
         if not images:
             raise ValueError("fit needs at least one normal image")
         c = self.config
+        g = torch.Generator(device="cpu").manual_seed(c.seed)
+        quota = -(-c.max_fit_patches // len(images))
+        if c.mode == "crop":
+            from ..features import patch_count
+
+            tick = progress.phase("extraction", sum(patch_count(im.shape, c.patch_size, c.stride) for im in images),
+                                  "patches")
+        else:
+            tick = progress.phase("extraction", len(images), "images")
         feats = []
         for img in images:
-            grid = self.extract(img, progress if c.mode == "crop" else None)
-            feats.append(grid.features.reshape(-1, grid.features.shape[-1]))
-            if progress is not None and c.mode == "dense":
-                progress(1)
+            grid = self.extract(img, tick if c.mode == "crop" else None)
+            f = grid.features.reshape(-1, grid.features.shape[-1])
+            if len(f) > quota:
+                f = f[torch.randperm(len(f), generator=g)[:quota].to(f.device)]
+            feats.append(f.float())
+            if c.mode == "dense":
+                tick(1)
+        pca_done = progress.phase("pca", 1, "steps")
         x = torch.cat(feats).double()
-        g = torch.Generator(device="cpu").manual_seed(c.seed)
-        if len(x) > c.max_fit_patches:
-            x = x[torch.randperm(len(x), generator=g)[: c.max_fit_patches].to(x.device)]
+        del feats
         mean = x.mean(0)
-        xc = x - mean
-        _, s, vt = torch.linalg.svd(xc, full_matrices=False)
-        var = s**2
-        frac = var.cumsum(0) / var.sum()
-        r = int((frac < c.pca_variance - 1e-12).sum()) + 1
-        r = min(r, vt.shape[0])
-        comps = vt[:r].T  # (C, r)
-        z = xc @ comps
+        x -= mean
+        # principal axes from the covariance (C x C): the same axes as an SVD of the data, at a fraction of the
+        # memory; each axis' sign fixed (largest loading positive) so that the model is the same on every machine
+        evals, evecs = torch.linalg.eigh(x.T @ x)
+        evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
+        evecs = evecs * torch.sign(evecs.gather(0, evecs.abs().argmax(0, keepdim=True)))
+        frac = evals.cumsum(0) / evals.sum().clamp_min(1e-300)
+        r = min(int((frac < c.pca_variance - 1e-12).sum()) + 1, len(evals))
+        comps = evecs[:, :r].contiguous()  # (C, r)
+        z = x @ comps
+        del x
         scale = z.std(0).clamp_min(1e-12) if c.whiten else torch.ones(r, dtype=z.dtype, device=z.device)
-        z = z / scale
+        z = (z / scale).float()
+        pca_done(1)
         if c.dictionary == "kmeans":
+            progress.phase("dictionary", 1, "steps")
             words = self._kmeans_words(z, c)
         else:
-            words = z[greedy_coreset(z.float(), c.k, c.seed)]
+            tick = progress.phase("dictionary", coreset_picks(len(z), c.k), "words")
+            words = z[greedy_coreset(z, c.k, c.seed, tick=tick)]
         self.mean, self.components, self.scale = mean.float(), comps.float(), scale.float()
         self.words = words.float().contiguous()
+        self._w2 = None
         self.border_offset = self.border_gain = torch.zeros(0, device=self.device)
 
-    def calibrate(self, images: Sequence[np.ndarray]) -> None:
+    def calibrate(self, images: Sequence[np.ndarray], progress: Progress = QUIET) -> None:
         """Fit the border-zone offsets on defect-free images that did not build the dictionary (validation)."""
         R = self.config.border_rings
         self.border_offset = self.border_gain = torch.zeros(0, device=self.device)
         if R == 0 or not images:
             return
+        tick = progress.phase("calibration", len(images), "images")
         n_zones = 4 * R + 2  # the last: the interior
         n, s1, s2 = np.zeros(n_zones), np.zeros(n_zones), np.zeros(n_zones)
         for img in images:
@@ -245,6 +329,7 @@ class PatchDictionary:
             n += np.bincount(z, minlength=n_zones)
             s1 += np.bincount(z, s.ravel(), n_zones)
             s2 += np.bincount(z, s.ravel() ** 2, n_zones)
+            tick(1)
         mean = s1 / n
         sd = np.sqrt(np.maximum(s2 / n - mean**2, 1e-12))
         gain = np.minimum(sd[-1] / sd[:-1], 1.0)  # damp a zone's wider spread, never amplify
@@ -260,7 +345,7 @@ class PatchDictionary:
         km = KMeans(n_clusters=k, init="k-means++", n_init=c.n_init, random_state=c.seed).fit(zn)
         # the words are the real feature vectors nearest to each centroid (the paper)
         cent = torch.from_numpy(km.cluster_centers_).to(z)
-        idx = torch.cdist(cent, z).argmin(1)
+        idx = torch.cat([torch.cdist(part, z).argmin(1) for part in cent.split(256)])  # 256 x n at a time
         return z[idx]
 
     # -------------------------------------------------------------------------------------------------------- score
@@ -268,7 +353,12 @@ class PatchDictionary:
         if not self.fitted:
             raise RuntimeError("the scorer is not fitted")
         f = grid.features.reshape(-1, grid.features.shape[-1])
-        d = nearest_distances(self.project(f), self.words, self.config.m).reshape(grid.grid_shape)
+        if self._w2 is None:
+            self._w2 = (self.words * self.words).sum(1)
+        z = self.project(f)
+        if self._nn_buf is None or self._nn_buf.device != z.device:
+            self._nn_buf = torch.empty(NN_CHUNK, len(self.words), device=z.device)  # kept: no per-image allocation
+        d = nearest_distances(z, self.words, self.config.m, self._w2, self._nn_buf).reshape(grid.grid_shape)
         n, R = len(self.border_offset), self.config.border_rings
         if n:
             if n == 4 * R + 1:

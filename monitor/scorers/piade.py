@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import build_backbone
-from .base import Progress, ScoreResult
+from .base import QUIET, Progress, Scorer, ScoreResult
 from .patch_dictionary import resolve_device
 from .ssim import residual_map, ssim_map
 from .training import load_module_arrays, module_arrays, optimizer_step, seeded
@@ -109,7 +109,7 @@ class PIADENet(nn.Module):
         return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-class PIADE:
+class PIADE(Scorer):
     method = "piade"
 
     def __init__(self, config: PIADEConfig = PIADEConfig(), device: str = "auto"):
@@ -141,7 +141,7 @@ class PIADE:
         perc = ((self._features(rec, grad=True)[layer] - target_feats[layer]) ** 2).flatten(1).mean(1)
         return mse + ssim + perc
 
-    def fit(self, images: Sequence[np.ndarray], progress: Progress | None = None) -> None:
+    def fit(self, images: Sequence[np.ndarray], progress: Progress = QUIET) -> None:
         if not images:
             raise ValueError("fit needs at least one normal image")
         c = self.config
@@ -149,6 +149,7 @@ class PIADE:
         full = [torch.from_numpy(im).to(self.device)[None, None] for im in images]
         opt = torch.optim.Adam(self.net.parameters(), lr=c.lr)
         self.net.train()
+        tick = progress.phase("training", c.steps, "steps")
         for step in range(c.steps):
             batch = []
             for i in torch.randint(len(full), (c.batch_size,), generator=g).tolist():
@@ -167,8 +168,7 @@ class PIADE:
             feats = self._features(xb)
             loss = self.losses(xb, self.net(feats[c.encoder_layer], c.size), feats).mean()
             optimizer_step(opt, loss, step, c.steps, c.lr)
-            if progress is not None:
-                progress(1)
+            tick(1)
         self.net.eval()
         self.fitted = True
 

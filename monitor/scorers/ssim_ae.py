@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..features import _positions
-from .base import Progress, ScoreResult
+from .base import QUIET, Progress, Scorer, ScoreResult
 from .patch_dictionary import resolve_device
 from .ssim import residual_map, ssim_map
 from .training import load_module_arrays, module_arrays, optimizer_step, seeded
@@ -101,7 +101,7 @@ def _he_init(m: nn.Conv2d | nn.ConvTranspose2d) -> None:
     nn.init.zeros_(m.bias)
 
 
-class SSIMAutoencoder:
+class SSIMAutoencoder(Scorer):
     method = "ssim_autoencoder"
 
     def __init__(self, config: SSIMAutoencoderConfig = SSIMAutoencoderConfig(), device: str = "auto"):
@@ -119,7 +119,7 @@ class SSIMAutoencoder:
         return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=c.downscale < 1)
 
     # ---------------------------------------------------------------------------------------------------------- fit
-    def fit(self, images: Sequence[np.ndarray], progress: Progress | None = None) -> None:
+    def fit(self, images: Sequence[np.ndarray], progress: Progress = QUIET) -> None:
         if not images:
             raise ValueError("fit needs at least one normal image")
         c = self.config
@@ -128,6 +128,7 @@ class SSIMAutoencoder:
         opt = torch.optim.AdamW(self.net.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         self.net.train()
         P = c.patch_size
+        tick = progress.phase("training", c.steps, "steps")
         for step in range(c.steps):
             idx = torch.randint(len(small), (c.batch_size,), generator=g)
             crops = []
@@ -142,8 +143,7 @@ class SSIMAutoencoder:
             batch = torch.stack(crops)[:, None]
             loss = 1 - ssim_map(self.net(batch), batch, c.window).mean()
             optimizer_step(opt, loss, step, c.steps, c.lr, c.warmup)
-            if progress is not None:
-                progress(1)
+            tick(1)
         self.net.eval()
         self.fitted = True
 

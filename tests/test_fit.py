@@ -1,0 +1,175 @@
+"""The fit: dictionary build, progress per phase, fit time on a folder of images, and the OpenVINO backbone."""
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from monitor.backbones import BackboneError, build_backbone
+from monitor.images import list_images, read_image
+from monitor.model import Model
+from monitor.openvino_backbone import TOLERANCE, max_relative_difference
+from monitor.scorers import PatchDictionaryConfig
+from monitor.scorers.base import Progress
+from monitor.scorers.patch_dictionary import coreset_picks, greedy_coreset
+from monitor.synth import fiber_mat, to_uint8
+
+from tests.conftest import NANOTWICE, ROOT, SMALL
+
+pytest.importorskip("openvino")
+
+
+def _rows(n: int, d: int = 147, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+def test_composed_coreset_same_words_for_same_seed():
+    x = _rows(40_000)  # above COMPOSE_ABOVE: three blocks, then the union
+    a, b = greedy_coreset(x, 512, seed=3), greedy_coreset(x, 512, seed=3)
+    assert torch.equal(a, b)
+    assert len(set(a.tolist())) == 512
+    assert not torch.equal(a, greedy_coreset(x, 512, seed=4))
+
+
+def test_composed_coreset_covers_like_the_one_pass_selection():
+    x = _rows(40_000, seed=1)
+    q = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(9))[:4000]]
+    radius = {}
+    for name, above in (("one_pass", 10**9), ("composed", 16_384)):
+        idx = greedy_coreset(x, 1024, seed=0, compose_above=above)
+        radius[name] = torch.cdist(q, x[idx]).min(1).values.mean().item()
+    assert radius["composed"] < 1.02 * radius["one_pass"], radius
+
+
+def test_coreset_ticks_add_up_to_the_announced_picks():
+    done = []
+    for n, k in ((40_000, 300), (5_000, 512), (100, 512)):
+        done.clear()
+        greedy_coreset(_rows(n, 16), k, tick=done.append)
+        assert sum(done) == coreset_picks(n, k), (n, k)
+
+
+class Recorder(Progress):
+    def __init__(self):
+        self.phases: list[list] = []
+
+    def phase(self, name, total, unit):
+        self.phases.append([name, total, 0])
+        return lambda n: self.phases[-1].__setitem__(2, self.phases[-1][2] + n)
+
+
+def test_every_phase_of_a_fit_reports_progress_to_its_total(normal_images, val_images):
+    rec = Recorder()
+    Model.fit("patch_dictionary", SMALL, normal_images[:3], val_images[:1], device="cpu", progress=rec)
+    assert [p[0] for p in rec.phases] == ["extraction", "pca", "dictionary", "calibration", "threshold"]
+    for name, total, done in rec.phases:
+        assert total > 0 and done == total, (name, total, done)
+
+
+def test_monitor_fit_shows_each_phase_with_time_left(tmp_path, normal_images, val_images):
+    import cv2
+
+    for i, im in enumerate(normal_images[:2]):
+        cv2.imwrite(str(tmp_path / f"n{i}.png"), to_uint8(im))
+    cv2.imwrite(str(tmp_path / "v.png"), to_uint8(val_images[0]))
+    proc = subprocess.run([sys.executable, "-m", "monitor", "fit", "--normal", str(tmp_path / "n0.png"),
+                           str(tmp_path / "n1.png"), "--val", str(tmp_path / "v.png"), "--out", str(tmp_path / "m"),
+                           "--set", "model.patch_dictionary.k=64"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for phase in ("read normal", "extraction", "pca", "dictionary", "calibration", "threshold"):
+        lines = [ln for ln in proc.stderr.replace("\r", "\n").splitlines() if f": {phase}:" in ln]
+        assert lines and "100%" in lines[-1] and "<" in lines[-1], (phase, proc.stderr[-2000:])  # elapsed<left
+
+
+def test_fit_on_a_folder_of_20_images_within_its_bound(tmp_path):
+    """The default model on 20 synthetic 700x1024 images. Measured 12 s on a 2-core VM; the bound is 5x that, so
+    the test fails on a real regression (the old one-pass coreset over 200,000 rows took minutes), not on a slow
+    machine."""
+    import cv2
+
+    folder = tmp_path / "normal"
+    folder.mkdir()
+    for i in range(20):
+        cv2.imwrite(str(folder / f"n{i:02d}.png"), to_uint8(fiber_mat((700, 1024), seed=i)))
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "monitor", "fit", "--normal", str(folder), "--out",
+                           str(tmp_path / "m"), "--quiet"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    secs = time.perf_counter() - t
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["n_normal"] == 20
+    assert secs < 60, f"fit on 20 images took {secs:.0f} s"
+
+
+def _padded(gray: np.ndarray, bb) -> torch.Tensor:
+    x = torch.nn.functional.pad(torch.from_numpy(gray)[None, None], (32,) * 4, mode="reflect")
+    return bb.prepare(x)
+
+
+def _real_image() -> np.ndarray:
+    paths = list_images([NANOTWICE / "Dataset" / "SEM_Data" / "Anomalous" / "images"]) if NANOTWICE.exists() else []
+    return read_image(paths[0]) if paths else fiber_mat((700, 1024), seed=5)
+
+
+@pytest.mark.parametrize("layers", [("stage3", "stage5"), ("avgpool",), ("stage1", "stage7", "head")])
+def test_openvino_backbone_matches_torch_on_a_real_image(layers):
+    """On a NanoTWICE SEM image (a synthetic mat where the data set is absent), odd sizes and a batch of two
+    included, each layer's features agree within TOLERANCE of their largest magnitude (measured: 1e-5 or less)."""
+    bb = build_backbone("efficientnet_lite0", layers)
+    assert bb.use_runtime("openvino") == "openvino"
+    x = _padded(_real_image(), bb)
+    for xx in (x, x[..., 1:, 3:], torch.cat([x, x.flip(-1)])):
+        out, ref = bb(xx), bb.torch_forward(xx)
+        assert {k: v.shape for k, v in out.items()} == {k: v.shape for k, v in ref.items()}
+        assert max_relative_difference(out, ref) < TOLERANCE
+
+
+def test_anomaly_maps_of_both_runtimes_agree(fitted_model, normal_images):
+    state = fitted_model.scorer.state()
+    from monitor.scorers import PatchDictionary
+
+    maps = {}
+    for rt in ("openvino", "torch"):
+        scorer = PatchDictionary.from_state(*state, device="cpu")
+        assert scorer.use_runtime(rt) == rt
+        maps[rt] = scorer.score(normal_images[0]).anomaly_map
+    scale = float(np.abs(maps["torch"]).max())
+    assert float(np.abs(maps["openvino"] - maps["torch"]).max()) < 1e-3 * scale
+
+
+def test_without_openvino_the_backbone_runs_on_torch_and_says_so():
+    code = """
+import logging, sys
+sys.modules["openvino"] = None  # as if the package were not installed
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+from monitor.backbones import BackboneError, build_backbone
+bb = build_backbone("efficientnet_lite0", ["stage3"])
+print("runtime", bb.use_runtime("auto"))
+try:
+    bb.use_runtime("openvino")
+except BackboneError as exc:
+    print("refused:", exc)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert "runtime torch" in proc.stdout, proc.stderr
+    assert "WARNING backbone runs on torch: the openvino package is not installed" in proc.stderr
+    assert "refused: runtime openvino: the openvino package is not installed" in proc.stdout
+
+
+def test_other_backbones_stay_on_torch():
+    bb = build_backbone("resnet18", ["layer2"], "none")
+    assert bb.use_runtime("auto") == "torch"
+    with pytest.raises(BackboneError, match="no OpenVINO graph for the resnet18"):
+        bb.use_runtime("openvino")
+    with pytest.raises(BackboneError, match="runtime must be one of"):
+        bb.use_runtime("tensorrt")
+
+
+def test_kmeans_dictionary_words_are_real_features(normal_images):
+    cfg = PatchDictionaryConfig(k=16, dictionary="kmeans", n_init=2)
+    m = Model.fit("patch_dictionary", cfg, normal_images[:2], device="cpu")
+    assert m.scorer.words.shape[0] == 16
