@@ -84,7 +84,9 @@ class DenseExtractor:
         h_in, w_in = x.shape[-2:]
         if self.pad:
             x = F.pad(x, (self.pad,) * 4, mode="reflect")
-        x = self.backbone.prepare(x).contiguous(memory_format=torch.channels_last)
+        x = self.backbone.prepare(x)
+        if self.backbone.accelerated is None:  # torch's convolutions are faster channels-last; OpenVINO takes NCHW
+            x = x.contiguous(memory_format=torch.channels_last)
         maps = self.backbone(x)
         finest = min(self.backbone.layers, key=lambda n: self.backbone.info(n).stride)
         fs = self.backbone.info(finest).stride

@@ -283,22 +283,32 @@ class PatchDictionary(Scorer):
             if c.mode == "dense":
                 tick(1)
         pca_done = progress.phase("pca", 1, "steps")
-        x = torch.cat(feats).double()
+        x = torch.cat(feats)  # (n, C) float32
         del feats
-        mean = x.mean(0)
-        x -= mean
-        # principal axes from the covariance (C x C): the same axes as an SVD of the data, at a fraction of the
-        # memory; each axis' sign fixed (largest loading positive) so that the model is the same on every machine
-        evals, evecs = torch.linalg.eigh(x.T @ x)
+        # mean and covariance summed in float64 block by block (no float64 copy of the data); principal axes from
+        # the covariance (C x C): the axes of an SVD of the data, at a fraction of the memory; each axis' sign fixed
+        # (largest loading positive) so that the model is the same on every machine
+        mean = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+        for b in x.split(16_384):
+            mean += b.double().sum(0)
+        mean /= len(x)
+        cov = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+        for b in x.split(16_384):
+            b = b.double() - mean
+            cov += b.T @ b
+        evals, evecs = torch.linalg.eigh(cov)
         evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
         evecs = evecs * torch.sign(evecs.gather(0, evecs.abs().argmax(0, keepdim=True)))
         frac = evals.cumsum(0) / evals.sum().clamp_min(1e-300)
         r = min(int((frac < c.pca_variance - 1e-12).sum()) + 1, len(evals))
         comps = evecs[:, :r].contiguous()  # (C, r)
-        z = x @ comps
+        x -= mean.float()
+        z = x @ comps.float()  # (n, r) float32
         del x
-        scale = z.std(0).clamp_min(1e-12) if c.whiten else torch.ones(r, dtype=z.dtype, device=z.device)
-        z = (z / scale).float()
+        # the components' spread: their variances are the covariance's eigenvalues
+        scale = (evals[:r] / max(len(z) - 1, 1)).sqrt().clamp_min(1e-12) if c.whiten \
+            else torch.ones(r, dtype=torch.float64, device=z.device)
+        z /= scale.float()
         pca_done(1)
         if c.dictionary == "kmeans":
             progress.phase("dictionary", 1, "steps")
