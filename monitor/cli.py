@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from . import __version__
 from .artifact import ArtifactError
 from .backbones import BackboneError
 from .files import shown
 from .fit import bar, fit_model
 from .config import Config, ConfigError, load_config
 from .images import ImageError, list_images, read_image
+from .install import InstallError
 from .ledger import LedgerError
 from .metrics import MetricsError
 from .passwords import ITERATIONS
@@ -241,8 +243,37 @@ def cmd_history(args) -> int:
 
 
 def cmd_check_config(args) -> int:
+    from .checks import check
+
     cfg = _load_cfg(args)
     print(json.dumps(dataclasses.asdict(cfg), indent=2))
+    problems = check(cfg, ports=not args.skip_ports)
+    for p in problems:
+        print(f"monitor: check-config: {p}", file=sys.stderr)
+    if problems:
+        return 2
+    print("monitor: check-config: ready (paths, model, ports)", file=sys.stderr)
+    return 0
+
+
+def cmd_install_model(args) -> int:
+    from .install import install_model
+
+    return _lifecycle(install_model(Path(args.model_dir), _load_cfg(args)), "installed")
+
+
+def cmd_rollback(args) -> int:
+    from .install import rollback
+
+    return _lifecycle(rollback(_load_cfg(args)), "rolled back to")
+
+
+def _lifecycle(res: dict, what: str) -> int:
+    print(json.dumps(res))
+    pid = res["reloaded_pid"]
+    print(f"monitor: {what} model {res['model_id']} at {res['path']} (previous: {res['previous']}); "
+          + (f"the running monitor (pid {pid}) reloads it" if pid else "no monitor runs on this configuration: "
+             "it loads the model at its next start"), file=sys.stderr)
     return 0
 
 
@@ -267,9 +298,23 @@ def cmd_hash_password(args) -> int:
     return 0
 
 
+def version_line() -> str:
+    """``monitor 0.2.0 (Python 3.11.7, torch 2.14.1, openvino 2026.4.1)``, without importing torch."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = [f"Python {sys.version.split()[0]}"]
+    for dist in ("torch", "openvino"):
+        try:
+            parts.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            parts.append(f"{dist} not installed")
+    return f"monitor {__version__} ({', '.join(parts)})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="monitor", description="SEM nanofiber defect monitor")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=version_line())
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp):
@@ -325,9 +370,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="one JSON object per line")
     sp.set_defaults(func=cmd_history)
 
-    sp = sub.add_parser("check-config", help="validate a configuration and print it with defaults filled in")
+    sp = sub.add_parser("check-config", help="validate a configuration and this host (paths, model, ports); print "
+                                             "it with defaults filled in")
     common(sp)
+    sp.add_argument("--skip-ports", action="store_true", help="do not check that the ports are free (a monitor "
+                                                              "with this configuration is running)")
     sp.set_defaults(func=cmd_check_config)
+
+    sp = sub.add_parser("install-model", help="validate a fitted model and install it as model.path, keeping the "
+                                              "previous one; a running monitor reloads")
+    sp.add_argument("model_dir")
+    common(sp)
+    sp.set_defaults(func=cmd_install_model)
+
+    sp = sub.add_parser("rollback", help="go back to the model installed before (a running monitor reloads)")
+    common(sp)
+    sp.set_defaults(func=cmd_rollback)
 
     sp = sub.add_parser("hash-password", help="hash a password for web.password_hash (read from stdin or a prompt)")
     sp.add_argument("--iterations", type=int, default=ITERATIONS, help=f"PBKDF2 iterations (default {ITERATIONS})")
@@ -350,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     try:
         return args.func(args)
-    except (ConfigError, ArtifactError, BackboneError, ImageError, LedgerError, MetricsError,
+    except (ConfigError, ArtifactError, BackboneError, ImageError, LedgerError, MetricsError, InstallError,
             FileNotFoundError) as exc:
         print(f"monitor: error: {exc}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """Every Prometheus metric of the daemon, declared in one place on an injected registry.
 
-Names carry the ``monitor_`` namespace and base-unit suffixes; there are no per-image labels. Counters start from
+Names carry the ``monitor_`` namespace and base-unit suffixes; there are no per-image labels. Every scraped sample
+carries the constant label ``line`` (``service.line``). Counters start from
 the ledger's totals, so after a restart they agree with the ledger (and never go backwards for Prometheus).
 """
 
@@ -10,6 +11,7 @@ import platform
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics,
                                start_http_server)
+from prometheus_client.metrics_core import Metric
 
 from . import __version__
 from .defects import VERDICTS
@@ -54,8 +56,24 @@ class MetricsError(RuntimeError):
     pass
 
 
+class _LineLabelled:
+    """The registry as scraped: every sample carries ``line="<service.line>"``, one constant label, so that the line's
+    name lives in one place (the monitor's configuration), not in each Prometheus scrape configuration too."""
+
+    def __init__(self, metrics: "Metrics"):
+        self.metrics = metrics
+
+    def collect(self):
+        line = self.metrics.line
+        for fam in self.metrics.registry.collect():
+            out = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+            out.samples = [s._replace(labels={"line": line, **s.labels}) for s in fam.samples]
+            yield out
+
+
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None, namespace: str = "monitor"):
+    def __init__(self, registry: CollectorRegistry | None = None, namespace: str = "monitor", line: str = "line1"):
+        self.line = line  # the constant `line` label of every scraped sample (service.line)
         disable_created_metrics()  # no *_created series: they double the output and no panel or rule uses them
         self.registry = registry or CollectorRegistry()
         for name, kind, doc, labels in TABLE:
@@ -69,7 +87,14 @@ class Metrics:
             self.images_failed_total.labels(reason=k)
         import torch
 
-        self.build.info({"version": __version__, "python": platform.python_version(), "torch": torch.__version__})
+        try:
+            from openvino import get_version as openvino_version
+
+            ov = openvino_version().split("-")[0]
+        except ImportError:
+            ov = ""
+        self.build.info({"version": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                         "openvino": ov})
         self._server = None
 
     def restore(self, totals: dict) -> None:
@@ -87,8 +112,8 @@ class Metrics:
         if totals.get("last_finished"):
             self.last_processed_timestamp_seconds.set(totals["last_finished"])
 
-    def set_model(self, model_id: str | None, method: str, backbone: str) -> None:
-        self.model.info({"model_id": model_id or "", "method": method, "backbone": backbone})
+    def set_model(self, model_id: str | None, method: str, backbone: str, runtime: str = "torch") -> None:
+        self.model.info({"model_id": model_id or "", "method": method, "backbone": backbone, "runtime": runtime})
 
     def set_web(self, external_url: str) -> None:
         """Announce the results page's URL ("" when the page is off); the defect alerts link to it."""
@@ -98,7 +123,7 @@ class Metrics:
     def serve(self, address: str, port: int, certfile: str = "", keyfile: str = "") -> int:
         """Start the /metrics endpoint; returns the bound port (useful with port 0)."""
         try:
-            server, _ = start_http_server(port, address, self.registry, certfile=certfile or None,
+            server, _ = start_http_server(port, address, _LineLabelled(self), certfile=certfile or None,
                                           keyfile=keyfile or None)
         except OSError as exc:
             raise MetricsError(f"metrics endpoint {address}:{port}: {exc.strerror or exc} "

@@ -43,8 +43,10 @@ def expectations(method_config) -> dict:
 
 
 class Model:
-    def __init__(self, scorer, threshold: Threshold | None, defects: DefectConfig, meta: dict | None = None):
+    def __init__(self, scorer, threshold: Threshold | None, defects: DefectConfig, meta: dict | None = None,
+                 runtime: str = "torch"):
         self.scorer = scorer
+        self.runtime = runtime  # where the CPU forward pass runs (openvino or torch)
         self.threshold = threshold
         self.defects = defects
         self.meta = meta or {}
@@ -60,7 +62,7 @@ class Model:
             runtime: str = "auto") -> "Model":
         scorer_cls, _ = METHODS[method]
         scorer = scorer_cls(method_config, device)
-        scorer.use_runtime(runtime)
+        runtime = scorer.use_runtime(runtime)
         t0 = time.perf_counter()
         scorer.fit(normal, progress)
         th = None
@@ -75,7 +77,7 @@ class Model:
         progress.close()
         meta = {"training_sha256": list(train_sha256), "fit_seconds": round(time.perf_counter() - t0, 3),
                 "training_pixels": max(int(im.shape[0]) * int(im.shape[1]) for im in normal)}
-        return cls(scorer, th, defects, meta)
+        return cls(scorer, th, defects, meta, runtime)
 
     def inspect(self, image: np.ndarray, coverage_threshold: float = 0.0, max_defect_area: int = 0) -> Inspection:
         """Score ``image`` and judge it (``defects.decide``: coverage over ``coverage_threshold``, or one defect
@@ -126,5 +128,5 @@ class Model:
             scorer = scorer_cls.from_state(meta["scorer"], arrays, device)
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{directory}: cannot rebuild the {method} scorer: {exc}") from None
-        scorer.use_runtime(runtime)
-        return cls(scorer, Threshold.from_dict(meta.get("threshold")), DefectConfig(**meta["defects"]), meta)
+        runtime = scorer.use_runtime(runtime)
+        return cls(scorer, Threshold.from_dict(meta.get("threshold")), DefectConfig(**meta["defects"]), meta, runtime)

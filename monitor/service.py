@@ -116,7 +116,7 @@ class Service:
         self.notify("STATUS=starting: opening the ledger")
         self._lock_fd = lock_ledger(cfg.output.ledger)
         self.ledger = Ledger(cfg.output.ledger)
-        self.metrics = m = Metrics()
+        self.metrics = m = Metrics(line=cfg.service.line)
         m.restore(self.ledger.totals())
         self._config_gauges(cfg)
         self.retention = Retention(self.ledger, cfg.output.max_bytes, cfg.output.max_age_seconds)
@@ -163,7 +163,7 @@ class Service:
 
     def _model_info(self, model: Model) -> None:
         mc = model.meta.get("scorer", {}).get("config", {})
-        self.metrics.set_model(model.model_id, model.meta.get("method", "?"), mc.get("backbone", ""))
+        self.metrics.set_model(model.model_id, model.meta.get("method", "?"), mc.get("backbone", ""), model.runtime)
 
     def _recorded(self, row: Row, created: bool) -> None:
         if created:
@@ -276,6 +276,7 @@ class Service:
                 cfg = dataclasses.replace(cfg, **{section: getattr(self.cfg, section)})
         self.worker.swap(model, cfg)
         self.cfg = cfg
+        self.metrics.line = cfg.service.line
         self._config_gauges(cfg)
         self._model_info(model)
         log.info("reloaded: model %s", model.model_id)

@@ -147,10 +147,17 @@ class Daemon:
         return wait_for(lambda: len(self.finished()) >= n and self.finished(), timeout, f"{n} finished rows")
 
     def scrape(self) -> dict:
-        """{(name, frozenset(labels)): value} of every sample on /metrics, over real HTTP."""
+        """{(name, frozenset(labels)): value} of every sample on /metrics, over real HTTP; the constant ``line``
+        label, checked to be on every sample with the configured service.line, is left out of the keys."""
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5).read().decode()
-        return {(s.name, frozenset(s.labels.items())): s.value
-                for fam in text_string_to_metric_families(text) for s in fam.samples}
+        line = yaml.safe_load(self.config.read_text()).get("service", {}).get("line", "line1")
+        out = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                labels = dict(s.labels)
+                assert labels.pop("line", None) == line, f"{s.name} lacks line={line!r}: {s.labels}"
+                out[(s.name, frozenset(labels.items()))] = s.value
+        return out
 
     @staticmethod
     def value(metrics: dict, name: str, **labels) -> float:

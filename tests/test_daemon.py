@@ -251,6 +251,7 @@ def test_metrics_show_counts_alarm_on_and_off_and_histograms(make_daemon, clean_
         assert Daemon.value(m, "monitor_last_processed_timestamp_seconds") > time.time() - 60
         info = [k for k in m if k[0] == "monitor_model_info"][0]
         assert dict(info[1])["model_id"] == row["model_id"]
+        assert dict(info[1])["runtime"] == "openvino"  # the default runtime, installed with the package
         assert sorted(os.listdir(d.export)) == ["clean.png", "defect.png"]  # nothing written into the export folder
     finally:
         d.stop()

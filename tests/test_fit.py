@@ -87,9 +87,10 @@ def test_monitor_fit_shows_each_phase_with_time_left(tmp_path, normal_images, va
 
 
 def test_fit_on_a_folder_of_20_images_within_its_bound(tmp_path):
-    """The default model on 20 synthetic 700x1024 images. Measured 12 s on a 2-core VM; the bound is 5x that, so
-    the test fails on a real regression (the old one-pass coreset over 200,000 rows took minutes), not on a slow
-    machine."""
+    """The default model on 20 synthetic 700x1024 images, `monitor fit` as a process. Measured 22-26 s on a 2-core
+    VM (process start and imports included); the bound is the product's budget for 50 images, 90 s, so the test
+    fails on a real regression (the allocating one-pass coreset over these 200,000 rows took many minutes), not on
+    a slow machine."""
     import cv2
 
     folder = tmp_path / "normal"
@@ -102,7 +103,7 @@ def test_fit_on_a_folder_of_20_images_within_its_bound(tmp_path):
     secs = time.perf_counter() - t
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["n_normal"] == 20
-    assert secs < 60, f"fit on 20 images took {secs:.0f} s"
+    assert secs < 90, f"fit on 20 images took {secs:.0f} s"
 
 
 def _padded(gray: np.ndarray, bb) -> torch.Tensor:
