@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean install-service tools
+.PHONY: demo test install clean install-service uninstall-service tools
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -45,12 +45,14 @@ $(TOOLS_DIR)/.unpacked:
 clean:
 	rm -rf demo-run evaluation $(TOOLS_DIR)
 
-# as root: system user, units rendered for this host, default configuration; see systemd/README.md
+# as root: the code and its own virtualenv under PREFIX, the units, one configuration per line, the system user;
+# see systemd/README.md. DESTDIR=<scratch root> installs there instead (no user, no systemctl).
 PREFIX ?= /opt/sem-line-monitor
 EXPORT ?= /srv/sem-export
-install-service:
-	id -u sem-monitor >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin sem-monitor
-	systemd/render.sh $(PREFIX) $(EXPORT) /etc/systemd/system
-	install -d /etc/sem-line-monitor
-	test -e /etc/sem-line-monitor/config.yaml || install -m 0644 config.yaml /etc/sem-line-monitor/config.yaml
-	systemctl daemon-reload
+LINES ?=
+LINE ?= line1
+DESTDIR ?=
+DEPS_FROM ?=
+install-service uninstall-service:
+	PREFIX='$(PREFIX)' EXPORT='$(EXPORT)' LINES='$(LINES)' LINE='$(LINE)' DESTDIR='$(DESTDIR)' \
+	  DEPS_FROM='$(DEPS_FROM)' PY='$(PY)' systemd/install.sh $(if $(filter uninstall-service,$@),uninstall,install)

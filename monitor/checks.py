@@ -8,6 +8,7 @@ free. Each problem is one line naming the key, the path and what is wrong.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from pathlib import Path
@@ -49,9 +50,23 @@ def _port(key: str, address: str, port: int, problems: list[str]) -> None:
             problems.append(f"{key} {address}:{port}: cannot bind ({exc.strerror or exc}; is a monitor running?)")
 
 
-def check(cfg: Config, model: bool = True, ports: bool = True) -> list[str]:
-    """The problems of ``cfg`` on this host (empty: ready to run)."""
+def under(root: str | None, path: str) -> Path:
+    """``path`` as seen from a staged root (`make install-service DESTDIR=...`): absolute paths move under it."""
+    return Path(root, path.lstrip("/")) if root and os.path.isabs(path) else Path(path)
+
+
+def check(cfg: Config, model: bool = True, ports: bool = True, root: str | None = None) -> list[str]:
+    """The problems of ``cfg`` on this host (empty: ready to run); ``root``: a staged installation's root, under
+    which the configuration's absolute paths are looked up (as ``systemd-analyze verify --root`` does)."""
     problems: list[str] = []
+    if root:
+        def moved(section, *keys):
+            return dataclasses.replace(section, **{k: getattr(section, k) and str(under(root, getattr(section, k)))
+                                                   for k in keys})
+        cfg = dataclasses.replace(cfg, model=moved(cfg.model, "path"), watch=moved(cfg.watch, "dir"),
+                                  output=moved(cfg.output, "dir", "ledger"),
+                                  metrics=moved(cfg.metrics, "certfile", "keyfile"),
+                                  web=moved(cfg.web, "certfile", "keyfile"))
     watch = Path(cfg.watch.dir)
     if not watch.exists():
         problems.append(f"watch.dir {watch}: does not exist (the microscope export folder)")
@@ -86,8 +101,8 @@ def check(cfg: Config, model: bool = True, ports: bool = True) -> list[str]:
 
         mpath = Path(cfg.model.path)
         if not mpath.exists():
-            problems.append(f"model.path {mpath}: does not exist (`monitor fit ... --out {mpath}`, then "
-                            "`monitor install-model`)")
+            problems.append(f"model.path {mpath}: does not exist (install one: `monitor install-model MODEL_DIR "
+                            "--config FILE`)")
         else:
             try:
                 load_model(cfg)

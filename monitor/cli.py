@@ -8,6 +8,8 @@ import json
 import logging
 import sys
 import time
+import warnings
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -228,18 +230,26 @@ def cmd_history(args) -> int:
         ledger.close()
     if args.json:
         for r in rows:
-            print(json.dumps(r.to_dict()))
+            print(json.dumps({**r.to_dict(), "seen": iso_time(r.seen_at),
+                              "finished": None if r.finished_at is None else iso_time(r.finished_at)}))
         return 0
-    print(f"{'id':>6}  {'seen':19}  {'state':7}  {'verdict':8}  {'coverage':>9}  {'defects':>7}  {'score s':>7}  "
-          f"{'e2e s':>7}  image / error")
+    # the verdict is the scorer's, the alarm the line's: an "ok" image can hold a defect below the alarm's coverage
+    print(f"{'id':>6}  {'seen':25}  {'state':7}  {'verdict':8}  {'alarm':5}  {'coverage':>9}  {'defects':>7}  "
+          f"{'score s':>7}  {'e2e s':>7}  image / error")
     for r in rows:
         cov = "" if r.coverage is None else f"{r.coverage:.4%}"
+        alarm = "" if r.alarm is None else ("ALARM" if r.alarm else "-")
         what = shown(Path(r.path).name) + (f"  [{r.error_kind}] {r.error}" if r.error else "")
-        print(f"{r.id:>6}  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r.seen_at))}  {r.state:7}  "
-              f"{r.verdict or '':8}  {cov:>9}  {'' if r.n_defects is None else r.n_defects:>7}  "
+        print(f"{r.id:>6}  {iso_time(r.seen_at):25}  {r.state:7}  {r.verdict or '':8}  {alarm:5}  {cov:>9}  "
+              f"{'' if r.n_defects is None else r.n_defects:>7}  "
               f"{'' if r.score_seconds is None else f'{r.score_seconds:.2f}':>7}  "
               f"{'' if r.e2e_seconds is None else f'{r.e2e_seconds:.2f}':>7}  {what}")
     return 0
+
+
+def iso_time(t: float) -> str:
+    """ISO 8601 local time with its UTC offset, e.g. 2026-12-01T23:05:09+01:00."""
+    return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
 
 
 def cmd_check_config(args) -> int:
@@ -247,7 +257,7 @@ def cmd_check_config(args) -> int:
 
     cfg = _load_cfg(args)
     print(json.dumps(dataclasses.asdict(cfg), indent=2))
-    problems = check(cfg, ports=not args.skip_ports)
+    problems = check(cfg, ports=not args.skip_ports, root=args.root)
     for p in problems:
         print(f"monitor: check-config: {p}", file=sys.stderr)
     if problems:
@@ -375,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.add_argument("--skip-ports", action="store_true", help="do not check that the ports are free (a monitor "
                                                               "with this configuration is running)")
+    sp.add_argument("--root", help="a staged installation's root (make install-service DESTDIR=...): look the "
+                                   "configuration's absolute paths up under it")
     sp.set_defaults(func=cmd_check_config)
 
     sp = sub.add_parser("install-model", help="validate a fitted model and install it as model.path, keeping the "
@@ -401,11 +413,19 @@ class OneLineFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning (a decoder's "Corrupt EXIF data", a library's deprecation) as one log line, not the two
+    raw lines of ``warnings``."""
+    logging.getLogger("py.warnings").warning("%s: %s (%s:%d)", category.__name__, str(message).splitlines()[0],
+                                             Path(filename).name, lineno)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
+    warnings.showwarning = _warning_line
     try:
         return args.func(args)
     except (ConfigError, ArtifactError, BackboneError, ImageError, LedgerError, MetricsError, InstallError,

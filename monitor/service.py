@@ -189,7 +189,11 @@ class Service:
         handlers = {signal.SIGTERM: self._on_stop, signal.SIGINT: self._on_stop, signal.SIGHUP: self._on_hup}
         old = {s: signal.signal(s, h) for s, h in handlers.items()}
         try:
-            self.start()
+            try:
+                self.start()
+            except BaseException:
+                self.stop(quiet=True)  # undo what started; the error is the last word, not "stopped"
+                raise
             self.serve()
         finally:
             self.stop()
@@ -203,7 +207,7 @@ class Service:
         self._wake.set()
 
     def _on_hup(self, signum, frame) -> None:
-        log.info("SIGHUP: reloading configuration and model")
+        log.debug("SIGHUP: reloading configuration and model")  # the outcome is logged once, by reload()
         self.reload_event.set()
         self._wake.set()
 
@@ -279,11 +283,11 @@ class Service:
         self.metrics.line = cfg.service.line
         self._config_gauges(cfg)
         self._model_info(model)
-        log.info("reloaded: model %s", model.model_id)
+        log.info("reloaded %s: model %s", self.config_path or "the configuration", model.model_id)
         self.notify("READY=1", f"STATUS=watching {cfg.watch.dir}; model {model.model_id}")
 
     # ----------------------------------------------------------------------------------------------------- stop
-    def stop(self) -> None:
+    def stop(self, quiet: bool = False) -> None:
         with self._stop_lock:
             if self._stopped:
                 return
@@ -304,4 +308,5 @@ class Service:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-        log.info("stopped")
+        if not quiet:
+            log.info("stopped")

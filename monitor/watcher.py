@@ -38,7 +38,7 @@ from watchdog.events import FileClosedEvent, FileCreatedEvent, FileModifiedEvent
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from .files import file_sha256
+from .files import file_sha256, shown
 from .config import WatchSection
 from .ledger import Ledger, Row
 
@@ -51,13 +51,32 @@ RETRY_SECONDS = 5.0  # after the ledger refused a write (a full disk), the folde
 
 
 def wanted(name: str, cfg: WatchSection) -> bool:
-    """True for a file name the monitor takes: matches a pattern, is not hidden, matches no ignore pattern."""
+    """True for a file name the monitor takes: matches a pattern, is not hidden, matches no ignore pattern. A
+    file that only misses the patterns is logged once per suffix (``monitor score`` would read a .jpg or .bmp)."""
     n = name.lower()
     if n.startswith("."):
         return False
     if any(fnmatch.fnmatchcase(n, p.lower()) for p in cfg.ignore):
         return False
-    return any(fnmatch.fnmatchcase(n, p.lower()) for p in cfg.patterns)
+    if any(fnmatch.fnmatchcase(n, p.lower()) for p in cfg.patterns):
+        return True
+    _tell_not_taken(name, cfg)
+    return False
+
+
+_told: set[str] = set()  # suffixes already logged as not taken
+_told_lock = threading.Lock()
+
+
+def _tell_not_taken(name: str, cfg: WatchSection) -> None:
+    suffix = os.path.splitext(name)[1].lower() or "(none)"
+    with _told_lock:
+        if suffix in _told:
+            return
+        _told.add(suffix)
+    log.warning("not taking %s, nor any other %s file: it matches no watch.patterns (%s)%s", shown(name), suffix,
+                ", ".join(cfg.patterns), f"; add \"*{suffix}\" to watch.patterns to score them"
+                if suffix != "(none)" else "")
 
 
 class _Handler(FileSystemEventHandler):

@@ -220,8 +220,11 @@ class Worker(threading.Thread):
             m.coverage_ratio.observe(r.coverage)
         if defect:
             m.alarms_total.inc()
-            log.warning("ALARM %s: coverage %.4f%%, %d defect(s), overlay %s", row.path,
-                        100 * (r.coverage if r else 0), len(r.defects) if r else 0, overlay)
+            log.warning("ALARM %s: coverage %.4f%%, %d defect(s), %.2f s, overlay %s", row.path,
+                        100 * (r.coverage if r else 0), len(r.defects) if r else 0, secs, overlay)
+        else:  # one line per image: the journal shows the line's pace, not only its alarms
+            log.info("%s: %s, coverage %s, %s defect(s), %.2f s", row.path, verdict,
+                     "-" if r is None else f"{100 * r.coverage:.4f}%", "-" if r is None else len(r.defects), secs)
         m.alarm.set(int(active))
         return self._finished(done)
 

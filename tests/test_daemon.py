@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -348,3 +349,67 @@ def test_metrics_over_tls_when_a_certificate_is_configured(tmp_path, make_daemon
             urllib.request.urlopen(f"http://127.0.0.1:{d.port}/metrics", timeout=5).read()
     finally:
         assert d.stop() == 0
+
+
+def test_daily_log_one_line_per_image_files_not_taken_once_per_suffix_one_reload_line(daemon, clean_png,
+                                                                                      defect_png):
+    daemon.start()
+    write_renamed(daemon.export, "a.png", clean_png[0])
+    write_renamed(daemon.export, "b.png", defect_png)
+    for name in ("x.jpg", "y.jpg", "z.bmp"):
+        write_renamed(daemon.export, name, clean_png[1])
+    daemon.wait_finished(2)
+    daemon.send(signal.SIGHUP)
+    wait_for(lambda: "reloaded" in daemon.log_text(), 30, "the reload line")
+    assert daemon.stop() == 0
+    log = daemon.log_text()
+    assert re.search(r"INFO monitor\.worker: \S*a\.png: ok, coverage [0-9.]+%, \d+ defect\(s\), [0-9.]+ s", log), log
+    assert re.search(r"WARNING monitor\.worker: ALARM \S*b\.png: coverage", log), log
+    taken = [ln for ln in log.splitlines() if "not taking" in ln]
+    assert len(taken) == 2, taken  # one line for .jpg, one for .bmp
+    assert any('add "*.jpg" to watch.patterns' in ln for ln in taken)
+    assert log.count("reload") == 1 and "reloaded " in log  # one line per reload, with its outcome
+    assert log.rstrip().splitlines()[-1].endswith("stopped")
+
+
+def test_a_fatal_start_up_error_is_the_last_line(tmp_path):
+    from tests.daemon import Daemon
+
+    d = Daemon(tmp_path, tmp_path / "no-model")
+    d.start(wait_ready=False)
+    assert d.proc.wait(60) == 2
+    lines = d.log_text().strip().splitlines()
+    assert lines[-1].startswith("monitor: error: model.path") and not any(ln.endswith("stopped") for ln in lines)
+
+
+def test_a_python_warning_is_one_log_line(tmp_path):
+    code = """
+import warnings
+from monitor import cli
+cli.cmd_check_config = lambda args: warnings.warn("Corrupt EXIF data.  Expecting to read 12 bytes\\nsecond") or 0
+raise SystemExit(cli.main(["check-config"]))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(r"WARNING py\.warnings: UserWarning: Corrupt EXIF data\.  Expecting to "
+                                         r"read 12 bytes \(<string>:\d+\)$", lines[0]), r.stderr
+
+
+def test_history_has_an_alarm_column_and_iso_times(daemon, clean_png, defect_png):
+    daemon.start()
+    write_renamed(daemon.export, "c.png", clean_png[0])
+    write_renamed(daemon.export, "d.png", defect_png)
+    daemon.wait_finished(2)
+    daemon.stop()
+    r = subprocess.run([sys.executable, "-m", "monitor", "history", "--config", str(daemon.config)],
+                       capture_output=True, text=True, check=True)
+    head, *rows = r.stdout.splitlines()
+    assert head.split()[:6] == ["id", "seen", "state", "verdict", "alarm", "coverage"]
+    iso = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d"
+    by_name = {row.split()[-1]: row for row in rows}
+    assert re.match(rf"\s*\d+\s+{iso}\s+done\s+ok\s+-\s", by_name["c.png"]), by_name
+    assert re.match(rf"\s*\d+\s+{iso}\s+done\s+defect\s+ALARM\s", by_name["d.png"]), by_name
+    js = subprocess.run([sys.executable, "-m", "monitor", "history", "--config", str(daemon.config), "--json"],
+                        capture_output=True, text=True, check=True).stdout.splitlines()
+    assert all(re.fullmatch(iso, json.loads(x)["seen"]) for x in js)

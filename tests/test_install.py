@@ -3,6 +3,7 @@ lifecycle (`install-model`, `rollback`) against a running daemon."""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -124,8 +125,6 @@ def _model_id(d: Daemon) -> str:
 def test_install_model_and_rollback_against_a_running_daemon(tmp_path, saved_model, normal_images, val_images):
     """The daemon starts on a model folder left by `monitor fit --out`; install-model swaps in another (the
     model_id metric changes), rollback brings the first back (it changes back); both keep the daemon running."""
-    import shutil
-
     live = tmp_path / "state" / "model"
     live.parent.mkdir(parents=True)
     shutil.copytree(saved_model, live)
@@ -168,3 +167,82 @@ def test_install_model_refuses_what_would_not_run(tmp_path, saved_model, normal_
     r = monitor("install-model", saved_model, "--config", path)
     assert r.returncode == 0 and "no monitor runs on this configuration" in r.stderr
     assert (tmp_path / "state" / "model" / "model.json").is_file()
+
+
+def _site_packages() -> str:
+    import sysconfig
+
+    return sysconfig.get_paths()["purelib"]
+
+
+def _make_install(root, *extra, target="install-service"):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+    return subprocess.run(["make", "-C", str(ROOT), target, f"DESTDIR={root}", f"PY={sys._base_executable}",
+                           *extra], capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+def test_install_service_into_a_scratch_root(tmp_path, saved_model):
+    """`make install-service` into a scratch root (DESTDIR): the prefix holds the code and its own virtualenv
+    (the dependencies taken from this test's environment: DEPS_FROM), the units verify with `systemd-analyze
+    verify --root`, each instance's configuration passes `check-config` once a model is installed, the prefix's
+    `monitor --version` runs; uninstall removes the code and the units and keeps configuration and state."""
+    root = tmp_path / "root"
+    prefix, export = "/opt/sem-line-monitor", "/srv/sem-export"
+    r = _make_install(root, f"PREFIX={prefix}", f"EXPORT={export}", "LINES=line1 line2", f"DEPS_FROM={_site_packages()}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    venv_monitor = root / prefix.lstrip("/") / ".venv" / "bin" / "monitor"
+    v = subprocess.run([str(venv_monitor), "--version"], capture_output=True, text=True, timeout=120)
+    assert v.returncode == 0 and v.stdout.startswith(f"monitor {__version__} ")
+    for f in ("README.md", "LICENSE", "CHANGELOG.md", "config.yaml", "ops/prometheus/sem-monitor.rules.yml"):
+        assert (root / prefix.lstrip("/") / f).is_file(), f
+    units = root / "etc" / "systemd" / "system"
+    assert f"ExecStart={prefix}/.venv/bin/monitor run" in (units / "monitor@.service").read_text()
+    # systemd-analyze verify --root wants the system's own units and /bin/kill (ExecReload) in the root
+    shutil.copytree("/lib/systemd/system", root / "usr" / "lib" / "systemd" / "system", symlinks=True)
+    (root / "bin").mkdir()
+    shutil.copy("/bin/kill", root / "bin" / "kill")
+    for unit in ("monitor.service", "monitor@line1.service", "monitor@line2.service"):
+        r = subprocess.run(["systemd-analyze", "verify", f"--root={root}", unit], capture_output=True, text=True)
+        assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), (unit, r.stdout + r.stderr)
+    for i, line in enumerate(("line1", "line2")):
+        conf = root / "etc" / "sem-line-monitor" / f"{line}.yaml"
+        cfg = yaml.safe_load(conf.read_text())
+        assert cfg["service"]["line"] == line and cfg["watch"]["dir"] == f"{export}/{line}"
+        assert cfg["model"]["path"] == f"/var/lib/sem-line-monitor/{line}/model"
+        assert cfg["metrics"]["port"] == 9808 + i and cfg["web"]["port"] == 9880 + i
+        assert (root / "var" / "lib" / "sem-line-monitor" / line).is_dir()  # install-model works before a start
+        r = subprocess.run([str(venv_monitor), "check-config", "--config", str(conf), "--root", str(root),
+                            "--skip-ports"], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and "watch.dir" in r.stderr and "model.path" in r.stderr  # nothing there yet
+        (root / export.lstrip("/") / line).mkdir(parents=True)
+        staged = root / "var" / "lib" / "sem-line-monitor" / line / "model"
+        r = subprocess.run([str(venv_monitor), "install-model", str(saved_model), "--config", str(conf),
+                            "--set", f"model.path={staged}"], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        r = subprocess.run([str(venv_monitor), "check-config", "--config", str(conf), "--root", str(root),
+                            "--skip-ports"], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+    # a broken unit in the root is caught by the same verify
+    bad = units / "monitor.service"
+    bad.write_text(bad.read_text().replace("Type=notify", "Type=notifyy"))
+    r = subprocess.run(["systemd-analyze", "verify", f"--root={root}", "monitor.service"], capture_output=True,
+                       text=True)
+    assert "notifyy" in r.stderr
+    # a site's own configuration survives a second install; uninstall keeps configuration and state
+    conf = root / "etc" / "sem-line-monitor" / "line1.yaml"
+    conf.write_text(conf.read_text() + "# edited on site\n")
+    r = _make_install(root, f"PREFIX={prefix}", "LINES=line1", f"DEPS_FROM={_site_packages()}")
+    assert r.returncode == 0 and "kept /etc/sem-line-monitor/line1.yaml" in r.stdout
+    assert conf.read_text().endswith("# edited on site\n")
+    r = _make_install(root, f"PREFIX={prefix}", target="uninstall-service")
+    assert r.returncode == 0, r.stderr
+    assert not (root / prefix.lstrip("/")).exists() and not (units / "monitor@.service").exists()
+    assert conf.exists() and (root / "var" / "lib" / "sem-line-monitor" / "line1" / "model").exists()
+
+
+@pytest.mark.parametrize("key, path, hidden_by", [("PREFIX", "/home/op/sem", "ProtectHome"),
+                                                   ("EXPORT", "/tmp/export", "PrivateTmp")])
+def test_install_service_warns_of_paths_the_hardening_hides(tmp_path, key, path, hidden_by):
+    r = _make_install(tmp_path / "root", f"{key}={path}", "PY=false")  # stops at the virtualenv: warnings first
+    assert f"WARNING: {key} {path} is hidden from the service by {hidden_by}=yes" in r.stderr

@@ -1,0 +1,8 @@
+"""Entry point: ``python -m monitor`` and the ``monitor`` console script."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The alarm: the decision for one image, the alarm state over the stream, and the operator's files.
+
+Files (overlay PNG and result JSON) go to the output folder, written atomically (temporary name, then rename);
+never into the export folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import AlarmSection
+from .files import atomic_write, shown
+from .model import Inspection
+from .overlay import Caption, render_overlay, write_png
+
+
+@dataclass
+class AlarmState:
+    """Raised by a defective image; cleared by ``clear_after`` consecutive clean images."""
+
+    cfg: AlarmSection
+    active: bool = False
+    clean_run: int = 0
+
+    def update(self, defect: bool) -> bool:
+        if defect:
+            self.active, self.clean_run = True, 0
+        elif self.active:
+            self.clean_run += 1
+            if self.clean_run >= self.cfg.clear_after:
+                self.active, self.clean_run = False, 0
+        return self.active
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def local_time(t: float | None = None) -> str:
+    """``t`` (default: now) as local time with its UTC offset, the way overlays and the results page show it."""
+    return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(t))
+
+
+def caption_for(result: dict) -> Caption:
+    """The overlay banner of a result (the dict the worker records and writes as JSON)."""
+    return Caption(verdict=result["verdict"], file_name=shown(Path(result["image"]).name), when=result["scored_at"],
+                   line=result.get("line", ""), coverage=result.get("coverage"),
+                   coverage_threshold=result.get("coverage_threshold"), n_defects=result.get("n_defects"),
+                   largest_area=result["defects"][0]["area"] if result.get("defects") else None,
+                   pixel_size_um=result.get("pixel_size_um"), model_id=result.get("model_id"))
+
+
+def write_outputs(out_dir: Path, stem: str, image, ins: Inspection, result: dict) -> Path:
+    """Overlay PNG + result JSON named ``stem``; returns the overlay path."""
+    overlay, js = out_dir / f"{stem}.png", out_dir / f"{stem}.json"
+    try:
+        write_png(overlay, render_overlay(image, ins.result.anomaly_map, ins.report, caption_for(result),
+                                          ins.threshold))
+        write_json(js, {**result, "overlay": str(overlay)})
+    except BaseException:  # no half pair left behind: retention only knows the files of a recorded overlay
+        for f in (overlay, js):
+            f.unlink(missing_ok=True)
+        raise
+    return overlay

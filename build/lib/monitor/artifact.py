@@ -1,0 +1,96 @@
+"""Model directory: ``arrays.npz`` (plain arrays, loaded with ``allow_pickle=False``) and ``model.json``.
+
+``model_id`` is the first 16 hex digits of a sha256 over the arrays (names, dtypes, shapes, bytes) and the
+canonical JSON of the metadata that defines the model (everything except ``created_at`` and ``library_versions``).
+``model.json`` also records the sha256 of ``arrays.npz`` so that any change to either file is caught at load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .files import file_sha256
+
+FORMAT = "sem-monitor-model/1"
+_VOLATILE = ("created_at", "library_versions", "model_id", "arrays_sha256", "fit_seconds")
+
+
+class ArtifactError(ValueError):
+    """A model directory is missing, corrupt, or made for another configuration."""
+
+
+def compute_model_id(meta: dict, arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    stable = {k: v for k, v in meta.items() if k not in _VOLATILE}
+    h.update(json.dumps(stable, sort_keys=True, separators=(",", ":")).encode())
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def library_versions() -> dict[str, str]:
+    import sklearn
+    import torch
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+            "scikit-learn": sklearn.__version__}
+
+
+def save_artifact(directory: str | os.PathLike, meta: dict, arrays: dict[str, np.ndarray]) -> str:
+    """Write the model atomically (a temporary sibling directory, then rename). Returns the model_id."""
+    directory = Path(directory)
+    meta = dict(meta)
+    meta["format"] = FORMAT
+    meta["model_id"] = compute_model_id(meta, arrays)
+    meta["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    meta["library_versions"] = library_versions()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        np.savez(tmp / "arrays.npz", **arrays)
+        meta["arrays_sha256"] = file_sha256(tmp / "arrays.npz")
+        (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if directory.exists():
+            if not (directory / "model.json").exists():
+                raise ArtifactError(f"{directory} exists and is not a model directory; not overwriting it")
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta["model_id"]
+
+
+def load_artifact(directory: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
+    directory = Path(directory)
+    mpath, apath = directory / "model.json", directory / "arrays.npz"
+    if not mpath.is_file() or not apath.is_file():
+        raise ArtifactError(f"{directory} is not a model directory (needs model.json and arrays.npz)")
+    try:
+        meta = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{mpath} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ArtifactError(f"{mpath}: unknown format {meta.get('format') if isinstance(meta, dict) else None!r}, "
+                            f"expected {FORMAT!r}")
+    if file_sha256(apath) != meta.get("arrays_sha256"):
+        raise ArtifactError(f"{apath} does not match the sha256 recorded in model.json (corrupt or modified)")
+    try:
+        with np.load(apath, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as exc:  # zipfile/ValueError: a damaged archive
+        raise ArtifactError(f"cannot read {apath}: {exc}") from None
+    if compute_model_id(meta, arrays) != meta.get("model_id"):
+        raise ArtifactError(f"{directory}: model_id does not match the content (model.json was edited?)")
+    return meta, arrays

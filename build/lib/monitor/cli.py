@@ -1,0 +1,434 @@
+"""Subcommands: fit, score, evaluate, run, demo, history, check-config, hash-password."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .artifact import ArtifactError
+from .backbones import BackboneError
+from .files import shown
+from .fit import bar, fit_model
+from .config import Config, ConfigError, load_config
+from .images import ImageError, list_images, read_image
+from .install import InstallError
+from .ledger import LedgerError
+from .metrics import MetricsError
+from .passwords import ITERATIONS
+from .scorers import METHODS
+
+log = logging.getLogger(__name__)
+
+
+def _load_cfg(args) -> Config:
+    return load_config(args.config, args.set or [])
+
+
+def cmd_fit(args) -> int:
+    cfg = _load_cfg(args)
+    if args.method:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, method=args.method))
+    normal = list_images(args.normal)
+    val = list_images(args.val) if args.val else []
+    overlap = {p.resolve() for p in normal} & {p.resolve() for p in val}
+    if overlap:
+        raise ConfigError(f"validation images must not be training images: {sorted(map(str, overlap))[0]}")
+    if not normal:
+        raise ConfigError("no normal images found in " + " ".join(args.normal))
+    model, model_id, secs = fit_model(cfg, normal, val, Path(args.out), args.quiet)
+    th = model.threshold
+    print(json.dumps({"model_id": model_id, "out": str(args.out), "fit_seconds": round(secs, 2),
+                      "n_normal": len(normal), "n_val": len(val),
+                      "threshold": None if th is None else th.to_dict()}, indent=2))
+    return 0
+
+
+def cmd_score(args) -> int:
+    from .alarm import caption_for, local_time
+    from .images import pixel_size_um
+    from .model import Model, expectations
+    from .overlay import render_overlay, write_png
+
+    cfg = _load_cfg(args)
+    model = Model.load(args.model, cfg.model.device, expectations(cfg.model.method_config) if args.config else None,
+                       runtime=cfg.model.runtime)
+    failed = 0
+    limits = cfg.image.for_model(model.meta.get("training_pixels"))
+    for path in list_images(args.images):
+        t0 = time.perf_counter()
+        try:
+            img = read_image(path, limits)
+        except ImageError as exc:
+            print(json.dumps({"image": str(path), "error": exc.reason}))
+            failed += 1
+            continue
+        t1 = time.perf_counter()
+        ins = model.inspect(img, cfg.alarm.coverage_threshold, cfg.alarm.max_defect_area)
+        t2 = time.perf_counter()
+        out = {"image": str(path), **ins.summary(), "model_id": model.model_id,
+               "timings": {"load": round(t1 - t0, 4), "score": round(t2 - t1, 4), "total": round(t2 - t0, 4),
+                           **{k: round(v, 4) for k, v in ins.result.timings.items()}}}
+        if args.maps:
+            Path(args.maps).mkdir(parents=True, exist_ok=True)
+            np.save(Path(args.maps) / f"{path.stem}.npy", ins.result.anomaly_map.astype(np.float32))
+        if args.overlay:
+            um = cfg.image.pixel_size_um or pixel_size_um(path)
+            caption = caption_for({**out, "scored_at": local_time(), "coverage_threshold": cfg.alarm.coverage_threshold,
+                                   "pixel_size_um": um, "line": cfg.service.line if args.config else ""})
+            pic = render_overlay(img, ins.result.anomaly_map, ins.report, caption, ins.threshold)
+            write_png(Path(args.overlay) / f"{path.stem}.png", pic)
+        print(json.dumps(out))
+    return 1 if failed else 0
+
+
+def _evaluate_job(job: tuple[str, str], args_ns: dict, queue) -> None:
+    """One model (``("model", DIR)``) or one method fitted on the data set's own split (``("fit", METHOD)``),
+    evaluated in its own process so that its peak memory is its own."""
+    import resource
+
+    import torch
+
+    from .evaluate import evaluate, load_dataset, roc_plot
+    from .images import read_mask
+    from .model import Model
+
+    try:
+        cfg = load_config(args_ns["config"], args_ns["set"])
+        ds = load_dataset(args_ns["data"], args_ns["layout"])
+        out_dir = Path(args_ns["out"])
+        kind, what = job
+        if kind == "fit":
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, method=what))
+            mdir = out_dir / "models" / what
+            fit_model(cfg, list(ds.train), list(ds.val), mdir, quiet=False)
+        else:
+            mdir = Path(what)
+        model = Model.load(mdir, cfg.model.device, runtime=cfg.model.runtime)
+        name = what if kind == "fit" else Path(what).name
+
+        def score(p):
+            r = model.scorer.score(read_image(p, cfg.image))
+            return r.anomaly_map, r.image_score
+
+        n = min(args_ns["limit"], len(ds.test)) if args_ns["limit"] else len(ds.test)
+        progress = bar(n, f"evaluate {name}", "images")
+        try:
+            rep, raw = evaluate(score, ds, read_mask, args_ns["limit"], progress.update)
+        finally:
+            progress.close()
+        rep.update(model_id=model.model_id, model_dir=str(mdir), method=model.meta["method"],
+                   config=model.meta["scorer"]["config"], fit_seconds=model.meta.get("fit_seconds"),
+                   device=str(model.scorer.device),
+                   peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                   peak_cuda_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available()
+                   else None)
+        roc_plot(raw["maps"], raw["masks"], out_dir / f"roc_{name}.png", f"{name} pixel ROC")
+        queue.put((name, rep))
+    except Exception as exc:  # reported by the parent, which goes on with the next job
+        queue.put((job[1], {"error": f"{type(exc).__name__}: {exc}"}))
+
+
+def cmd_evaluate(args) -> int:
+    import multiprocessing as mp
+
+    from .evaluate import load_dataset
+
+    load_dataset(args.data, args.layout)  # fail early on a wrong path
+    jobs = [("model", m) for m in args.model or []] + [("fit", m) for m in args.fit or []]
+    if not jobs:
+        raise ConfigError("nothing to evaluate: give --model DIR and/or --fit METHOD")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args_ns = {"config": args.config, "set": args.set or [], "data": args.data, "layout": args.layout,
+               "out": str(out_dir), "limit": args.limit}
+    ctx = mp.get_context("spawn")
+    reports, failed = {}, 0
+    for job in jobs:
+        q = ctx.Queue()
+        proc = ctx.Process(target=_evaluate_job, args=(job, args_ns, q))
+        proc.start()
+        name, rep = q.get()
+        proc.join()
+        if "error" in rep:
+            print(f"monitor: evaluate {name}: {rep['error']}", file=sys.stderr)
+            failed += 1
+            continue
+        reports[name] = rep
+    (out_dir / "evaluation.json").write_text(json.dumps(reports, indent=2) + "\n")
+    (out_dir / "evaluation.md").write_text(markdown_table(reports))
+    print(markdown_table(reports))
+    return 1 if failed else 0
+
+
+def markdown_table(reports: dict) -> str:
+    rows = ["| model | method | images | pixel ROC-AUC | pixel ROC-AUC (paper 35) | PRO-AUC 30% | "
+            "median defect coverage @5% FPR | image AUROC | fit | time/image p50 | p95 | peak memory |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in reports.items():
+        a, t = r["all"], r["time_per_image_seconds"]
+        p35 = r.get("paper35", {}).get("pixel_auroc")
+        c = a["coverage_at_5pct_fpr"]
+        img = a.get("image_auroc")
+        fit = r.get("fit_seconds")
+        mem = r.get("peak_rss_mb")
+        rows.append(f"| {name} | {r.get('method', '')} | {a['n_images']} | {a['pixel_auroc']:.4f} | "
+                    f"{'n/a' if p35 is None else f'{p35:.4f}'} | {a['pro_auc_30']:.4f} | {c['median']:.3f} | "
+                    f"{'n/a' if img is None else f'{img:.3f}'} | {'n/a' if fit is None else f'{fit:.0f} s'} | "
+                    f"{t['p50']:.3f} s | {t['p95']:.3f} s | {'n/a' if mem is None else f'{mem:.0f} MB'} |")
+    return "\n".join(rows) + "\n"
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.workdir), args.images, args.seed, args.interval)
+
+
+def cmd_run(args) -> int:
+    from .service import Service
+
+    cfg = _load_cfg(args)
+    return Service(cfg, args.config).run()
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str) -> float:
+    """'90s', '15m', '1h', '2d' -> that long ago, as unix time."""
+    text = text.strip()
+    if len(text) < 2 or text[-1] not in _UNITS:
+        raise ConfigError(f"--since {text!r}: expected a number and a unit (s, m, h, d), e.g. 1h")
+    try:
+        n = float(text[:-1])
+    except ValueError:
+        raise ConfigError(f"--since {text!r}: expected a number and a unit (s, m, h, d), e.g. 1h") from None
+    return time.time() - n * _UNITS[text[-1]]
+
+
+def cmd_history(args) -> int:
+    from .ledger import Ledger
+
+    cfg = _load_cfg(args)
+    path = Path(args.ledger or cfg.output.ledger)
+    if not path.is_file():
+        raise FileNotFoundError(f"no ledger at {path} (output.ledger)")
+    ledger = Ledger(path)
+    try:
+        rows = ledger.history(parse_since(args.since) if args.since else None, args.alarms, args.limit)
+    finally:
+        ledger.close()
+    if args.json:
+        for r in rows:
+            print(json.dumps({**r.to_dict(), "seen": iso_time(r.seen_at),
+                              "finished": None if r.finished_at is None else iso_time(r.finished_at)}))
+        return 0
+    # the verdict is the scorer's, the alarm the line's: an "ok" image can hold a defect below the alarm's coverage
+    print(f"{'id':>6}  {'seen':25}  {'state':7}  {'verdict':8}  {'alarm':5}  {'coverage':>9}  {'defects':>7}  "
+          f"{'score s':>7}  {'e2e s':>7}  image / error")
+    for r in rows:
+        cov = "" if r.coverage is None else f"{r.coverage:.4%}"
+        alarm = "" if r.alarm is None else ("ALARM" if r.alarm else "-")
+        what = shown(Path(r.path).name) + (f"  [{r.error_kind}] {r.error}" if r.error else "")
+        print(f"{r.id:>6}  {iso_time(r.seen_at):25}  {r.state:7}  {r.verdict or '':8}  {alarm:5}  {cov:>9}  "
+              f"{'' if r.n_defects is None else r.n_defects:>7}  "
+              f"{'' if r.score_seconds is None else f'{r.score_seconds:.2f}':>7}  "
+              f"{'' if r.e2e_seconds is None else f'{r.e2e_seconds:.2f}':>7}  {what}")
+    return 0
+
+
+def iso_time(t: float) -> str:
+    """ISO 8601 local time with its UTC offset, e.g. 2026-12-01T23:05:09+01:00."""
+    return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
+
+
+def cmd_check_config(args) -> int:
+    from .checks import check
+
+    cfg = _load_cfg(args)
+    print(json.dumps(dataclasses.asdict(cfg), indent=2))
+    problems = check(cfg, ports=not args.skip_ports, root=args.root)
+    for p in problems:
+        print(f"monitor: check-config: {p}", file=sys.stderr)
+    if problems:
+        return 2
+    print("monitor: check-config: ready (paths, model, ports)", file=sys.stderr)
+    return 0
+
+
+def cmd_install_model(args) -> int:
+    from .install import install_model
+
+    return _lifecycle(install_model(Path(args.model_dir), _load_cfg(args)), "installed")
+
+
+def cmd_rollback(args) -> int:
+    from .install import rollback
+
+    return _lifecycle(rollback(_load_cfg(args)), "rolled back to")
+
+
+def _lifecycle(res: dict, what: str) -> int:
+    print(json.dumps(res))
+    pid = res["reloaded_pid"]
+    print(f"monitor: {what} model {res['model_id']} at {res['path']} (previous: {res['previous']}); "
+          + (f"the running monitor (pid {pid}) reloads it" if pid else "no monitor runs on this configuration: "
+             "it loads the model at its next start"), file=sys.stderr)
+    return 0
+
+
+def cmd_hash_password(args) -> int:
+    """The web.password_hash line for a password read from the terminal (twice) or from stdin (its first line)."""
+    from getpass import getpass
+
+    from .passwords import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass("password for the results page: ")
+        if getpass("again: ") != password:
+            raise ConfigError("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise ConfigError("empty password")
+    try:
+        print(hash_password(password, args.iterations))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return 0
+
+
+def version_line() -> str:
+    """``monitor 0.2.0 (Python 3.11.7, torch 2.14.1, openvino 2026.4.1)``, without importing torch."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = [f"Python {sys.version.split()[0]}"]
+    for dist in ("torch", "openvino"):
+        try:
+            parts.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            parts.append(f"{dist} not installed")
+    return f"monitor {__version__} ({', '.join(parts)})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="monitor", description="SEM nanofiber defect monitor")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=version_line())
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("--config", help="YAML configuration (default: built-in defaults = config.yaml)")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a configuration key, e.g. model.patch_dictionary.mode=crop")
+
+    sp = sub.add_parser("fit", help="fit a model on defect-free images")
+    common(sp)
+    sp.add_argument("--normal", nargs="+", required=True, help="defect-free images or folders (the dictionary)")
+    sp.add_argument("--val", nargs="+", help="held-out defect-free images or folders (the threshold)")
+    sp.add_argument("--out", required=True, help="model directory to write")
+    sp.add_argument("--method", choices=sorted(METHODS), help="scoring method (default: model.method)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_fit)
+
+    sp = sub.add_parser("score", help="score images with a fitted model; one JSON line per image")
+    common(sp)
+    sp.add_argument("images", nargs="+")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--overlay", help="folder for overlay PNGs")
+    sp.add_argument("--maps", help="folder for raw float32 anomaly maps (.npy, same size as the image)")
+    sp.set_defaults(func=cmd_score)
+
+    sp = sub.add_parser("evaluate", help="pixel ROC-AUC, PRO, per-defect coverage and time on a labelled data set")
+    common(sp)
+    sp.add_argument("--data", required=True)
+    sp.add_argument("--layout", choices=("nanotwice", "mvtec"), default="nanotwice")
+    sp.add_argument("--model", action="append", help="model directory (repeat to compare)")
+    sp.add_argument("--fit", action="append", choices=sorted(METHODS),
+                    help="fit this method on the data set's normal split, then evaluate it (repeat to compare)")
+    sp.add_argument("--out", default="evaluation", help="folder for evaluation.json/.md and ROC plots")
+    sp.add_argument("--limit", type=int, help="only the first N test images")
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("demo", help="the daemon on a synthetic line: fit, watch, score, alarm (no data needed)")
+    sp.add_argument("--workdir", default="demo-run")
+    sp.add_argument("--images", type=int, default=12, help="images the synthetic microscope writes, then stop")
+    sp.add_argument("--interval", type=float, default=1.0, help="seconds between two images")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("run", help="the daemon: watch the export folder, score every new image, raise alarms")
+    common(sp)
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("history", help="print the ledger: what was seen, scored, failed")
+    common(sp)
+    sp.add_argument("--ledger", help="ledger file (default: output.ledger of the configuration)")
+    sp.add_argument("--since", help="only images seen in the last N s/m/h/d, e.g. 1h")
+    sp.add_argument("--alarms", action="store_true", help="only images that raised the alarm")
+    sp.add_argument("--limit", type=int, help="only the last N rows")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    sp.set_defaults(func=cmd_history)
+
+    sp = sub.add_parser("check-config", help="validate a configuration and this host (paths, model, ports); print "
+                                             "it with defaults filled in")
+    common(sp)
+    sp.add_argument("--skip-ports", action="store_true", help="do not check that the ports are free (a monitor "
+                                                              "with this configuration is running)")
+    sp.add_argument("--root", help="a staged installation's root (make install-service DESTDIR=...): look the "
+                                   "configuration's absolute paths up under it")
+    sp.set_defaults(func=cmd_check_config)
+
+    sp = sub.add_parser("install-model", help="validate a fitted model and install it as model.path, keeping the "
+                                              "previous one; a running monitor reloads")
+    sp.add_argument("model_dir")
+    common(sp)
+    sp.set_defaults(func=cmd_install_model)
+
+    sp = sub.add_parser("rollback", help="go back to the model installed before (a running monitor reloads)")
+    common(sp)
+    sp.set_defaults(func=cmd_rollback)
+
+    sp = sub.add_parser("hash-password", help="hash a password for web.password_hash (read from stdin or a prompt)")
+    sp.add_argument("--iterations", type=int, default=ITERATIONS, help=f"PBKDF2 iterations (default {ITERATIONS})")
+    sp.set_defaults(func=cmd_hash_password)
+    return p
+
+
+class OneLineFormatter(logging.Formatter):
+    """A log message is one line, whatever a file name holds (``files.shown``); tracebacks keep their lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = shown(record.message)
+        return super().formatMessage(record)
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning (a decoder's "Corrupt EXIF data", a library's deprecation) as one log line, not the two
+    raw lines of ``warnings``."""
+    logging.getLogger("py.warnings").warning("%s: %s (%s:%d)", category.__name__, str(message).splitlines()[0],
+                                             Path(filename).name, lineno)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
+    warnings.showwarning = _warning_line
+    try:
+        return args.func(args)
+    except (ConfigError, ArtifactError, BackboneError, ImageError, LedgerError, MetricsError, InstallError,
+            FileNotFoundError) as exc:
+        print(f"monitor: error: {exc}", file=sys.stderr)
+        return 2

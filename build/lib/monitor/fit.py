@@ -1,0 +1,78 @@
+"""`monitor fit`: read the images, fit the model phase by phase with a progress bar and an ETA, save it.
+
+Phases, in order: read, then the method's own (patch dictionary: extraction, pca, dictionary; the trained methods:
+training), then calibration and threshold on the validation images. Each phase gets its own bar on stderr, with
+units done, the rate and the time left, so that a long fit never looks hung.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .config import Config
+from .files import file_sha256
+from .images import ImageLimits, read_image
+from .scorers.base import QUIET, Progress, Tick
+
+log = logging.getLogger(__name__)
+
+
+def bar(total: int, desc: str, unit: str = "it"):
+    """A tqdm bar on stderr (time elapsed, time left, rate)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+
+
+class ConsoleProgress(Progress):
+    """One bar per phase, each closed when the next starts; ``close`` ends the last."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self._bar = None
+
+    def phase(self, name: str, total: int, unit: str) -> Tick:
+        self.close()
+        self._bar = bar(max(int(total), 1), f"{self.prefix}: {name}", unit)
+        return self._bar.update
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def read_images(paths: Sequence[Path], limits: ImageLimits, progress: Progress = QUIET,
+                what: str = "read") -> list[np.ndarray]:
+    tick = progress.phase(what, len(paths), "images")
+    out = []
+    for p in paths:
+        out.append(read_image(p, limits))
+        tick(1)
+    return out
+
+
+def fit_model(cfg: Config, normal_paths: Sequence[Path], val_paths: Sequence[Path], out: Path, quiet: bool = False):
+    """Fit ``cfg.model`` on the normal images (threshold and calibration from ``val_paths``) and save it to
+    ``out``; returns (model, model_id, seconds)."""
+    from .model import Model
+
+    t0 = time.perf_counter()
+    progress = QUIET if quiet else ConsoleProgress(f"fit {cfg.model.method}")
+    try:
+        normal = read_images(normal_paths, cfg.image, progress, "read normal")
+        val = read_images(val_paths, cfg.image, progress, "read val") if val_paths else []
+        model = Model.fit(cfg.model.method, cfg.model.method_config, normal, val, cfg.threshold, cfg.defects,
+                          cfg.model.device, progress, [file_sha256(p) for p in normal_paths], cfg.model.runtime)
+    finally:
+        progress.close()
+    if not val:
+        log.warning("no --val images: the model has no threshold (nor border calibration) and will give no verdicts")
+    model_id = model.save(out)
+    return model, model_id, time.perf_counter() - t0

@@ -1,0 +1,339 @@
+"""The ledger: one SQLite file (WAL) that records every image the daemon sees. It is the source of truth.
+
+An image is identified by its path *and* the sha256 of its content: the same file seen twice (a close event and the
+start-up scan, say) is one row; a changed file under the same name is a new row. A row is written before the image
+is scored (state ``pending``) and finished as ``done`` (with the result) or ``failed`` (with the reason). After a
+crash every ``pending`` row is scored again, so nothing is lost, and a ``done`` row is never scored again.
+
+Each public method is one short transaction; the connection is shared between threads under a lock.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .files import shown
+
+SCHEMA_VERSION = 1
+STATES = ("pending", "done", "failed")
+VERDICT_FILTERS = ("ok", "defect", "no-threshold", "failed", "pending")  # Ledger.results(verdict=...)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,   -- arrival order
+    path          TEXT    NOT NULL,
+    size          INTEGER NOT NULL,
+    mtime_ns      INTEGER NOT NULL,
+    sha256        TEXT    NOT NULL,
+    state         TEXT    NOT NULL CHECK (state IN ('pending', 'done', 'failed')),
+    seen_at       REAL    NOT NULL,                    -- unix time the file was complete and recorded
+    started_at    REAL,                                -- last time scoring started
+    finished_at   REAL,
+    attempts      INTEGER NOT NULL DEFAULT 0,          -- scoring attempts (more than one after a crash)
+    verdict       TEXT,                                -- ok / defect / no-threshold
+    alarm         INTEGER,                             -- 1 when this image raised the alarm
+    coverage      REAL,
+    n_defects     INTEGER,
+    largest_area  INTEGER,
+    max_score     REAL,
+    score_seconds REAL,
+    e2e_seconds   REAL,                                -- seen_at -> finished_at
+    model_id      TEXT,
+    overlay       TEXT,
+    result_json   TEXT,
+    error_kind    TEXT,
+    error         TEXT,
+    UNIQUE (path, sha256)
+);
+CREATE INDEX IF NOT EXISTS images_state ON images (state, id);
+CREATE INDEX IF NOT EXISTS images_finished ON images (finished_at);
+CREATE INDEX IF NOT EXISTS images_seen ON images (seen_at);
+CREATE INDEX IF NOT EXISTS images_verdict ON images (state, verdict, id);
+"""
+
+_COLUMNS = ("id", "path", "size", "mtime_ns", "sha256", "state", "seen_at", "started_at", "finished_at", "attempts",
+            "verdict", "alarm", "coverage", "n_defects", "largest_area", "max_score", "score_seconds", "e2e_seconds",
+            "model_id", "overlay", "result_json", "error_kind", "error")
+
+
+@dataclass(frozen=True)
+class Row:
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+    state: str
+    seen_at: float
+    started_at: float | None
+    finished_at: float | None
+    attempts: int
+    verdict: str | None
+    alarm: int | None
+    coverage: float | None
+    n_defects: int | None
+    largest_area: int | None
+    max_score: float | None
+    score_seconds: float | None
+    e2e_seconds: float | None
+    model_id: str | None
+    overlay: str | None
+    result_json: str | None
+    error_kind: str | None
+    error: str | None
+
+    def to_dict(self) -> dict:
+        return {c: getattr(self, c) for c in _COLUMNS if c != "result_json"}
+
+
+class LedgerError(RuntimeError):
+    pass
+
+
+def db_path(path: str) -> str | bytes:
+    """A path as the ledger stores it: text, or, for a name that is not valid UTF-8 (kept by Python as surrogates),
+    its raw bytes as a BLOB in the same column, so that nothing is lost and the file can still be opened."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+
+
+def _row(values) -> Row:
+    path = values[1]
+    if isinstance(path, bytes):
+        values = (values[0], os.fsdecode(path), *values[2:])
+    return Row(*values)
+
+
+class Ledger:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and self.path.stat().st_size == 0:
+            # not a new ledger: a lost one (a full disk, a bad copy). Starting afresh would score every image in
+            # the export folder again, with alarms for old images.
+            raise LedgerError(f"{self.path}: the ledger file is empty (0 bytes); restore it from a backup, or "
+                              "delete it to start a new ledger (every image in the export folder is then scored again)")
+        try:
+            self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]  # checked before anything is changed
+            if version not in (0, SCHEMA_VERSION):
+                self._db.close()
+                raise LedgerError(f"{self.path}: ledger schema {version}, this version reads {SCHEMA_VERSION}")
+            check = self._db.execute("PRAGMA quick_check").fetchall()
+            if check != [("ok",)]:
+                self._db.close()
+                raise LedgerError(f"{self.path}: the ledger is damaged ({'; '.join(r[0] for r in check[:3])}); "
+                                  "restore it from a backup (sqlite3 .recover can save what is left)")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")  # a done row survives a power cut, not only a crash
+            st = os.stat(self.path)
+            self._identity = (st.st_dev, st.st_ino)
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path}: cannot open the ledger: {exc}") from None
+        self._lock = threading.Lock()
+
+    def reader(self) -> "LedgerReader":
+        """A read-only view on its own connection: its queries (the results page) never wait on, nor hold up, the
+        daemon's writes (WAL readers and the writer run side by side)."""
+        return LedgerReader(self.path)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _one(self, sql: str, args=()) -> Row | None:
+        r = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM images {sql}", args).fetchone()
+        return None if r is None else _row(r)
+
+    def _all(self, sql: str, args=()) -> list[Row]:
+        return [_row(r) for r in self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM images {sql}", args)]
+
+    # --------------------------------------------------------------------------------------------------- writes
+    def record(self, path: str, size: int, mtime_ns: int, sha256: str, seen_at: float | None = None
+               ) -> tuple[Row, bool]:
+        """Record a complete image. Returns (row, created); an existing (path, sha256) row is returned unchanged."""
+        stored = db_path(path)
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO images (path, size, mtime_ns, sha256, state, seen_at) "
+                "VALUES (?, ?, ?, ?, 'pending', ?)", (stored, size, mtime_ns, sha256, seen_at or time.time()))
+            created = cur.rowcount == 1
+            return self._one("WHERE path = ? AND sha256 = ?", (stored, sha256)), created
+
+    def rename(self, src: str, dest: str, size: int, mtime_ns: int) -> bool:
+        """The newest pending or scored row of ``src`` with this size and mtime now names ``dest`` (a file renamed in
+        the export folder; the worker reads a pending one under its new name). False when there is none (a failed
+        row does not follow: the renamed file gets a row of its own)."""
+        with self._lock:
+            try:
+                cur = self._db.execute(
+                    "UPDATE images SET path = ? WHERE id = (SELECT MAX(id) FROM images WHERE path = ? AND size = ? "
+                    "AND mtime_ns = ? AND state IN ('pending', 'done'))", (db_path(dest), db_path(src), size, mtime_ns))
+            except sqlite3.IntegrityError:  # dest already has a row with this content (renamed back and forth)
+                return True
+            return cur.rowcount == 1
+
+    def lost(self) -> bool:
+        """True when ``path`` no longer names the file this ledger writes (deleted, or replaced by another file):
+        every row written from then on would be lost at the next start."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != self._identity
+
+    def start(self, row_id: int) -> int:
+        """Mark scoring as started; returns the attempt number (1 on the first try)."""
+        with self._lock:
+            self._db.execute("UPDATE images SET started_at = ?, attempts = attempts + 1 WHERE id = ?",
+                             (time.time(), row_id))
+            return self._db.execute("SELECT attempts FROM images WHERE id = ?", (row_id,)).fetchone()[0]
+
+    def finish(self, row_id: int, *, verdict: str, alarm: bool, coverage: float | None, n_defects: int | None,
+               largest_area: int | None, max_score: float, score_seconds: float, model_id: str | None,
+               overlay: str | None = None, result_json: str | None = None) -> Row:
+        with self._lock:
+            now = time.time()
+            self._db.execute(
+                "UPDATE images SET state = 'done', finished_at = ?, verdict = ?, alarm = ?, coverage = ?, "
+                "n_defects = ?, largest_area = ?, max_score = ?, score_seconds = ?, e2e_seconds = ? - seen_at, "
+                "model_id = ?, overlay = ?, result_json = ?, error_kind = NULL, error = NULL "
+                "WHERE id = ? AND state = 'pending'",
+                (now, verdict, int(alarm), coverage, n_defects, largest_area, max_score, score_seconds, now,
+                 model_id, overlay, result_json, row_id))
+            return self._one("WHERE id = ?", (row_id,))
+
+    def fail(self, row_id: int, kind: str, reason: str, model_id: str | None = None, path: str | None = None) -> Row:
+        """Fail a pending row (with ``path``: only while the row still names that path). Returns the row as it is."""
+        with self._lock:
+            now = time.time()
+            self._db.execute(
+                "UPDATE images SET state = 'failed', finished_at = ?, e2e_seconds = ? - seen_at, error_kind = ?, "
+                "error = ?, model_id = ? WHERE id = ? AND state = 'pending'" + (" AND path = ?" if path else ""),
+                (now, now, kind, shown(reason), model_id, row_id, *((db_path(path),) if path else ())))
+            return self._one("WHERE id = ?", (row_id,))
+
+    def record_failed(self, path: str, size: int, mtime_ns: int, key: str, kind: str, reason: str
+                      ) -> tuple[Row, bool]:
+        """A file that cannot be taken, recorded failed in one statement (never seen pending by the worker);
+        ``key`` stands in for the content hash. Returns (row, created)."""
+        stored = db_path(path)
+        with self._lock:
+            now = time.time()
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO images (path, size, mtime_ns, sha256, state, seen_at, finished_at, e2e_seconds, "
+                "error_kind, error) VALUES (?, ?, ?, ?, 'failed', ?, ?, 0, ?, ?)",
+                (stored, size, mtime_ns, key, now, now, kind, shown(reason)))
+            return self._one("WHERE path = ? AND sha256 = ?", (stored, key)), cur.rowcount == 1
+
+    # ---------------------------------------------------------------------------------------------------- reads
+    def get(self, row_id: int) -> Row | None:
+        with self._lock:
+            return self._one("WHERE id = ?", (row_id,))
+
+    def pending(self, limit: int = 1, after_id: int = 0) -> list[Row]:
+        """The oldest pending rows (arrival order)."""
+        with self._lock:
+            return self._all("WHERE state = 'pending' AND id > ? ORDER BY id LIMIT ?", (after_id, limit))
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM images WHERE state = 'pending'").fetchone()[0]
+
+    def known(self, path: str, size: int, mtime_ns: int) -> bool:
+        """True when a row exists for this path with this size and mtime (lets a re-scan skip hashing)."""
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM images WHERE path = ? AND size = ? AND mtime_ns = ? LIMIT 1",
+                                    (db_path(path), size, mtime_ns)).fetchone() is not None
+
+    def totals(self) -> dict:
+        """Counts the metrics start from: rows, done by verdict, failed by kind, alarms, budget overruns."""
+        with self._lock:
+            q = self._db.execute
+            return {
+                "received": q("SELECT COUNT(*) FROM images").fetchone()[0],
+                "done": dict(q("SELECT verdict, COUNT(*) FROM images WHERE state = 'done' GROUP BY verdict")),
+                "failed": dict(q("SELECT error_kind, COUNT(*) FROM images WHERE state = 'failed' GROUP BY error_kind")),
+                "alarms": q("SELECT COUNT(*) FROM images WHERE state = 'done' AND alarm = 1").fetchone()[0],
+                "pending": q("SELECT COUNT(*) FROM images WHERE state = 'pending'").fetchone()[0],
+                "last_seen": q("SELECT MAX(seen_at) FROM images").fetchone()[0],
+                "last_finished": q("SELECT MAX(finished_at) FROM images").fetchone()[0],
+            }
+
+    def results(self, limit: int, verdict: str | None = None, since: float | None = None,
+                until: float | None = None) -> list[Row]:
+        """The newest ``limit`` rows, newest first (the results page). ``verdict``: ``ok``/``defect``/
+        ``no-threshold`` (scored rows with that verdict), ``failed`` or ``pending`` (rows in that state), None = all.
+        ``since``/``until``: unix times; rows recorded (seen_at) in [since, until)."""
+        where, args = [], []
+        if verdict in ("failed", "pending"):
+            where.append("state = ?")
+            args.append(verdict)
+        elif verdict is not None:
+            if verdict not in VERDICT_FILTERS:
+                raise ValueError(f"verdict must be one of {', '.join(VERDICT_FILTERS)}, got {verdict!r}")
+            where.append("state = 'done' AND verdict = ?")
+            args.append(verdict)
+        if since is not None:
+            where.append("seen_at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("seen_at < ?")
+            args.append(until)
+        sql = (f"WHERE {' AND '.join(where)} " if where else "") + "ORDER BY id DESC LIMIT ?"
+        with self._lock:
+            return self._all(sql, (*args, limit))
+
+    def outputs(self, after_id: int = 0) -> list[tuple[int, float, str]]:
+        """(id, finished_at, overlay path) of the rows after ``after_id`` for which the daemon wrote files, in id
+        order (retention)."""
+        with self._lock:
+            return list(self._db.execute("SELECT id, finished_at, overlay FROM images WHERE id > ? AND overlay IS NOT "
+                                         "NULL ORDER BY id", (after_id,)))
+
+    def neighbours(self, row_id: int) -> tuple[int | None, int | None]:
+        """(the id before ``row_id``, the id after it), None at either end."""
+        with self._lock:
+            q = self._db.execute
+            return (q("SELECT MAX(id) FROM images WHERE id < ?", (row_id,)).fetchone()[0],
+                    q("SELECT MIN(id) FROM images WHERE id > ?", (row_id,)).fetchone()[0])
+
+    def history(self, since: float | None = None, alarms_only: bool = False, limit: int | None = None) -> list[Row]:
+        """Rows seen since ``since`` (unix time), oldest first; ``alarms_only`` keeps the images that raised it."""
+        where, args = ["1 = 1"], []
+        if since is not None:
+            where.append("seen_at >= ?")
+            args.append(since)
+        if alarms_only:
+            where.append("alarm = 1")
+        sql = f"WHERE {' AND '.join(where)} ORDER BY id"
+        if limit:
+            sql = (f"WHERE id IN (SELECT id FROM images WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?) "
+                   "ORDER BY id")
+            args.append(limit)
+        with self._lock:
+            return self._all(sql, args)
+
+
+class LedgerReader(Ledger):
+    """Read-only queries on a connection of their own (``Ledger.reader``); the write methods fail."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            uri = self.path.resolve().as_uri() + "?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA query_only=ON")
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path}: cannot open the ledger for reading: {exc}") from None
+        self._lock = threading.Lock()

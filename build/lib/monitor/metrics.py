@@ -1,0 +1,138 @@
+"""Every Prometheus metric of the daemon, declared in one place on an injected registry.
+
+Names carry the ``monitor_`` namespace and base-unit suffixes; there are no per-image labels. Every scraped sample
+carries the constant label ``line`` (``service.line``). Counters start from
+the ledger's totals, so after a restart they agree with the ledger (and never go backwards for Prometheus).
+"""
+
+from __future__ import annotations
+
+import platform
+
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics,
+                               start_http_server)
+from prometheus_client.metrics_core import Metric
+
+from . import __version__
+from .defects import VERDICTS
+from .images import ERROR_KINDS
+
+# seconds; the scoring path runs in about 0.5 s on 2 CPU cores, a backlog can push end-to-end into minutes
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+# defect coverage (ratio); dense around the usual alarm thresholds (0.1% by default)
+COVERAGE_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+# failures that are not about the file: out of memory, a CUDA/torch error, anything else
+FAILURE_KINDS = ERROR_KINDS + ("crashed", "out_of_memory", "device", "internal")
+
+# name, type, help, labels: the table the README documents
+TABLE = (
+    ("images_received_total", Counter, "Complete images recorded in the ledger", ()),
+    ("images_processed_total", Counter, "Images scored, by verdict", ("verdict",)),
+    ("images_failed_total", Counter, "Images that could not be scored, by reason", ("reason",)),
+    ("scoring_seconds", Histogram, "Time to read and score one image", ()),
+    ("end_to_end_seconds", Histogram, "Time from the file being complete to its result being recorded", ()),
+    ("last_coverage_ratio", Gauge, "Defect coverage (defect pixels / image pixels) of the last scored image", ()),
+    ("coverage_ratio", Histogram, "Defect coverage of every scored image (none is lost between scrapes)", ()),
+    ("coverage_threshold_ratio", Gauge, "Configured alarm.coverage_threshold", ()),
+    ("alarm", Gauge, "1 while the defect alarm is raised, else 0", ()),
+    ("alarms_total", Counter, "Images that raised the defect alarm", ()),
+    ("queue_depth", Gauge, "Images recorded and waiting to be scored", ()),
+    ("last_processed_timestamp_seconds", Gauge, "Unix time of the last recorded result", ()),
+    ("last_received_timestamp_seconds", Gauge, "Unix time the last complete image was recorded", ()),
+    ("budget_seconds", Gauge, "Configured production-time budget per image", ()),
+    ("expected_interval_seconds", Gauge, "Configured usual time between two images of the line", ()),
+    ("budget_overruns_total", Counter, "Images whose scoring took longer than the budget", ()),
+    ("output_bytes", Gauge, "Bytes of overlays and result files the daemon keeps in output.dir", ()),
+    ("worker_healthy", Gauge, "1 while the scoring worker makes progress, else 0", ()),
+    ("watch_folder_ok", Gauge, "1 while watch.dir exists and is watched, else 0", ()),
+    ("ledger_errors_total", Counter, "Ledger writes refused (a full disk): images re-scanned, results retried", ()),
+    ("model", Info, "The model in use", ()),
+    ("web", Info, "The results page: its external URL (alert annotations link to it)", ()),
+    ("build", Info, "Software versions", ()),
+)
+
+
+class MetricsError(RuntimeError):
+    pass
+
+
+class _LineLabelled:
+    """The registry as scraped: every sample carries ``line="<service.line>"``, one constant label, so that the line's
+    name lives in one place (the monitor's configuration), not in each Prometheus scrape configuration too."""
+
+    def __init__(self, metrics: "Metrics"):
+        self.metrics = metrics
+
+    def collect(self):
+        line = self.metrics.line
+        for fam in self.metrics.registry.collect():
+            out = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+            out.samples = [s._replace(labels={"line": line, **s.labels}) for s in fam.samples]
+            yield out
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None, namespace: str = "monitor", line: str = "line1"):
+        self.line = line  # the constant `line` label of every scraped sample (service.line)
+        disable_created_metrics()  # no *_created series: they double the output and no panel or rule uses them
+        self.registry = registry or CollectorRegistry()
+        for name, kind, doc, labels in TABLE:
+            kw = {}
+            if kind is Histogram:
+                kw["buckets"] = COVERAGE_BUCKETS if name == "coverage_ratio" else LATENCY_BUCKETS
+            setattr(self, name, kind(name, doc, labels, namespace=namespace, registry=self.registry, **kw))
+        for v in VERDICTS:
+            self.images_processed_total.labels(verdict=v)
+        for k in FAILURE_KINDS:
+            self.images_failed_total.labels(reason=k)
+        import torch
+
+        try:
+            from openvino import get_version as openvino_version
+
+            ov = openvino_version().split("-")[0]
+        except ImportError:
+            ov = ""
+        self.build.info({"version": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                         "openvino": ov})
+        self._server = None
+
+    def restore(self, totals: dict) -> None:
+        """Start the counters from the ledger (see ``Ledger.totals``)."""
+        self.images_received_total.inc(totals["received"])
+        for verdict, n in totals["done"].items():
+            self.images_processed_total.labels(verdict=verdict or "no-threshold").inc(n)
+        for kind, n in totals["failed"].items():
+            self.images_failed_total.labels(reason=kind if kind in FAILURE_KINDS else "internal").inc(n)
+        self.alarms_total.inc(totals["alarms"])
+        self.queue_depth.set(totals["pending"])
+        # "time since the last image" must not jump to decades after a restart
+        if totals.get("last_seen"):
+            self.last_received_timestamp_seconds.set(totals["last_seen"])
+        if totals.get("last_finished"):
+            self.last_processed_timestamp_seconds.set(totals["last_finished"])
+
+    def set_model(self, model_id: str | None, method: str, backbone: str, runtime: str = "torch") -> None:
+        self.model.info({"model_id": model_id or "", "method": method, "backbone": backbone, "runtime": runtime})
+
+    def set_web(self, external_url: str) -> None:
+        """Announce the results page's URL ("" when the page is off); the defect alerts link to it."""
+        self.web.info({"external_url": external_url.rstrip("/")})
+
+    # --------------------------------------------------------------------------------------------------- server
+    def serve(self, address: str, port: int, certfile: str = "", keyfile: str = "") -> int:
+        """Start the /metrics endpoint; returns the bound port (useful with port 0)."""
+        try:
+            server, _ = start_http_server(port, address, _LineLabelled(self), certfile=certfile or None,
+                                          keyfile=keyfile or None)
+        except OSError as exc:
+            raise MetricsError(f"metrics endpoint {address}:{port}: {exc.strerror or exc} "
+                               "(metrics.address / metrics.port / metrics.certfile)") from None
+        self._server = server
+        return server.server_address[1]
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

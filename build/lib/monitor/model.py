@@ -1,0 +1,132 @@
+"""A fitted model: scorer + threshold + defect extraction, saved as one artifact directory."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .artifact import ArtifactError, load_artifact, save_artifact
+from .defects import DefectConfig, DefectReport, decide, find_defects
+from .scorers import METHODS, ScoreResult
+from .scorers.base import QUIET, Progress
+from .threshold import Threshold, ThresholdConfig, fit_threshold
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What one image gets: the score, the defects, the verdict."""
+
+    result: ScoreResult
+    report: DefectReport | None  # None when the model has no fitted threshold
+    verdict: str  # "defect", "ok", or "no-threshold"
+    threshold: float | None
+
+    def summary(self) -> dict:
+        r = self.report
+        return {
+            "verdict": self.verdict,
+            "coverage": None if r is None else round(r.coverage, 6),
+            "n_defects": None if r is None else len(r.defects),
+            "defects": [] if r is None else [{"number": i, **d.to_dict()} for i, d in enumerate(r.defects, 1)],
+            "max_score": round(self.result.image_score, 4),
+            "threshold": None if self.threshold is None else round(self.threshold, 4),
+        }
+
+
+def expectations(method_config) -> dict:
+    """The settings a loaded model must share with the configuration (backbone, mode) to be used under it."""
+    return {k: getattr(method_config, k) for k in ("backbone", "mode") if hasattr(method_config, k)}
+
+
+class Model:
+    def __init__(self, scorer, threshold: Threshold | None, defects: DefectConfig, meta: dict | None = None,
+                 runtime: str = "torch"):
+        self.scorer = scorer
+        self.runtime = runtime  # where the CPU forward pass runs (openvino or torch)
+        self.threshold = threshold
+        self.defects = defects
+        self.meta = meta or {}
+
+    @property
+    def model_id(self) -> str | None:
+        return self.meta.get("model_id")
+
+    @classmethod
+    def fit(cls, method: str, method_config, normal: Sequence[np.ndarray], val: Sequence[np.ndarray] = (),
+            threshold: ThresholdConfig = ThresholdConfig(), defects: DefectConfig = DefectConfig(),
+            device: str = "auto", progress: Progress = QUIET, train_sha256: Sequence[str] = (),
+            runtime: str = "auto") -> "Model":
+        scorer_cls, _ = METHODS[method]
+        scorer = scorer_cls(method_config, device)
+        runtime = scorer.use_runtime(runtime)
+        t0 = time.perf_counter()
+        scorer.fit(normal, progress)
+        th = None
+        if val:
+            scorer.calibrate(val, progress)  # position-dependent corrections from normal images, before the threshold
+            tick = progress.phase("threshold", len(val), "images")
+            results = []
+            for v in val:
+                results.append(scorer.score(v))
+                tick(1)
+            th = fit_threshold([r.patch_scores for r in results], [r.anomaly_map for r in results], threshold)
+        progress.close()
+        meta = {"training_sha256": list(train_sha256), "fit_seconds": round(time.perf_counter() - t0, 3),
+                "training_pixels": max(int(im.shape[0]) * int(im.shape[1]) for im in normal)}
+        return cls(scorer, th, defects, meta, runtime)
+
+    def inspect(self, image: np.ndarray, coverage_threshold: float = 0.0, max_defect_area: int = 0) -> Inspection:
+        """Score ``image`` and judge it (``defects.decide``: coverage over ``coverage_threshold``, or one defect
+        over ``max_defect_area`` pixels when that is set)."""
+        return self._judge(self.scorer.score(image), coverage_threshold, max_defect_area)
+
+    def inspect_batch(self, images: Sequence[np.ndarray], coverage_threshold: float = 0.0,
+                      max_defect_area: int = 0) -> list[Inspection]:
+        """``inspect`` for several images at once (one forward pass where the scorer can batch them)."""
+        results = self.scorer.score_batch(images)
+        return [self._judge(r, coverage_threshold, max_defect_area) for r in results]
+
+    def _judge(self, result: ScoreResult, coverage_threshold: float, max_defect_area: int) -> Inspection:
+        if self.threshold is None:
+            return Inspection(result, None, decide(None), None)
+        t = time.perf_counter()
+        report = find_defects(result.anomaly_map, self.threshold.value, self.defects)
+        result.timings["defects"] = time.perf_counter() - t
+        return Inspection(result, report, decide(report, coverage_threshold, max_defect_area), self.threshold.value)
+
+    # ------------------------------------------------------------------------------------------------ persistence
+    def save(self, directory: str | os.PathLike) -> str:
+        smeta, arrays = self.scorer.state()
+        meta = {"method": self.scorer.method, "scorer": smeta,
+                "threshold": None if self.threshold is None else self.threshold.to_dict(),
+                "defects": asdict(self.defects), "training_sha256": self.meta.get("training_sha256", []),
+                "fit_seconds": self.meta.get("fit_seconds"), "training_pixels": self.meta.get("training_pixels")}
+        model_id = save_artifact(directory, meta, arrays)
+        self.meta = load_artifact(directory)[0]
+        return model_id
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, device: str = "auto", expect: dict | None = None,
+             runtime: str = "auto") -> "Model":
+        """Load a model; ``expect`` (e.g. {"backbone": ..., "mode": ...}) must match the model's configuration;
+        ``runtime``: where the CPU forward pass runs (``Backbone.use_runtime``)."""
+        meta, arrays = load_artifact(directory)
+        method = meta.get("method")
+        if method not in METHODS:
+            raise ArtifactError(f"{directory}: unknown method {method!r}")
+        cfg = meta["scorer"]["config"]
+        for key, want in (expect or {}).items():
+            if key in cfg and cfg[key] != want:
+                raise ArtifactError(f"{directory}: model was made with {key}={cfg[key]!r}, "
+                                    f"the configuration asks for {key}={want!r}; refit or change the configuration")
+        scorer_cls, _ = METHODS[method]
+        try:
+            scorer = scorer_cls.from_state(meta["scorer"], arrays, device)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"{directory}: cannot rebuild the {method} scorer: {exc}") from None
+        runtime = scorer.use_runtime(runtime)
+        return cls(scorer, Threshold.from_dict(meta.get("threshold")), DefectConfig(**meta["defects"]), meta, runtime)

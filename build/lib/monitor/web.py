@@ -1,0 +1,695 @@
+"""The results page: a small HTTP(S) server inside the daemon, server-rendered HTML, no JavaScript.
+
+URLs (GET and HEAD only; anything else is 405):
+
+    /                           the last results, newest first; filters ?verdict=&since=&until=&limit=
+    /result/<id>                one result: verdict, times, coverage vs threshold, overlay, defect table
+    /result/<id>/overlay.png    the overlay file named in that ledger row (404 when it is gone or was never written)
+    /result/<id>/image.png      the original image, decoded with ``read_image`` and sent as PNG (410 when the file
+                                is gone or changed since it was scored)
+    /healthz                    "ok" (no auth)
+
+Only ledger rows are ever served: a URL names a row id (digits), never a path; everything else is 404. Text from
+the ledger is HTML-escaped. With ``web.username``/``web.password_hash`` every page but /healthz needs HTTP basic
+auth; with ``web.certfile``/``web.keyfile`` the server speaks TLS (the handshake runs in the connection's thread).
+Reads go through the daemon's ``Ledger`` (short queries under its lock). Requests are logged at debug level.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import html
+import json
+import logging
+import os
+import re
+import socket
+import ssl
+import stat
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+from urllib.parse import parse_qsl
+
+import cv2
+import numpy as np
+
+from .config import RESULTS_MAX, Config, WebSection
+from .files import shown
+from .images import ImageError, read_image
+from .ledger import VERDICT_FILTERS, Ledger, Row
+from .passwords import parse_hash, verify_password
+
+log = logging.getLogger(__name__)
+
+REALM = "SEM line monitor"
+CSP = ("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; "
+       "frame-ancestors 'none'")
+SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+                    "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
+CONNECTION_TIMEOUT = 15.0  # seconds a client may take to send its request (TLS handshake included)
+NAME_CHARS = 28  # longer file names are elided in the middle on the list
+_ROUTE = re.compile(r"/result/([1-9][0-9]{0,17})(?:/(overlay|image)\.png)?")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class WebError(RuntimeError):
+    pass
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def esc(value) -> str:
+    """HTML-escaped text; bytes of a file name that are not UTF-8 shown as \\xNN (``files.shown``)."""
+    return html.escape(shown(str(value)), quote=True)
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "text/html; charset=utf-8"
+    headers: dict = field(default_factory=dict)
+
+
+def text(status: int, message: str, **headers) -> Response:
+    return Response(status, (message + "\n").encode(), "text/plain; charset=utf-8", headers)
+
+
+# ------------------------------------------------------------------------------------------------------- filters
+@dataclass(frozen=True)
+class Filters:
+    verdict: str | None = None  # None = any
+    since: datetime | None = None  # naive local time
+    until: datetime | None = None
+    limit: int = 50
+
+
+def parse_filters(query: str, default_limit: int) -> Filters:
+    """The list page's GET parameters; unknown ones are ignored, bad values raise BadRequest."""
+    try:
+        params = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=False, max_num_fields=20))
+    except ValueError:
+        raise BadRequest("too many query parameters") from None
+    verdict = params.get("verdict", "").strip() or "any"
+    if verdict != "any" and verdict not in VERDICT_FILTERS:
+        raise BadRequest(f"verdict must be one of any, {', '.join(VERDICT_FILTERS)}; got {verdict!r}")
+    raw = params.get("limit", "").strip()
+    if raw and not (raw.isascii() and raw.isdigit() and len(raw) <= 6 and 1 <= int(raw) <= RESULTS_MAX):
+        raise BadRequest(f"limit must be a whole number from 1 to {RESULTS_MAX}; got {raw!r}")
+    since, until = (_parse_local(name, params.get(name, "")) for name in ("since", "until"))
+    if since and until and since >= until:
+        raise BadRequest(f"since ({_local_input(since)}) must be before until ({_local_input(until)})")
+    return Filters(None if verdict == "any" else verdict, since, until, int(raw) if raw else default_limit)
+
+
+def _parse_local(name: str, raw: str) -> datetime | None:
+    raw = raw.strip()
+    if not raw:
+        return None
+    try:
+        dt = datetime.fromisoformat(raw)
+        dt.timestamp()  # years the platform cannot convert fail here, not later
+    except (ValueError, OverflowError, OSError):
+        raise BadRequest(f"{name} must be a local date and time like 2026-11-24T08:00; got {raw[:40]!r}") from None
+    if dt.tzinfo is not None:
+        raise BadRequest(f"{name} is taken as the server's local time; give it without a UTC offset")
+    return dt
+
+
+def _local_input(dt: datetime | None) -> str:
+    """The value of an <input type=datetime-local>."""
+    if dt is None:
+        return ""
+    return dt.strftime("%Y-%m-%dT%H:%M:%S" if dt.second or dt.microsecond else "%Y-%m-%dT%H:%M")
+
+
+# ---------------------------------------------------------------------------------------------------- formatting
+def fmt_time(ts: float | None, stacked: bool = False) -> str:
+    """Local time with its UTC offset, as <time>; ``stacked``: the time of day first, the date and offset below."""
+    if ts is None:
+        return "–"
+    dt = datetime.fromtimestamp(ts).astimezone()
+    off = dt.strftime("%z")
+    off = f"{off[:3]}:{off[3:]}"
+    iso = esc(dt.isoformat(timespec="seconds"))
+    if stacked:
+        return f'<time datetime="{iso}"><b>{dt:%H:%M:%S}</b><small>{dt:%Y-%m-%d} {off}</small></time>'
+    return f'<time datetime="{iso}">{dt:%Y-%m-%d %H:%M:%S} <small>{off}</small></time>'
+
+
+
+def fmt_pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.3f} %"
+
+
+def fmt_secs(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f} s"
+
+
+def elide(name: str, n: int = NAME_CHARS) -> str:
+    if len(name) <= n:
+        return name
+    keep = (n - 1) // 2
+    return name[:keep] + "…" + name[-(n - 1 - keep):]
+
+
+def verdict_of(row: Row) -> tuple[str, str]:
+    """(badge text, css class) of a row."""
+    if row.state == "pending":
+        return "pending", "b-other"
+    if row.state == "failed":
+        return f"failed: {row.error_kind or '?'}", "b-other"
+    if row.verdict == "defect":
+        return "defect", "b-defect"
+    if row.verdict == "ok":
+        return "ok", "b-ok"
+    return row.verdict or "no verdict", "b-other"
+
+
+def badge(row: Row) -> str:
+    label, cls = verdict_of(row)
+    return f'<span class="badge {cls}">{esc(label)}</span>'
+
+
+def short_model(model_id: str | None) -> str:
+    return esc((model_id or "–")[:8])
+
+
+CSS = """
+:root{--red:#c62828;--green:#2e7d32;--grey:#5f6b76;--bg:#f2f4f7;--fg:#16202a;--line:#d5dae0;--link:#0b57d0}
+*{box-sizing:border-box}
+html{font-size:18px;-webkit-text-size-adjust:100%}
+body{margin:0;font-family:system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans","DejaVu Sans",sans-serif;
+ background:var(--bg);color:var(--fg);line-height:1.4}
+a{color:var(--link)}
+.top{background:#1f2933;color:#fff;padding:0 1rem;display:flex;align-items:center;gap:1.5rem;flex-wrap:wrap}
+.top a{color:#fff;text-decoration:none;font-weight:700;font-size:1.15rem;min-height:56px;display:inline-flex;
+ align-items:center}
+.top .line{color:#c3ccd5;font-size:.95rem}
+main{padding:1rem;max-width:1500px;margin:0 auto}
+h1{font-size:1.35rem;margin:.2rem 0 .8rem}
+.badge{display:inline-block;padding:.2rem .75rem;border-radius:999px;color:#fff;font-weight:700;font-size:.9rem;
+ white-space:nowrap}
+.b-defect{background:var(--red)}.b-ok{background:var(--green)}.b-other{background:var(--grey)}
+form.filters{display:flex;flex-wrap:wrap;gap:.75rem 1rem;align-items:flex-end;background:#fff;padding:.75rem 1rem;
+ border:1px solid var(--line);border-radius:10px;margin-bottom:.75rem}
+form.filters label{display:flex;flex-direction:column;font-size:.85rem;font-weight:600;gap:.2rem}
+input,select,button{font:inherit;min-height:48px;padding:.35rem .6rem;border:1px solid #8d98a3;border-radius:8px;
+ background:#fff;color:var(--fg)}
+input[type=number]{width:6.5rem}
+button{background:var(--link);color:#fff;border:0;font-weight:700;padding:0 1.6rem;cursor:pointer}
+.chips{display:flex;flex-wrap:wrap;gap:.5rem;margin:.25rem 0 .75rem}
+.chips a,.nav a{display:inline-flex;align-items:center;min-height:48px;padding:0 1.1rem;border-radius:999px;
+ background:#fff;border:1px solid var(--line);text-decoration:none;font-weight:600}
+.chips a.on{background:var(--fg);color:#fff;border-color:var(--fg)}
+.count{color:#4a5560;font-size:.9rem;margin:.25rem 0 .5rem}
+.rows{background:#fff;border:1px solid var(--line);border-radius:10px;overflow:hidden}
+.row{display:grid;grid-template-columns:9rem minmax(8rem,1fr) 10.5rem 6.5rem 5rem 6.5rem 5.5rem;
+ grid-template-areas:"time name verdict cov n big model";align-items:center;gap:.25rem 1rem;padding:.6rem 1rem;
+ min-height:60px;border-top:1px solid var(--line);color:inherit;text-decoration:none}
+.row:first-child{border-top:0}
+a.row:hover,a.row:focus{background:#e8f0fe;outline:none}
+a.row:focus-visible{outline:3px solid var(--link);outline-offset:-3px}
+.head{min-height:0;font-weight:700;font-size:.78rem;text-transform:uppercase;letter-spacing:.03em;color:#4a5560;
+ background:#f7f8fa}
+.c-time{grid-area:time;font-variant-numeric:tabular-nums}.c-time b{display:block;font-size:1.05rem}
+.c-time small{display:block}.c-name{grid-area:name;font-weight:600;
+ overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.c-verdict{grid-area:verdict}.c-cov{grid-area:cov}.c-n{grid-area:n}.c-big{grid-area:big}
+.c-model{grid-area:model;font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:.85rem;color:#4a5560}
+.head .c-model{font-family:inherit;font-size:inherit}
+.num{text-align:right;font-variant-numeric:tabular-nums}
+small{color:#5f6b76;font-size:.8em}
+.empty{padding:1.5rem 1rem;color:#4a5560}
+.error{background:#fdecea;border:2px solid var(--red);border-radius:10px;padding:1rem;font-weight:600}
+.banner{display:flex;flex-wrap:wrap;align-items:center;gap:.5rem 1.25rem;padding:1rem 1.25rem;border-radius:10px;
+ color:#fff;margin-bottom:.75rem}
+.banner .v{font-size:1.6rem;font-weight:800;letter-spacing:.02em;text-transform:uppercase}
+.banner .f{font-size:1.15rem;font-weight:600;word-break:break-all}
+.banner .meta{flex-basis:100%;font-size:.85rem;word-break:break-all}.banner small{color:inherit}
+.nav{display:flex;flex-wrap:wrap;gap:.5rem;margin-bottom:.75rem}
+.nav .off{display:inline-flex;align-items:center;min-height:48px;padding:0 1.1rem;color:#9aa4ad}
+.split{display:grid;grid-template-columns:minmax(0,1fr) 27rem;gap:0 1rem;align-items:start}
+.facts{display:grid;grid-template-columns:1fr 1fr;gap:.75rem;margin-bottom:.75rem}
+.fact{background:#fff;border:1px solid var(--line);border-radius:10px;padding:.6rem .9rem}
+.fact b{display:block;font-size:.78rem;text-transform:uppercase;letter-spacing:.03em;color:#4a5560}
+.fact span{font-size:1.3rem;font-weight:700;font-variant-numeric:tabular-nums}
+.over{color:var(--red)}
+figure{margin:0 0 1rem;background:#fff;border:1px solid var(--line);border-radius:10px;padding:.5rem}
+figure img{display:block;width:100%;height:auto;border-radius:6px;background:#000}
+figcaption{font-size:.85rem;color:#4a5560;padding:.4rem .2rem 0}
+.notice{background:#fff8e1;border:2px solid #f0b400;border-radius:10px;padding:1rem;margin-bottom:1rem}
+table{border-collapse:collapse;width:100%;background:#fff;border:1px solid var(--line);border-radius:10px;
+ overflow:hidden;margin-bottom:1rem}
+th,td{padding:.6rem .5rem;border-top:1px solid var(--line);text-align:left;font-variant-numeric:tabular-nums}
+td{white-space:nowrap}
+.scroll{overflow-x:auto}
+table.defects{font-size:.9rem}
+th{font-size:.8rem;text-transform:uppercase;letter-spacing:.03em;color:#4a5560;background:#f7f8fa;border-top:0}
+td.num,th.num{text-align:right}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:.45rem 1.25rem;background:#fff;border:1px solid var(--line);
+ border-radius:10px;padding:.9rem 1rem;margin:0 0 1rem}
+dt{font-weight:700;color:#4a5560}dd{margin:0;word-break:break-all}
+h2{font-size:1.1rem;margin:1.2rem 0 .5rem}
+@media (max-width:1100px){.split{grid-template-columns:minmax(0,1fr)}.facts{grid-template-columns:repeat(4,1fr)}}
+@media (max-width:900px){
+ html{font-size:17px}
+ .head{display:none}
+ .row{grid-template-columns:1fr auto auto;grid-template-areas:"name name verdict" "time time time" "cov n big";
+  gap:.2rem .8rem;padding:.7rem 1rem}
+ .c-model{display:none}
+ .c-verdict,.c-n,.c-big{justify-self:end}
+ .num{text-align:left}
+ .c-cov::before{content:"coverage ";color:#5f6b76;font-size:.85em}
+ .c-n::before{content:"defects ";color:#5f6b76;font-size:.85em}
+ .c-big::before{content:"largest ";color:#5f6b76;font-size:.85em}
+ .c-time b,.c-time small{display:inline;margin-right:.5rem}
+ .facts{grid-template-columns:1fr 1fr}
+ dl{grid-template-columns:1fr}dt{margin-top:.4rem}
+}
+"""
+
+
+def page(title: str, body: str, line: str) -> bytes:
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<title>{esc(title)}</title><style>{CSS}</style></head><body>'
+            f'<header class="top"><a href="/">SEM line monitor</a><span class="line">{esc(line)}</span></header>'
+            f'<main>{body}</main></body></html>\n').encode("utf-8")
+
+
+# ----------------------------------------------------------------------------------------------------------- auth
+class BasicAuth:
+    """HTTP basic auth against one user and a PBKDF2 hash. Verified credentials are remembered (as an HMAC under a
+    key of this process, at most ``remember`` of them) so that a page with its images costs one PBKDF2, not three;
+    a wrong password is never remembered, and only one PBKDF2 runs at a time (a flood of guesses takes one core
+    at most from the scoring)."""
+
+    def __init__(self, username: str, password_hash: str, remember: int = 32):
+        self.username = username.encode("utf-8")
+        self.hash = parse_hash(password_hash)
+        self._key = os.urandom(32)
+        self._good: OrderedDict[bytes, None] = OrderedDict()
+        self._remember = remember
+        self._lock = threading.Lock()  # the remembered credentials
+        self._kdf = threading.Lock()  # one PBKDF2 at a time
+
+    def check(self, header: str | None) -> bool:
+        if not header:
+            return False
+        scheme, _, token = header.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "basic" or not token:
+            return False
+        tag = hmac.new(self._key, token.encode("latin-1", "replace"), "sha256").digest()
+        with self._lock:
+            if tag in self._good:
+                self._good.move_to_end(tag)
+                return True
+        try:
+            user, sep, password = base64.b64decode(token, validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, ValueError):
+            return False
+        if not sep:
+            return False
+        with self._kdf:
+            password_ok = verify_password(password, self.hash)
+        if not (hmac.compare_digest(user.encode("utf-8"), self.username) and password_ok):
+            return False
+        with self._lock:
+            self._good[tag] = None
+            while len(self._good) > self._remember:
+                self._good.popitem(last=False)
+        return True
+
+
+# ------------------------------------------------------------------------------------------------------------ site
+class ResultsSite:
+    """The pages, as a function of the request: ``handle(method, target, authorization) -> Response``."""
+
+    def __init__(self, cfg: WebSection, ledger: Ledger, settings: Callable[[], Config]):
+        self.cfg = cfg
+        self.ledger = ledger
+        self.settings = settings  # the daemon's configuration now (SIGHUP may change alarm and image settings)
+        self.auth = BasicAuth(cfg.username, cfg.password_hash) if cfg.username else None
+        self._decode = threading.Semaphore(1)  # one original image decoded at a time (up to 64 MP as float32)
+
+    def handle(self, method: str, target: str, authorization: str | None) -> Response:
+        if method not in ("GET", "HEAD"):
+            return text(405, "405 method not allowed: this server answers GET and HEAD", Allow="GET, HEAD")
+        path, _, query = target.partition("?")
+        query = query.partition("#")[0]
+        if path == "/healthz":
+            return text(200, "ok")
+        if self.auth is not None and not self.auth.check(authorization):
+            return text(401, "401 unauthorized: this page needs the line monitor's user name and password",
+                        **{"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'})
+        if path == "/":
+            return self.list_page(query)
+        m = _ROUTE.fullmatch(path)
+        if m is None:
+            return text(404, "404 not found")
+        row = self.ledger.get(int(m.group(1)))
+        if row is None:
+            return self._missing_row(int(m.group(1)), m.group(2))
+        if m.group(2) == "overlay":
+            return self.overlay_png(row)
+        if m.group(2) == "image":
+            return self.original_png(row)
+        return self.result_page(row)
+
+    @property
+    def line(self) -> str:
+        return self.settings().service.line
+
+    def _missing_row(self, row_id: int, asset: str | None) -> Response:
+        if asset:
+            return text(404, f"404 not found: no result {row_id} in the ledger")
+        body = (f'<p class="error">No result {row_id} in the ledger.</p>'
+                f'<p class="nav"><a href="/">All results</a></p>')
+        return Response(404, page("Not found", body, self.line))
+
+    # ---------------------------------------------------------------------------------------------------- list
+    def list_page(self, query: str) -> Response:
+        try:
+            f = parse_filters(query, self.cfg.results)
+        except BadRequest as exc:
+            body = (f'<h1>Bad filter</h1><p class="error">{esc(exc)}</p>'
+                    f'<p class="nav"><a href="/">Show all results</a></p>')
+            return Response(400, page("Bad filter", body, self.line))
+        rows = self.ledger.results(f.limit, f.verdict, f.since and f.since.timestamp(),
+                                   f.until and f.until.timestamp())
+        chips = "".join(f'<a href="{esc(href)}"{" class=on" if on else ""}>{label}</a>' for label, href, on in (
+            ("All", "/", f == Filters(limit=self.cfg.results)),
+            ("Defects", "/?verdict=defect", f == Filters("defect", limit=self.cfg.results)),
+            ("Failed", "/?verdict=failed", f == Filters("failed", limit=self.cfg.results)),
+            ("Pending", "/?verdict=pending", f == Filters("pending", limit=self.cfg.results))))
+        options = "".join(f'<option value="{v}"{" selected" if (f.verdict or "any") == v else ""}>{v}</option>'
+                          for v in ("any", *VERDICT_FILTERS))
+        form = (f'<form class="filters" method="get" action="/">'
+                f'<label>Verdict<select name="verdict">{options}</select></label>'
+                f'<label>Since (local time)<input type="datetime-local" name="since" step="1" '
+                f'value="{esc(_local_input(f.since))}"></label>'
+                f'<label>Until<input type="datetime-local" name="until" step="1" '
+                f'value="{esc(_local_input(f.until))}"></label>'
+                f'<label>Rows<input type="number" name="limit" min="1" max="{RESULTS_MAX}" value="{f.limit}"></label>'
+                f'<button type="submit">Show</button></form>')
+        head = ('<div class="row head"><span class="c-time">Recorded</span><span class="c-name">Image</span>'
+                '<span class="c-verdict">Verdict</span><span class="c-cov num">Coverage</span>'
+                '<span class="c-n num">Defects</span><span class="c-big num">Largest px</span>'
+                '<span class="c-model">Model</span></div>')
+        items = "".join(self._list_row(r) for r in rows)
+        if not rows:
+            items = '<p class="empty">No results match these filters.</p>'
+        what = f"{len(rows)} result{'s' if len(rows) != 1 else ''}, newest first"
+        if len(rows) == f.limit:
+            what += f" (the newest {f.limit}; set Until or raise Rows for older ones)"
+        body = (f'<h1>Results</h1><nav class="chips">{chips}</nav>{form}<p class="count">{esc(what)}</p>'
+                f'<div class="rows">{head}{items}</div>')
+        return Response(200, page(f"Results · line {self.line}", body, self.line))
+
+    @staticmethod
+    def _list_row(r: Row) -> str:
+        name = os.path.basename(r.path)
+        largest = "–" if r.largest_area is None or not r.n_defects else f"{r.largest_area:,}"
+        n = "–" if r.n_defects is None else str(r.n_defects)
+        return (f'<a class="row" href="/result/{r.id}"><span class="c-time">{fmt_time(r.seen_at, True)}</span>'
+                f'<span class="c-name" title="{esc(name)}">{esc(elide(name))}</span>'
+                f'<span class="c-verdict">{badge(r)}</span><span class="c-cov num">{fmt_pct(r.coverage)}</span>'
+                f'<span class="c-n num">{n}</span><span class="c-big num">{largest}</span>'
+                f'<span class="c-model" title="{esc(r.model_id or "")}">{short_model(r.model_id)}</span></a>')
+
+    # -------------------------------------------------------------------------------------------------- result
+    def result_page(self, r: Row) -> Response:
+        try:
+            result = json.loads(r.result_json) if r.result_json else {}
+        except ValueError:
+            result = {}
+        if not isinstance(result, dict):
+            result = {}
+        name = os.path.basename(r.path)
+        label, cls = verdict_of(r)
+        prev_id, next_id = self.ledger.neighbours(r.id)
+        nav = ['<a href="/">All results</a>']
+        nav.append(f'<a href="/result/{prev_id}" rel="prev">← Older</a>' if prev_id else
+                   '<span class="off">← Older</span>')
+        nav.append(f'<a href="/result/{next_id}" rel="next">Newer →</a>' if next_id else
+                   '<span class="off">Newer →</span>')
+        nav.append(f'<a href="/result/{r.id}/image.png">Original image</a>')
+        settings = self.settings()
+        th = result.get("coverage_threshold")
+        th_note = "" if isinstance(th, (int, float)) else " (current setting)"
+        th = th if isinstance(th, (int, float)) else settings.alarm.coverage_threshold
+        over = r.coverage is not None and r.coverage > th
+        facts = [("Coverage", f'<span class="{"over" if over else ""}">{fmt_pct(r.coverage)}</span>'),
+                 ("Alarm threshold", f"<span>{fmt_pct(th)}</span>{esc(th_note)}"),
+                 ("Defects", f"<span>{'–' if r.n_defects is None else r.n_defects}</span>"),
+                 ("Largest defect", f"<span>{'–' if not r.n_defects else f'{r.largest_area:,} px'}</span>")]
+        facts_html = "".join(f'<div class="fact"><b>{k}</b>{v}</div>' for k, v in facts)
+        meta = (f'recorded {fmt_time(r.seen_at)} · line {esc(result.get("line", "–"))} · '
+                f'model {esc(r.model_id or "–")}<br>{esc(r.path)}')
+        body = [f'<div class="banner {cls}"><span class="v">{esc(label)}</span>'
+                f'<span class="f">{esc(name)}</span><span class="meta">{meta}</span></div>',
+                f'<nav class="nav">{"".join(nav)}</nav>']
+        if r.state == "failed":
+            body.append(f'<p class="error">Not scored ({esc(r.error_kind or "?")}): {esc(r.error or "")}</p>')
+        body.append(f'<div class="split"><div>{self._overlay_figure(r, name, settings)}</div>'
+                    f'<div><div class="facts">{facts_html}</div>{self._defect_table(r, result)}</div></div>')
+        details = [("File", esc(name)), ("Path", esc(r.path)), ("Recorded", fmt_time(r.seen_at)),
+                   ("Scoring started", fmt_time(r.started_at)), ("Finished", fmt_time(r.finished_at)),
+                   ("Scoring time", fmt_secs(r.score_seconds)), ("File to result", fmt_secs(r.e2e_seconds)),
+                   ("Attempts", str(r.attempts)), ("Line", esc(result.get("line", "–"))),
+                   ("Model", esc(r.model_id or "–")),
+                   ("Max score", "–" if r.max_score is None else f"{r.max_score:.4f}"),
+                   ("Map threshold", esc(result.get("threshold") if result.get("threshold") is not None else "–")),
+                   ("SHA-256", esc(r.sha256 if len(r.sha256) == 64 else "–")), ("Ledger id", str(r.id))]
+        if r.state == "failed":
+            details.append(("Error", f"{esc(r.error_kind or '?')}: {esc(r.error or '')}"))
+        body.append("<h2>Details</h2><dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in details) + "</dl>")
+        return Response(200, page(f"{label} · {name}", "".join(body), self.line))
+
+    @staticmethod
+    def _overlay_figure(r: Row, name: str, settings: Config) -> str:
+        if r.state != "done":
+            why = "not scored yet" if r.state == "pending" else "the image could not be scored"
+            return f'<p class="notice">No overlay: {why}.</p>'
+        if not r.overlay:
+            mode = settings.output.overlays
+            if mode == "all" or (mode == "alarms" and r.verdict == "defect"):
+                return '<p class="notice">No overlay: it could not be written (see the daemon\'s log).</p>'
+            which = {"alarms": "for defect images only", "all": "for every image"}.get(mode, "for no image")
+            return (f'<p class="notice">No overlay was written for this image (output.overlays: {esc(mode)} '
+                    f'writes them {which}). <a href="/result/{r.id}/image.png">Open the original image</a>.</p>')
+        if not os.path.isfile(r.overlay):
+            return (f'<p class="notice">The overlay file is gone (removed by retention or by hand): '
+                    f'{esc(r.overlay)}. <a href="/result/{r.id}/image.png">Open the original image</a>.</p>')
+        src = f"/result/{r.id}/overlay.png"
+        return (f'<figure><a href="{src}"><img src="{src}" alt="Overlay of {esc(name)}: defects outlined and numbered" '
+                f'></a><figcaption>Overlay: heat map of the anomaly score, defects outlined in white and numbered as in the table '
+                f'(tap to open full size)</figcaption></figure>')
+
+    @staticmethod
+    def _defect_table(r: Row, result: dict) -> str:
+        defects = result.get("defects")
+        if r.state != "done":
+            return ""
+        if not isinstance(defects, list) or not defects:
+            return "<h2>Defects</h2><p class=\"count\">No defects found.</p>"
+        cells = []
+        for i, d in enumerate(defects, 1):
+            if not isinstance(d, dict):
+                continue
+            bbox, cen = d.get("bbox") or [], d.get("centroid") or []
+            box = f"{bbox[0]}, {bbox[1]} · {bbox[2]}×{bbox[3]}" if len(bbox) == 4 else "–"
+            c = f"{cen[0]}, {cen[1]}" if len(cen) == 2 else "–"
+            area = d.get("area")
+            peak = d.get("peak")
+            cells.append(f'<tr><td class="num">{i}</td><td class="num">'
+                         f'{esc(f"{area:,}" if isinstance(area, int) else "–")}</td><td>{esc(box)}</td>'
+                         f'<td>{esc(c)}</td><td class="num">{esc(peak if peak is not None else "–")}</td></tr>')
+        return ('<h2>Defects</h2><div class="scroll"><table class="defects"><thead><tr><th class="num">#</th>'
+                '<th class="num">Area px</th><th>Box x, y · w×h</th><th>Centroid x, y</th><th class="num">Peak</th>'
+                f'</tr></thead><tbody>{"".join(cells)}</tbody></table></div>')
+
+    # -------------------------------------------------------------------------------------------------- images
+    @staticmethod
+    def overlay_png(r: Row) -> Response:
+        """The overlay named in the row, nothing else."""
+        if not r.overlay:
+            return text(404, f"404 not found: no overlay was written for result {r.id}")
+        try:
+            with open(r.overlay, "rb") as fh:
+                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                    raise FileNotFoundError
+                data = fh.read()
+        except OSError:
+            return text(404, f"404 not found: the overlay of result {r.id} is gone (retention or removed)")
+        if not data.startswith(_PNG_SIGNATURE):
+            return text(404, f"404 not found: the overlay of result {r.id} is not a PNG file")
+        return Response(200, data, "image/png", {"Cache-Control": "private, max-age=600"})
+
+    def original_png(self, r: Row) -> Response:
+        """The original, read as the worker reads it (no data-bar crop) and sent as 8-bit gray PNG."""
+        gone = text(410, f"410 gone: the original of result {r.id} is no longer in the export folder "
+                         "as it was scored (removed, or changed since)")
+        if r.state != "done":  # not scored: possibly refused before decoding (too large, a link out of the folder)
+            return text(404, f"404 not found: result {r.id} was not scored; its original is not shown")
+        if not self._unchanged(r):
+            return gone
+        limits = replace(self.settings().image, crop_bottom=0)
+        with self._decode:
+            try:
+                gray = read_image(r.path, limits)
+            except ImageError as exc:
+                if exc.kind == "missing":
+                    return gone
+                return text(422, f"422 the original of result {r.id} cannot be shown: {exc.reason}")
+            if not self._unchanged(r):  # replaced while it was being read
+                return gone
+            ok, buf = cv2.imencode(".png", np.rint(gray * 255).astype(np.uint8))
+        if not ok:
+            return text(500, "500 cannot encode the image as PNG")
+        return Response(200, buf.tobytes(), "image/png", {"Cache-Control": "private, max-age=600"})
+
+    @staticmethod
+    def _unchanged(r: Row) -> bool:
+        try:
+            st = os.stat(r.path)
+        except OSError:
+            return False
+        return stat.S_ISREG(st.st_mode) and st.st_size == r.size and st.st_mtime_ns == r.mtime_ns
+
+
+# ---------------------------------------------------------------------------------------------------------- server
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "sem-line-monitor"
+    sys_version = ""
+    protocol_version = "HTTP/1.0"  # one request per connection: no idle keep-alive threads at shutdown
+    timeout = CONNECTION_TIMEOUT
+
+    def do_GET(self):
+        self._serve()
+
+    def do_HEAD(self):
+        self._serve()
+
+    def __getattr__(self, name: str):
+        if name.startswith("do_"):  # every other method: 405, not the stdlib's 501
+            return self._serve
+        raise AttributeError(name)
+
+    def _serve(self) -> None:
+        try:
+            resp = self.server.site.handle(self.command, self.path, self.headers.get("Authorization"))
+        except Exception:
+            log.exception("results page: %s %s failed", self.command, self.path[:200])
+            resp = text(500, "500 internal error (see the daemon's log)")
+        self.send_response(resp.status)
+        self.send_header("Content-Type", resp.content_type)
+        self.send_header("Content-Length", str(len(resp.body)))
+        if "Cache-Control" not in resp.headers:
+            self.send_header("Cache-Control", "no-store")
+        for k, v in resp.headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(resp.body)
+
+    def end_headers(self):  # also on the stdlib's own error replies (bad request lines)
+        for k, v in SECURITY_HEADERS.items():
+            self.send_header(k, v)
+        super().end_headers()
+
+    def log_message(self, format, *args):  # noqa: A002 (the stdlib's signature)
+        log.debug("results page: %s %s", self.address_string(), format % args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a client that stalls does not hold up the daemon's exit (timeout closes it anyway)
+
+    def __init__(self, address: tuple[str, int], site: ResultsSite, tls: ssl.SSLContext | None):
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.site = site
+        self.tls = tls
+        super().__init__(address, _Handler)
+
+    def finish_request(self, request, client_address):
+        """Runs in the connection's thread: the TLS handshake happens here, not in the accepting thread."""
+        request.settimeout(CONNECTION_TIMEOUT)
+        if self.tls is None:
+            return super().finish_request(request, client_address)
+        try:
+            conn = self.tls.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            log.debug("results page: TLS handshake with %s failed: %s", client_address[0], exc)
+            return
+        try:
+            _Handler(conn, client_address, self)
+        finally:
+            conn.close()
+
+    def handle_error(self, request, client_address):  # the stdlib prints these to stderr
+        log.debug("results page: connection from %s failed", client_address[0], exc_info=True)
+
+
+class ResultsServer:
+    """The results page in a daemon thread; ``start()`` binds and returns the port, ``close()`` stops it."""
+
+    def __init__(self, cfg: WebSection, ledger: Ledger, settings: Callable[[], Config]):
+        self.cfg = cfg
+        self.site = ResultsSite(cfg, ledger, settings)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self.port: int | None = None
+
+    def start(self) -> int:
+        cfg = self.cfg
+        tls = None
+        if cfg.certfile:
+            try:
+                tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                tls.minimum_version = ssl.TLSVersion.TLSv1_2
+                tls.load_cert_chain(cfg.certfile, cfg.keyfile)
+            except (OSError, ssl.SSLError) as exc:
+                raise WebError(f"results page: cannot load web.certfile {cfg.certfile} / web.keyfile {cfg.keyfile}: "
+                               f"{getattr(exc, 'strerror', None) or exc}") from None
+        try:
+            self._server = _Server((cfg.address, cfg.port), self.site, tls)
+        except OSError as exc:
+            raise WebError(f"results page {cfg.address}:{cfg.port}: {exc.strerror or exc} "
+                           "(web.address / web.port)") from None
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="web", daemon=True)
+        self._thread.start()
+        if cfg.username and not cfg.certfile and cfg.address not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("results page: basic auth without TLS sends the password in clear text; "
+                        "set web.certfile and web.keyfile")
+        return self.port
+
+    @property
+    def url(self) -> str:
+        """The URL operators reach the page at: web.external_url, else built from the bound address."""
+        if self.cfg.external_url:
+            return self.cfg.external_url.rstrip("/")
+        host = self.cfg.address
+        if host in ("", "0.0.0.0", "::"):
+            host = socket.getfqdn()
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http{'s' if self.cfg.certfile else ''}://{host}:{self.port}"
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join()
+            self._server = None
+        self.site.ledger.close()
