@@ -76,8 +76,22 @@ class Model:
             th = fit_threshold([r.patch_scores for r in results], [r.anomaly_map for r in results], threshold)
         progress.close()
         meta = {"training_sha256": list(train_sha256), "fit_seconds": round(time.perf_counter() - t0, 3),
-                "training_pixels": max(int(im.shape[0]) * int(im.shape[1]) for im in normal)}
+                "training_pixels": max(int(im.shape[0]) * int(im.shape[1]) for im in normal),
+                "image_shape": [int(normal[0].shape[0]), int(normal[0].shape[1])]}
         return cls(scorer, th, defects, meta, runtime)
+
+    def warm_up(self) -> float | None:
+        """Score one synthetic image of the training images' size, so that the first real image does not pay for
+        the runtime's first pass at that size (OpenVINO compiles for it and checks it against torch: about 2 s).
+        Returns the seconds it took, None for a model that does not record its image size."""
+        shape = self.meta.get("image_shape")
+        if not shape:
+            return None
+        from .synth import fiber_mat
+
+        t = time.perf_counter()
+        self.inspect(fiber_mat(tuple(shape), seed=0))
+        return time.perf_counter() - t
 
     def inspect(self, image: np.ndarray, coverage_threshold: float = 0.0, max_defect_area: int = 0) -> Inspection:
         """Score ``image`` and judge it (``defects.decide``: coverage over ``coverage_threshold``, or one defect
@@ -104,7 +118,8 @@ class Model:
         meta = {"method": self.scorer.method, "scorer": smeta,
                 "threshold": None if self.threshold is None else self.threshold.to_dict(),
                 "defects": asdict(self.defects), "training_sha256": self.meta.get("training_sha256", []),
-                "fit_seconds": self.meta.get("fit_seconds"), "training_pixels": self.meta.get("training_pixels")}
+                "fit_seconds": self.meta.get("fit_seconds"), "training_pixels": self.meta.get("training_pixels"),
+                "image_shape": self.meta.get("image_shape")}
         model_id = save_artifact(directory, meta, arrays)
         self.meta = load_artifact(directory)[0]
         return model_id

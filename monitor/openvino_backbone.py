@@ -5,9 +5,11 @@ not traced or converted: OpenVINO's model converter reports usage over the netwo
 must not touch the network. TensorFlow's SAME padding is OpenVINO's ``same_upper`` auto-padding, so one graph with
 dynamic batch and image size serves every input; OpenVINO compiles kernels per shape as it meets them.
 
-``OpenVinoLite0`` is built once per backbone and checked against the torch path on the first input of each shape
-(the features must agree within ``TOLERANCE`` of their largest magnitude); a shape that fails the check is
-reported and scored by torch from then on. The runtime is used on the CPU only; CUDA stays with torch.
+``OpenVinoLite0`` is built once per backbone and checked against the torch path on its first input (the daemon's
+warm-up image, ``Model.warm_up``): the features must agree within ``TOLERANCE`` of their largest magnitude, else
+the error is logged and the backbone runs on torch from then on. The graph is the same for every shape, so one
+check stands for all (the tests check several shapes and a batch). The runtime is used on the CPU only; CUDA
+stays with torch.
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ class OpenVinoLite0:
         self.version = ov.get_version()
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()
-        self._checked: dict[tuple[int, ...], bool] = {}  # input shape -> passed the check against torch
+        self.verified: bool | None = None  # None until the first input was checked against torch
 
     def run(self, x: np.ndarray) -> dict[str, torch.Tensor]:
         with self._lock:  # one request object; its output buffers are reused, so copy them out
@@ -102,16 +104,13 @@ class OpenVinoLite0:
             return {n: torch.from_numpy(np.array(res[self.compiled.output(i)])) for i, n in enumerate(self.layers)}
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
-        """The feature maps, or None when this shape failed its check (the caller then runs torch)."""
-        shape = tuple(x.shape)
-        ok = self._checked.get(shape)
-        if ok is False:
+        """The feature maps, or None once the check failed (the caller then runs torch)."""
+        if self.verified is False:
             return None
-        xn = np.ascontiguousarray(x.detach().float().numpy())
-        out = self.run(xn)
-        if ok is None:
-            self._checked[shape] = ok = self._check(x, out)
-            if not ok:
+        out = self.run(np.ascontiguousarray(x.detach().float().numpy()))
+        if self.verified is None:
+            self.verified = self._check(x, out)
+            if not self.verified:
                 return None
         return out
 
@@ -120,9 +119,10 @@ class OpenVinoLite0:
         worst = max_relative_difference(out, ref)
         if worst > TOLERANCE:
             log.error("OpenVINO features differ from torch by %.2g of their range on input %s (allowed %.0e): "
-                      "this shape is scored with torch", worst, "x".join(map(str, x.shape)), TOLERANCE)
+                      "the backbone runs on torch", worst, "x".join(map(str, x.shape)), TOLERANCE)
             return False
-        log.debug("OpenVINO matches torch on input %s within %.2g", "x".join(map(str, x.shape)), worst)
+        log.info("OpenVINO matches torch within %.2g of the features' range on input %s", worst,
+                 "x".join(map(str, x.shape)))
         return True
 
 

@@ -76,6 +76,13 @@ def lock_ledger(path: str | os.PathLike) -> int:
     return fd
 
 
+def warm(model: Model) -> None:
+    secs = model.warm_up()
+    if secs is not None:
+        log.info("model %s warmed up on a %dx%d image in %.2f s", model.model_id, model.meta["image_shape"][1],
+                 model.meta["image_shape"][0], secs)
+
+
 def load_model(cfg: Config) -> Model:
     path = Path(cfg.model.path)
     if not (path / "model.json").is_file():
@@ -123,6 +130,8 @@ class Service:
         self._retain()
         self.notify(f"STATUS=loading model {cfg.model.path}")
         model = load_model(cfg)
+        self.notify("STATUS=warming up the model")
+        warm(model)
         self._model_info(model)
         if cfg.metrics.enabled:
             self.port = m.serve(cfg.metrics.address, cfg.metrics.port, cfg.metrics.certfile, cfg.metrics.keyfile)
@@ -270,6 +279,7 @@ class Service:
         try:
             cfg = load_config(self.config_path) if self.config_path else self.cfg
             model = load_model(cfg)
+            warm(model)
         except Exception as exc:
             log.error("reload failed, keeping model %s: %s", self.worker.model.model_id, exc)
             self.notify("READY=1", f"STATUS=reload failed, kept model {self.worker.model.model_id}: {exc}")

@@ -370,6 +370,8 @@ def test_daily_log_one_line_per_image_files_not_taken_once_per_suffix_one_reload
     assert any('add "*.jpg" to watch.patterns' in ln for ln in taken)
     assert log.count("reload") == 1 and "reloaded " in log  # one line per reload, with its outcome
     assert log.rstrip().splitlines()[-1].endswith("stopped")
+    # before READY: one synthetic image of the training size, so that the first real one pays no compilation
+    assert re.search(r"model \w+ warmed up on a 320x256 image in [0-9.]+ s", log), log
 
 
 def test_a_fatal_start_up_error_is_the_last_line(tmp_path):

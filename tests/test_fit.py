@@ -174,3 +174,17 @@ def test_kmeans_dictionary_words_are_real_features(normal_images):
     cfg = PatchDictionaryConfig(k=16, dictionary="kmeans", n_init=2)
     m = Model.fit("patch_dictionary", cfg, normal_images[:2], device="cpu")
     assert m.scorer.words.shape[0] == 16
+
+
+def test_a_failed_check_against_torch_falls_back_to_torch(monkeypatch, caplog):
+    import monitor.openvino_backbone as ovb
+
+    monkeypatch.setattr(ovb, "TOLERANCE", 0.0)  # no runtime agrees exactly: the check must fail
+    bb = build_backbone("efficientnet_lite0", ("stage3",))
+    assert bb.use_runtime("openvino") == "openvino"
+    x = bb.prepare(torch.rand(1, 1, 96, 128, generator=torch.Generator().manual_seed(0)))
+    with caplog.at_level("ERROR"):
+        out = bb(x)
+    assert bb.accelerated.verified is False and "the backbone runs on torch" in caplog.text
+    assert torch.equal(out["stage3"], bb.torch_forward(x)["stage3"])  # the torch path's own result
+    assert torch.equal(bb(x)["stage3"], out["stage3"])
