@@ -1,3 +1,0 @@
-"""SEM line monitor: defect detection in SEM images of nanofibrous material."""
-
-__version__ = "0.2.0"  # also the package version (pyproject.toml); see CHANGELOG.md

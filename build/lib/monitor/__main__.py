@@ -1,8 +1,0 @@
-"""Entry point: ``python -m monitor`` and the ``monitor`` console script."""
-
-import sys
-
-from .cli import main
-
-if __name__ == "__main__":
-    sys.exit(main())
