@@ -60,15 +60,21 @@ class _LineLabelled:
     """The registry as scraped: every sample carries ``line="<service.line>"``, one constant label, so that the line's
     name lives in one place (the monitor's configuration), not in each Prometheus scrape configuration too."""
 
-    def __init__(self, metrics: "Metrics"):
+    def __init__(self, metrics: "Metrics", names: set[str] | None = None):
         self.metrics = metrics
+        self.names = names  # only these samples (a scrape with ?name[]=...), None = all
 
     def collect(self):
         line = self.metrics.line
         for fam in self.metrics.registry.collect():
             out = Metric(fam.name, fam.documentation, fam.type, fam.unit)
-            out.samples = [s._replace(labels={"line": line, **s.labels}) for s in fam.samples]
-            yield out
+            out.samples = [s._replace(labels={"line": line, **s.labels}) for s in fam.samples
+                           if self.names is None or s.name in self.names]
+            if out.samples or self.names is None:
+                yield out
+
+    def restricted_registry(self, names) -> "_LineLabelled":
+        return _LineLabelled(self.metrics, set(names))
 
 
 class Metrics:

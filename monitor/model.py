@@ -83,10 +83,10 @@ class Model:
     def warm_up(self) -> float | None:
         """Score one synthetic image of the training images' size, so that the first real image does not pay for
         the runtime's first pass at that size (OpenVINO compiles for it and checks it against torch: about 2 s).
-        Returns the seconds it took, None for a model that does not record its image size."""
+        Returns the seconds it took, None for a model that does not record its image size (fitted before 0.2.0)."""
         shape = self.meta.get("image_shape")
-        if not shape:
-            return None
+        if not shape or getattr(getattr(self.scorer, "config", None), "mode", None) == "crop":
+            return None  # crop mode (the paper) scores an image in minutes: no warm-up image for it
         from .synth import fiber_mat
 
         t = time.perf_counter()

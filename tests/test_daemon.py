@@ -12,6 +12,7 @@ import sys
 import signal
 import struct
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -253,6 +254,9 @@ def test_metrics_show_counts_alarm_on_and_off_and_histograms(make_daemon, clean_
         info = [k for k in m if k[0] == "monitor_model_info"][0]
         assert dict(info[1])["model_id"] == row["model_id"]
         assert dict(info[1])["runtime"] == "openvino"  # the default runtime, installed with the package
+        # a scrape asking for some series only (?name[]=, as prometheus-client serves it) keeps the line label
+        body = urllib.request.urlopen(f"http://127.0.0.1:{d.port}/metrics?name[]=monitor_alarm", timeout=5).read()
+        assert [ln for ln in body.decode().splitlines() if not ln.startswith("#")] == ['monitor_alarm{line="line1"} 0.0']
         assert sorted(os.listdir(d.export)) == ["clean.png", "defect.png"]  # nothing written into the export folder
     finally:
         d.stop()
@@ -333,7 +337,6 @@ def test_history_prints_the_ledger(daemon, clean_png):
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 def test_metrics_over_tls_when_a_certificate_is_configured(tmp_path, make_daemon):
     import ssl
-    import urllib.request
 
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
