@@ -13,7 +13,10 @@ import os
 import socket
 from pathlib import Path
 
+from .artifact import ArtifactError
+from .backbones import BackboneError
 from .config import Config
+from .service import load_model
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -55,7 +58,7 @@ def under(root: str | None, path: str) -> Path:
     return Path(root, path.lstrip("/")) if root and os.path.isabs(path) else Path(path)
 
 
-def check(cfg: Config, model: bool = True, ports: bool = True, root: str | None = None) -> list[str]:
+def check(cfg: Config, ports: bool = True, root: str | None = None) -> list[str]:
     """The problems of ``cfg`` on this host (empty: ready to run); ``root``: a staged installation's root, under
     which the configuration's absolute paths are looked up (as ``systemd-analyze verify --root`` does)."""
     problems: list[str] = []
@@ -94,19 +97,14 @@ def check(cfg: Config, model: bool = True, ports: bool = True, root: str | None 
                                                           else "does not exist"))
         if ports and sec.enabled:
             _port(f"{section}.port", sec.address, sec.port, problems)
-    if model:
-        from .artifact import ArtifactError
-        from .backbones import BackboneError
-        from .service import load_model
-
-        mpath = Path(cfg.model.path)
-        if not mpath.exists():
-            problems.append(f"model.path {mpath}: does not exist (install one: `monitor install-model MODEL_DIR "
-                            "--config FILE`)")
-        else:
-            try:
-                load_model(cfg)
-            except (ArtifactError, BackboneError, RuntimeError, ValueError, OSError) as exc:
-                msg = str(exc).removeprefix(f"{mpath}: ")
-                problems.append(msg if msg.startswith("model.path") else f"model.path {mpath}: {msg}")
+    mpath = Path(cfg.model.path)
+    if not mpath.exists():
+        problems.append(f"model.path {mpath}: does not exist (install one: `monitor install-model MODEL_DIR "
+                        "--config FILE`)")
+    else:
+        try:
+            load_model(cfg)
+        except (ArtifactError, BackboneError, RuntimeError, ValueError, OSError) as exc:
+            msg = str(exc).removeprefix(f"{mpath}: ")
+            problems.append(msg if msg.startswith("model.path") else f"model.path {mpath}: {msg}")
     return problems

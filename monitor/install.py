@@ -12,6 +12,7 @@ and the previous one are kept; older ones are deleted.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import os
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from .artifact import ArtifactError, load_artifact
 from .config import Config
-from .model import Model, expectations
+from .model import Model
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +43,16 @@ def previous_link(target: Path) -> Path:
 
 def validate(model_dir: Path, cfg: Config) -> Model:
     """The model at ``model_dir`` loads and fits ``cfg`` (method, backbone, mode, a threshold to judge by)."""
+    from .service import load_model
+
     if not (model_dir / "model.json").is_file():
         raise InstallError(f"{model_dir}: not a model directory (no model.json); `monitor fit --out` makes one")
-    try:
-        model = Model.load(model_dir, "cpu", expectations(cfg.model.method_config), runtime="torch")
+    try:  # as the daemon will load it, on the CPU and torch: only the model itself is checked here
+        model = load_model(dataclasses.replace(cfg, model=dataclasses.replace(
+            cfg.model, path=str(model_dir), device="cpu", runtime="torch")))
     except (ArtifactError, ValueError, RuntimeError, OSError) as exc:
-        raise InstallError(f"{model_dir}: {exc}") from None
-    if model.meta.get("method") != cfg.model.method:
-        raise InstallError(f"{model_dir} holds a {model.meta.get('method')} model, the configuration asks for "
-                           f"{cfg.model.method}")
+        msg = str(exc)
+        raise InstallError(msg if str(model_dir) in msg else f"{model_dir}: {msg}") from None
     if model.threshold is None:
         raise InstallError(f"{model_dir} has no threshold (fitted without --val): it would give no verdicts")
     return model
@@ -101,7 +103,7 @@ def install_model(model_dir: Path, cfg: Config) -> dict:
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        validate(tmp, cfg)  # the copy, as the daemon will read it
+        load_artifact(tmp)  # the copy's files against the hashes in its model.json
         os.rename(tmp, dest)
     current = _current(target)
     if current is not None and current != dest.resolve():

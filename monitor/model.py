@@ -74,7 +74,6 @@ class Model:
                 results.append(scorer.score(v))
                 tick(1)
             th = fit_threshold([r.patch_scores for r in results], [r.anomaly_map for r in results], threshold)
-        progress.close()
         meta = {"training_sha256": list(train_sha256), "fit_seconds": round(time.perf_counter() - t0, 3),
                 "training_pixels": max(int(im.shape[0]) * int(im.shape[1]) for im in normal),
                 "image_shape": [int(normal[0].shape[0]), int(normal[0].shape[1])]}

@@ -50,7 +50,6 @@ class OpenVinoLite0:
             raise RuntimeUnavailable(f"the openvino package is not installed ({exc})") from None
         if backbone.name != "efficientnet_lite0":
             raise RuntimeUnavailable(f"no OpenVINO graph for the {backbone.name} backbone")
-        self._ops = ops
         self.backbone = backbone
         net = backbone.net
         x = ops.parameter([-1, 3, -1, -1], np.float32, name="x")
@@ -87,7 +86,7 @@ class OpenVinoLite0:
                 outputs["head"] = y
             if "avgpool" in want:
                 outputs["avgpool"] = ops.reduce_mean(y, ops.constant(np.array([2, 3], np.int64)), keep_dims=True)
-        self.layers = [name for name in backbone.layers]
+        self.layers = list(backbone.layers)
         model = ov.Model([outputs[n] for n in self.layers], [x], "efficientnet_lite0")
         core = ov.Core()
         self.compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",

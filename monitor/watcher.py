@@ -50,18 +50,28 @@ FOLDER_CHECK_SECONDS = 1.0  # how often the intake checks that watch.dir is stil
 RETRY_SECONDS = 5.0  # after the ledger refused a write (a full disk), the folder is re-scanned this much later
 
 
-def wanted(name: str, cfg: WatchSection) -> bool:
-    """True for a file name the monitor takes: matches a pattern, is not hidden, matches no ignore pattern. A
-    file that only misses the patterns is logged once per suffix (``monitor score`` would read a .jpg or .bmp)."""
+def _refusal(name: str, cfg: WatchSection) -> str | None:
+    """Why the monitor does not take a file name ("hidden", "ignored", "no pattern"), None when it takes it."""
     n = name.lower()
     if n.startswith("."):
-        return False
+        return "hidden"
     if any(fnmatch.fnmatchcase(n, p.lower()) for p in cfg.ignore):
-        return False
-    if any(fnmatch.fnmatchcase(n, p.lower()) for p in cfg.patterns):
-        return True
-    _tell_not_taken(name, cfg)
-    return False
+        return "ignored"
+    return None if any(fnmatch.fnmatchcase(n, p.lower()) for p in cfg.patterns) else "no pattern"
+
+
+def wanted(name: str, cfg: WatchSection) -> bool:
+    """True for a file name the monitor takes: matches a pattern, is not hidden, matches no ignore pattern."""
+    return _refusal(name, cfg) is None
+
+
+def taken(name: str, cfg: WatchSection) -> bool:
+    """``wanted``, where the intake decides on a file: one that only misses the patterns is logged once per suffix
+    (``monitor score`` would read a .jpg or .bmp)."""
+    why = _refusal(name, cfg)
+    if why == "no pattern":
+        _tell_not_taken(name, cfg)
+    return why is None
 
 
 _told: set[str] = set()  # suffixes already logged as not taken
@@ -89,7 +99,7 @@ class _Handler(FileSystemEventHandler):
 
     def _put(self, kind: str, path) -> None:
         dest = path[1] if kind == MOVED else path
-        if not wanted(os.path.basename(dest), self.cfg):
+        if not taken(os.path.basename(dest), self.cfg):
             return
         try:
             self.q.put_nowait((kind, path))
@@ -259,14 +269,14 @@ class Intake(threading.Thread):
 
         if self.cfg.recursive:
             for root, _, names in os.walk(self.dir, onerror=skipped):  # symlinked folders are not entered
-                yield from (os.path.join(root, n) for n in names if wanted(n, self.cfg))
+                yield from (os.path.join(root, n) for n in names if taken(n, self.cfg))
             return
         try:
             names = os.listdir(self.dir)
         except OSError as exc:
             skipped(exc)
             return
-        yield from (os.path.join(self.dir, n) for n in names if wanted(n, self.cfg))
+        yield from (os.path.join(self.dir, n) for n in names if taken(n, self.cfg))
 
     # ----------------------------------------------------------------------------------------------------- loop
     def run(self) -> None:
