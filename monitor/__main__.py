@@ -1,8 +1,6 @@
 """Entry point: ``python -m monitor`` and the ``monitor`` console script."""
 
-import sys
-
-from .cli import main
+from .cli import entry
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

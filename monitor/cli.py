@@ -1,4 +1,5 @@
-"""Subcommands: fit, score, evaluate, run, demo, history, check-config, hash-password."""
+"""Subcommands: fit, score, evaluate, run, demo, history, label, refit, check-config, install-model, rollback,
+hash-password."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 import warnings
@@ -216,34 +218,70 @@ def parse_since(text: str) -> float:
     return time.time() - n * _UNITS[text[-1]]
 
 
-def cmd_history(args) -> int:
+def _open_ledger(args):
     from .ledger import Ledger
 
-    cfg = _load_cfg(args)
-    path = Path(args.ledger or cfg.output.ledger)
+    path = Path(args.ledger or _load_cfg(args).output.ledger)
     if not path.is_file():
         raise FileNotFoundError(f"no ledger at {path} (output.ledger)")
-    ledger = Ledger(path)
+    return Ledger(path)
+
+
+def cmd_history(args) -> int:
+    ledger = _open_ledger(args)
     try:
         rows = ledger.history(parse_since(args.since) if args.since else None, args.alarms, args.limit)
+        labels = ledger.current_labels([r.id for r in rows])
     finally:
         ledger.close()
     if args.json:
         for r in rows:
+            lab = labels.get(r.id)
             print(json.dumps({**r.to_dict(), "seen": iso_time(r.seen_at),
-                              "finished": None if r.finished_at is None else iso_time(r.finished_at)}))
+                              "finished": None if r.finished_at is None else iso_time(r.finished_at),
+                              "label": None if lab is None else {**lab.to_dict(), "at": iso_time(lab.at)}}))
         return 0
     # the verdict is the scorer's, the alarm the line's: an "ok" image can hold a defect below the alarm's coverage
     print(f"{'id':>6}  {'seen':25}  {'state':7}  {'verdict':8}  {'alarm':5}  {'coverage':>9}  {'defects':>7}  "
-          f"{'score s':>7}  {'e2e s':>7}  image / error")
+          f"{'score s':>7}  {'e2e s':>7}  {'label':11}  image / error")
     for r in rows:
         cov = "" if r.coverage is None else f"{r.coverage:.4%}"
         alarm = "" if r.alarm is None else ("ALARM" if r.alarm else "-")
         what = shown(Path(r.path).name) + (f"  [{r.error_kind}] {r.error}" if r.error else "")
+        lab = labels[r.id].kind if r.id in labels else ""
         print(f"{r.id:>6}  {iso_time(r.seen_at):25}  {r.state:7}  {r.verdict or '':8}  {alarm:5}  {cov:>9}  "
               f"{'' if r.n_defects is None else r.n_defects:>7}  "
               f"{'' if r.score_seconds is None else f'{r.score_seconds:.2f}':>7}  "
-              f"{'' if r.e2e_seconds is None else f'{r.e2e_seconds:.2f}':>7}  {what}")
+              f"{'' if r.e2e_seconds is None else f'{r.e2e_seconds:.2f}':>7}  {lab:11}  {what}")
+    return 0
+
+
+def cmd_label(args) -> int:
+    """What an operator says of a result: a false alarm, or a confirmed defect (one the monitor missed, too)."""
+    import getpass
+    import pwd
+
+    from .ledger import LabelError
+
+    path = Path(args.ledger or _load_cfg(args).output.ledger)
+    owner = path.stat().st_uid if path.is_file() else 0
+    if os.geteuid() == 0 and owner != 0:  # root's write could leave the ledger's -wal/-shm files root's
+        name = pwd.getpwuid(owner).pw_name if owner in {p.pw_uid for p in pwd.getpwall()} else str(owner)
+        raise ConfigError(f"{path} belongs to {name}: run monitor label as that user (sudo -u {name} ...), so that "
+                          "the service can still write its ledger")
+    ledger = _open_ledger(args)
+    try:
+        try:
+            row = ledger.find(args.image)
+            lab = ledger.label(row.id, "false_alarm" if args.false_alarm else "confirmed",
+                               args.by or os.environ.get("SUDO_USER") or getpass.getuser(), args.note or "", "cli")
+        except (LookupError, LabelError) as exc:
+            raise ConfigError(f"label {args.image}: {exc}") from None
+    finally:
+        ledger.close()
+    print(json.dumps({**lab.to_dict(), "at": iso_time(lab.at), "image": row.path, "verdict": row.verdict}))
+    print(f"monitor: result {row.id} ({shown(Path(row.path).name)}, verdict {row.verdict}) labelled {lab.kind} by "
+          f"{lab.who}", file=sys.stderr)
     return 0
 
 
@@ -287,6 +325,29 @@ def _lifecycle(res: dict, what: str) -> int:
     return 0
 
 
+def cmd_refit(args) -> int:
+    from .refit import RefitError, refit, render, write_report
+
+    cfg = _load_cfg(args)
+    try:
+        report = refit(cfg, args.recent, Path(args.out) if args.out else None, args.apply, args.seed, args.quiet)
+    except RefitError as exc:
+        raise ConfigError(f"refit: {exc}") from None
+    path = Path(args.report) if args.report else Path(report["candidate_dir"]) / "refit.json"
+    write_report(report, path)
+    print(render(report))
+    print(f"report: {path}")
+    if not report["passed"]:
+        print("monitor: refit: the candidate fails validation" + (" and was NOT installed" if args.apply else ""),
+              file=sys.stderr)
+        return 1
+    if args.apply:
+        return _lifecycle(report["applied"], "installed")
+    print(f"monitor: refit: the candidate passes; install it with --apply (or `monitor install-model "
+          f"{report['candidate_dir']} --config {args.config}`)", file=sys.stderr)
+    return 0
+
+
 def cmd_hash_password(args) -> int:
     """The web.password_hash line for a password read from the terminal (twice) or from stdin (its first line)."""
     from getpass import getpass
@@ -309,7 +370,7 @@ def cmd_hash_password(args) -> int:
 
 
 def version_line() -> str:
-    """``monitor 0.2.0 (Python 3.11.7, torch 2.14.1, openvino 2026.4.1)``, without importing torch."""
+    """``monitor 0.3.0 (Python 3.11.7, torch 2.14.1, openvino 2026.4.1)``, without importing torch."""
     from importlib.metadata import PackageNotFoundError, version
 
     parts = [f"Python {sys.version.split()[0]}"]
@@ -380,6 +441,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="one JSON object per line")
     sp.set_defaults(func=cmd_history)
 
+    sp = sub.add_parser("label", help="say what a result was: a false alarm, or a confirmed defect (kept in the "
+                                      "ledger with who and when; the result itself is not changed)")
+    sp.add_argument("image", help="the result: its ledger id (monitor history), its path as recorded, or its file name")
+    common(sp)
+    sp.add_argument("--ledger", help="ledger file (default: output.ledger of the configuration)")
+    kind = sp.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--false-alarm", action="store_true", help="the alarm was wrong: no defect on this image")
+    kind.add_argument("--confirmed", action="store_true", help="a real defect (also one the monitor did not alarm on)")
+    sp.add_argument("--note", help="a short note (at most 500 characters)")
+    sp.add_argument("--by", help="who labels (default: the user running the command)")
+    sp.set_defaults(func=cmd_label)
+
     sp = sub.add_parser("check-config", help="validate a configuration and this host (paths, model, ports); print "
                                              "it with defaults filled in")
     common(sp)
@@ -398,6 +471,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("rollback", help="go back to the model installed before (a running monitor reloads)")
     common(sp)
     sp.set_defaults(func=cmd_rollback)
+
+    sp = sub.add_parser("refit", help="fit a candidate model from the line's history (its normal images, the false "
+                                      "alarms, recent ok images), validate it on the labelled results, print the "
+                                      "before/after table; --apply installs it")
+    common(sp)
+    sp.add_argument("--recent", type=int, default=20, help="recent ok images to sample from the ledger (default 20; "
+                                                           "half join the dictionary, half the threshold)")
+    sp.add_argument("--out", help="candidate model folder (default: <model.path>.candidate)")
+    sp.add_argument("--report", help="JSON report (default: <candidate>/refit.json)")
+    sp.add_argument("--apply", action="store_true", help="install the candidate when it passes (as install-model)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the recent-image sample")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_refit)
 
     sp = sub.add_parser("hash-password", help="hash a password for web.password_hash (read from stdin or a prompt)")
     sp.add_argument("--iterations", type=int, default=ITERATIONS, help=f"PBKDF2 iterations (default {ITERATIONS})")
@@ -432,3 +518,22 @@ def main(argv: list[str] | None = None) -> int:
             FileNotFoundError) as exc:
         print(f"monitor: error: {exc}", file=sys.stderr)
         return 2
+
+
+def entry() -> None:
+    """The ``monitor`` command: ``main()``, then a quick exit. Every command closes what it writes (models, the
+    ledger, overlays) before it returns; the interpreter's own teardown of torch and OpenVINO would add about 0.9 s
+    to each command and to each stop of the service, for nothing."""
+    try:
+        code = main()
+    except SystemExit as exc:  # --help, --version, a usage error
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        if not isinstance(exc.code, (int, type(None))):
+            print(exc.code, file=sys.stderr)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (monitor history | head)
+            pass
+    os._exit(code)

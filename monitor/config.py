@@ -16,6 +16,7 @@ import yaml
 
 from .defects import DefectConfig
 from .images import ImageLimits
+from .mismatch import MismatchConfig
 from .backbones import RUNTIMES
 from .passwords import parse_hash
 from .scorers import METHODS, DFRConfig, PatchDictionaryConfig, PIADEConfig, SSIMAutoencoderConfig
@@ -63,6 +64,16 @@ class AlarmSection:
             raise ValueError(f"alarm.max_defect_area must be >= 0, got {self.max_defect_area}")
         if self.clear_after < 1:
             raise ValueError(f"alarm.clear_after must be >= 1, got {self.clear_after}")
+
+
+@dataclass(frozen=True)
+class DriftSection:
+    window: int = 50  # the last this many clean (ok) images of the model in use make the drift gauge
+    min_images: int = 20  # fewer clean images than this: the gauge is NaN (not enough to say)
+
+    def __post_init__(self):
+        if not 1 <= self.min_images <= self.window:
+            raise ValueError(f"drift.min_images must be in 1..drift.window ({self.window}), got {self.min_images}")
 
 
 OBSERVERS = ("native", "polling")
@@ -166,6 +177,7 @@ class WebSection:
     password_hash: str = ""  # pbkdf2_sha256$<iterations>$<salt b64>$<hash b64> (`monitor hash-password`)
     external_url: str = ""  # the URL operators reach the page at; the alerts link there ("" = no link)
     results: int = 50  # rows on the list page by default
+    write_password_hash: str = ""  # operators label results on the page with this password ("" = labelling off)
 
     def __post_init__(self):
         if not 0 <= self.port <= 65535:
@@ -181,6 +193,11 @@ class WebSection:
                 parse_hash(self.password_hash)
             except ValueError as exc:
                 raise ValueError(f"web.password_hash: {exc}") from None
+        if self.write_password_hash:
+            try:
+                parse_hash(self.write_password_hash)
+            except ValueError as exc:
+                raise ValueError(f"web.write_password_hash: {exc}") from None
         url = self.external_url
         if url and (not url.startswith(("http://", "https://")) or any(c.isspace() or c in "\"'<>" for c in url)):
             raise ValueError(f"web.external_url must be empty or an http:// or https:// URL, got {url!r}")
@@ -210,6 +227,8 @@ class Config:
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
     defects: DefectConfig = field(default_factory=DefectConfig)
     alarm: AlarmSection = field(default_factory=AlarmSection)
+    mismatch: MismatchConfig = field(default_factory=MismatchConfig)
+    drift: DriftSection = field(default_factory=DriftSection)
     image: ImageLimits = field(default_factory=ImageLimits)
     watch: WatchSection = field(default_factory=WatchSection)
     output: OutputSection = field(default_factory=OutputSection)

@@ -61,13 +61,18 @@ def find_defects(anomaly_map: np.ndarray, threshold: float, config: DefectConfig
     return DefectReport(mask, float(mask.mean()), tuple(defects))
 
 
-VERDICTS = ("ok", "defect", "no-threshold")  # every verdict there is (the metrics' labels too)
+VERDICTS = ("ok", "defect", "no-threshold", "mismatch")  # every verdict there is (the metrics' labels too)
 
 
-def decide(report: DefectReport | None, coverage_threshold: float = 0.0, max_defect_area: int = 0) -> str:
+def decide(report: DefectReport | None, coverage_threshold: float = 0.0, max_defect_area: int = 0,
+           mismatch_coverage: float = 0.0) -> str:
     """The one place a verdict is made: ``defect`` when the defect coverage exceeds ``coverage_threshold`` or (when
-    set) one defect is larger than ``max_defect_area`` pixels; ``no-threshold`` for a model without a threshold."""
+    set) one defect is larger than ``max_defect_area`` pixels; ``mismatch`` when (set) the coverage exceeds
+    ``mismatch_coverage``: no defect covers most of an image, another material or a focus fault does;
+    ``no-threshold`` for a model without a threshold."""
     if report is None:
         return "no-threshold"
+    if mismatch_coverage and report.coverage > mismatch_coverage:
+        return "mismatch"
     over_area = bool(max_defect_area) and report.largest_area > max_defect_area
     return "defect" if report.defects and (report.coverage > coverage_threshold or over_area) else "ok"

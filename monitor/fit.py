@@ -18,6 +18,7 @@ import numpy as np
 from .config import Config
 from .files import file_sha256
 from .images import ImageLimits, read_image
+from .mismatch import fitted_on
 from .scorers.base import QUIET, Progress, Tick
 
 log = logging.getLogger(__name__)
@@ -49,27 +50,41 @@ class ConsoleProgress(Progress):
 
 
 def read_images(paths: Sequence[Path], limits: ImageLimits, progress: Progress = QUIET,
-                what: str = "read") -> list[np.ndarray]:
+                what: str = "read", infos: list | None = None, sha256: dict | None = None) -> list[np.ndarray]:
+    """The images, as float gray; ``infos`` (a list) gets each one's ``read_image`` info (bit depth, pixel size);
+    a path in ``sha256`` must still have that content (ImageError ``changed`` otherwise)."""
     tick = progress.phase(what, len(paths), "images")
     out = []
     for p in paths:
-        out.append(read_image(p, limits))
+        info: dict = {}
+        out.append(read_image(p, limits, (sha256 or {}).get(p), info))
+        if infos is not None:
+            infos.append(info)
         tick(1)
     return out
 
 
-def fit_model(cfg: Config, normal_paths: Sequence[Path], val_paths: Sequence[Path], out: Path, quiet: bool = False):
+def fit_model(cfg: Config, normal_paths: Sequence[Path], val_paths: Sequence[Path], out: Path, quiet: bool = False,
+              sha256: dict | None = None, provenance: dict | None = None):
     """Fit ``cfg.model`` on the normal images (threshold and calibration from ``val_paths``) and save it to
-    ``out``; returns (model, model_id, seconds)."""
+    ``out``; returns (model, model_id, seconds). ``sha256``: {path: the content it must have} (refit: what the
+    ledger recorded); ``provenance``: saved with the model (where a refit took its images from)."""
     from .model import Model
 
     t0 = time.perf_counter()
     progress = QUIET if quiet else ConsoleProgress(f"fit {cfg.model.method}")
     try:
-        normal = read_images(normal_paths, cfg.image, progress, "read normal")
-        val = read_images(val_paths, cfg.image, progress, "read val") if val_paths else []
+        infos: list[dict] = []
+        normal = read_images(normal_paths, cfg.image, progress, "read normal", infos, sha256)
+        val = read_images(val_paths, cfg.image, progress, "read val", sha256=sha256) if val_paths else []
         model = Model.fit(cfg.model.method, cfg.model.method_config, normal, val, cfg.threshold, cfg.defects,
-                          cfg.model.device, progress, [file_sha256(p) for p in normal_paths], cfg.model.runtime)
+                          cfg.model.device, progress, [(sha256 or {}).get(p) or file_sha256(p) for p in normal_paths], cfg.model.runtime)
+        model.meta["fitted_on"] = fitted_on([im.shape for im in normal], infos)
+        model.meta["training_images"] = [str(Path(p).resolve()) for p in normal_paths]
+        model.meta["validation_images"] = [str(Path(p).resolve()) for p in val_paths]
+        model.meta["validation_sha256"] = [(sha256 or {}).get(p) or file_sha256(p) for p in val_paths]
+        if provenance:
+            model.meta["provenance"] = provenance
     finally:
         progress.close()
     if not val:

@@ -100,8 +100,12 @@ def _scale(dtype: np.dtype) -> float:
     return 1.0  # float images are taken to be in [0, 1]
 
 
-def read_image(path: str | os.PathLike, limits: ImageLimits = ImageLimits(), sha256: str | None = None) -> np.ndarray:
+def read_image(path: str | os.PathLike, limits: ImageLimits = ImageLimits(), sha256: str | None = None,
+               info: dict | None = None) -> np.ndarray:
     """Read ``path`` as float32 gray (H, W) in [0, 1]. Raises :class:`ImageError`.
+
+    ``info``, when given, receives what the pixels no longer say: ``bits`` (the file's bit depth per sample: 1, 8,
+    16 or 32 for floating point) and ``pixel_size_um`` (from the SEM's TIFF tags, None when they do not carry it).
 
     With ``sha256`` (the content the ledger recorded), the bytes are read once, checked against it and decoded
     from memory: what is scored is exactly what was recorded, even if the file is replaced meanwhile (kind
@@ -135,6 +139,8 @@ def read_image(path: str | os.PathLike, limits: ImageLimits = ImageLimits(), sha
                                      "too_small")
                 im.load()
                 arr = _pil_to_array(im)
+                if info is not None:
+                    info["pixel_size_um"] = _tags_pixel_size(im)
     except ImageError:
         raise
     except NotRegularFile:
@@ -160,6 +166,8 @@ def read_image(path: str | os.PathLike, limits: ImageLimits = ImageLimits(), sha
         raise ImageError(path, f"floating-point image with values in [{float(np.nanmin(arr)):g}, "
                          f"{float(np.nanmax(arr)):g}]; floating-point images must hold [0, 1] (export 8- or 16-bit "
                          "integers)", "unreadable")
+    if info is not None:
+        info["bits"] = 1 if arr.dtype == np.bool_ else 8 * arr.dtype.itemsize
     gray = to_gray_float(arr)
     if limits.crop_bottom:
         if gray.shape[0] - limits.crop_bottom < limits.min_side:
@@ -204,11 +212,18 @@ def pixel_size_um(path: str | os.PathLike) -> float | None:
     Only the header is read. The standard resolution tags are not used: SEM software leaves them at 72 dpi."""
     try:
         with open_regular(path) as fh, Image.open(fh) as im:
-            tags = getattr(im, "tag_v2", None)
-            if tags is None:
-                return None
-            fei, zeiss = tags.get(_FEI_TAG), tags.get(_ZEISS_TAG)
+            return _tags_pixel_size(im)
     except Exception:  # any header Pillow cannot parse: the size is unknown, the image was scored all the same
+        return None
+
+
+def _tags_pixel_size(im: Image.Image) -> float | None:
+    try:
+        tags = getattr(im, "tag_v2", None)
+        if tags is None:
+            return None
+        fei, zeiss = tags.get(_FEI_TAG), tags.get(_ZEISS_TAG)
+    except Exception:
         return None
     fei, zeiss = (t.decode("latin-1") if isinstance(t, bytes) else t if isinstance(t, str) else ""
                   for t in (fei, zeiss))

@@ -10,6 +10,7 @@ Each public method is one short transaction; the connection is shared between th
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -19,9 +20,10 @@ from pathlib import Path
 
 from .files import shown
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: operator labels (the labels table); a version-1 ledger is upgraded in place
 STATES = ("pending", "done", "failed")
-VERDICT_FILTERS = ("ok", "defect", "no-threshold", "failed", "pending")  # Ledger.results(verdict=...)
+LABEL_KINDS = ("false_alarm", "confirmed")  # what an operator says of a result (Ledger.label)
+VERDICT_FILTERS = ("ok", "defect", "mismatch", "no-threshold", "failed", "pending")  # Ledger.results(verdict=...)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -54,6 +56,18 @@ CREATE INDEX IF NOT EXISTS images_state ON images (state, id);
 CREATE INDEX IF NOT EXISTS images_finished ON images (finished_at);
 CREATE INDEX IF NOT EXISTS images_seen ON images (seen_at);
 CREATE INDEX IF NOT EXISTS images_verdict ON images (state, verdict, id);
+-- what operators said of a result; a result row is never changed by a label, and a newer label of the same image
+-- supersedes an older one (both are kept)
+CREATE TABLE IF NOT EXISTS labels (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    image_id  INTEGER NOT NULL REFERENCES images (id),
+    kind      TEXT    NOT NULL CHECK (kind IN ('false_alarm', 'confirmed')),
+    note      TEXT    NOT NULL DEFAULT '',
+    who       TEXT    NOT NULL,
+    source    TEXT    NOT NULL,                        -- web / cli
+    at        REAL    NOT NULL                         -- unix time
+);
+CREATE INDEX IF NOT EXISTS labels_image ON labels (image_id, id);
 """
 
 _COLUMNS = ("id", "path", "size", "mtime_ns", "sha256", "state", "seen_at", "started_at", "finished_at", "attempts",
@@ -91,6 +105,45 @@ class Row:
         return {c: getattr(self, c) for c in _COLUMNS if c != "result_json"}
 
 
+@dataclass(frozen=True)
+class Label:
+    id: int
+    image_id: int
+    kind: str  # one of LABEL_KINDS
+    note: str
+    who: str
+    source: str  # web / cli
+    at: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+_LABEL_COLUMNS = "id, image_id, kind, note, who, source, at"
+NOTE_CHARS = 500  # the longest note a label keeps
+WHO_CHARS = 80
+
+
+class LabelError(ValueError):
+    """A label that cannot be given (no such result, not scored, a false alarm on an image that raised none)."""
+
+
+def check_label(row: "Row | None", kind: str, who: str, note: str) -> None:
+    """Raise LabelError when ``row`` cannot get this label."""
+    if kind not in LABEL_KINDS:
+        raise LabelError(f"the label must be one of {', '.join(LABEL_KINDS)}, got {kind!r}")
+    if row is None:
+        raise LabelError("no such result in the ledger")
+    if row.state != "done":
+        raise LabelError(f"result {row.id} was not scored ({row.state}); only scored results can be labelled")
+    if kind == "false_alarm" and row.verdict != "defect":
+        raise LabelError(f"result {row.id} raised no alarm (verdict {row.verdict}); only a defect verdict can be a "
+                         "false alarm (label a defect the monitor missed as confirmed)")
+    if not who.strip() or len(who) > WHO_CHARS or not who.isprintable():
+        raise LabelError(f"who labels must be a name of 1 to {WHO_CHARS} printable characters")
+    if len(note) > NOTE_CHARS or any(not c.isprintable() and c not in "\n\t" for c in note):
+        raise LabelError(f"the note must be at most {NOTE_CHARS} printable characters")
+
 class LedgerError(RuntimeError):
     pass
 
@@ -124,7 +177,7 @@ class Ledger:
         try:
             self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
             version = self._db.execute("PRAGMA user_version").fetchone()[0]  # checked before anything is changed
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 1, SCHEMA_VERSION):
                 self._db.close()
                 raise LedgerError(f"{self.path}: ledger schema {version}, this version reads {SCHEMA_VERSION}")
             check = self._db.execute("PRAGMA quick_check").fetchall()
@@ -236,7 +289,65 @@ class Ledger:
                 (stored, size, mtime_ns, key, now, now, kind, shown(reason)))
             return self._one("WHERE path = ? AND sha256 = ?", (stored, key)), cur.rowcount == 1
 
+    def label(self, image_id: int, kind: str, who: str, note: str = "", source: str = "cli") -> Label:
+        """Record what an operator says of a scored result (``check_label``); the result row is not changed."""
+        with self._lock:
+            check_label(self._one("WHERE id = ?", (image_id,)), kind, who, note)
+            cur = self._db.execute("INSERT INTO labels (image_id, kind, note, who, source, at) VALUES (?, ?, ?, ?, ?, ?)",
+                                   (image_id, kind, note.strip(), who.strip(), source, time.time()))
+            return Label(*self._db.execute(f"SELECT {_LABEL_COLUMNS} FROM labels WHERE id = ?",
+                                           (cur.lastrowid,)).fetchone())
+
     # ---------------------------------------------------------------------------------------------------- reads
+    def labels(self, image_id: int) -> list[Label]:
+        """Every label of one result, oldest first (the last one is what the operators say now)."""
+        with self._lock:
+            return [Label(*r) for r in self._db.execute(
+                f"SELECT {_LABEL_COLUMNS} FROM labels WHERE image_id = ? ORDER BY id", (image_id,))]
+
+    def current_labels(self, image_ids: list[int] | None = None) -> dict[int, Label]:
+        """The latest label of each labelled result (of ``image_ids``; None = all)."""
+        sql = f"SELECT {_LABEL_COLUMNS} FROM labels WHERE id IN (SELECT MAX(id) FROM labels GROUP BY image_id)"
+        args: tuple = ()
+        if image_ids is not None:
+            if not image_ids:
+                return {}
+            sql += f" AND image_id IN ({', '.join('?' * len(image_ids))})"
+            args = tuple(image_ids)
+        with self._lock:
+            return {r[1]: Label(*r) for r in self._db.execute(sql, args)}
+
+    def label_counts(self) -> dict[str, int]:
+        """Labels given so far, by kind (every label counts, a changed mind too: the metric)."""
+        with self._lock:
+            return dict(self._db.execute("SELECT kind, COUNT(*) FROM labels GROUP BY kind"))
+
+    def find(self, image: str) -> Row:
+        """The result ``image`` names: a ledger id, a path as recorded, or a file name (the newest row with that
+        name; LookupError when none, or when the name is in several folders)."""
+        with self._lock:
+            if image.isdigit():
+                row = self._one("WHERE id = ?", (int(image),))
+                if row is None:
+                    raise LookupError(f"no result {image} in the ledger")
+                return row
+            absolute = os.path.abspath(image)
+            for candidate in dict.fromkeys((image, absolute)):
+                row = self._one("WHERE path = ? ORDER BY id DESC LIMIT 1", (db_path(candidate),))
+                if row is not None:
+                    return row
+            name = os.path.basename(image)
+            rows = [r for r in self._all("WHERE path LIKE ? ESCAPE '!' ORDER BY id DESC",
+                                         ("%" + name.replace("!", "!!").replace("%", "!%").replace("_", "!_"),))
+                    if os.path.basename(r.path) == name]
+        folders = sorted({os.path.dirname(r.path) for r in rows})
+        if not rows:
+            raise LookupError(f"no result for {image} in the ledger (give its path as recorded, its file name or its "
+                              "ledger id: monitor history)")
+        if len(folders) > 1:
+            raise LookupError(f"{name} is in several folders ({', '.join(folders[:3])}); give the path or the ledger id")
+        return rows[0]
+
     def get(self, row_id: int) -> Row | None:
         with self._lock:
             return self._one("WHERE id = ?", (row_id,))
@@ -300,6 +411,22 @@ class Ledger:
         with self._lock:
             return list(self._db.execute("SELECT id, finished_at, overlay FROM images WHERE id > ? AND overlay IS NOT "
                                          "NULL ORDER BY id", (after_id,)))
+
+    def recent_levels(self, model_id: str | None, limit: int) -> list[float]:
+        """The score levels of the last ``limit`` clean (ok) images scored by ``model_id``, oldest first (the drift
+        window after a restart)."""
+        with self._lock:
+            got = self._db.execute("SELECT result_json FROM images WHERE state = 'done' AND verdict = 'ok' AND "
+                                   "model_id = ? ORDER BY id DESC LIMIT ?", (model_id, limit)).fetchall()
+        out = []
+        for (text,) in reversed(got):
+            try:
+                level = json.loads(text).get("score_level")
+            except (TypeError, ValueError, AttributeError):
+                continue
+            if isinstance(level, (int, float)):
+                out.append(float(level))
+        return out
 
     def neighbours(self, row_id: int) -> tuple[int | None, int | None]:
         """(the id before ``row_id``, the id after it), None at either end."""

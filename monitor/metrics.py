@@ -15,7 +15,9 @@ from prometheus_client.metrics_core import Metric
 
 from . import __version__
 from .defects import VERDICTS
+from .mismatch import MISMATCH_REASONS
 from .images import ERROR_KINDS
+from .ledger import LABEL_KINDS
 
 # seconds; the scoring path runs in about 0.5 s on 2 CPU cores, a backlog can push end-to-end into minutes
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -46,6 +48,11 @@ TABLE = (
     ("worker_healthy", Gauge, "1 while the scoring worker makes progress, else 0", ()),
     ("watch_folder_ok", Gauge, "1 while watch.dir exists and is watched, else 0", ()),
     ("ledger_errors_total", Counter, "Ledger writes refused (a full disk): images re-scanned, results retried", ()),
+    ("labels_total", Counter, "Operator labels recorded (web page or monitor label), by kind", ("kind",)),
+    ("mismatches_total", Counter, "Images that do not fit the model (verdict mismatch), by reason", ("reason",)),
+    ("drift_ratio", Gauge, "Score level of the recent clean images over that of the validation images (1 = as "
+     "fitted; NaN until drift.min_images)", ()),
+    ("drift_images", Gauge, "Clean images in the drift window", ()),
     ("model", Info, "The model in use", ()),
     ("web", Info, "The results page: its external URL (alert annotations link to it)", ()),
     ("build", Info, "Software versions", ()),
@@ -91,6 +98,11 @@ class Metrics:
             self.images_processed_total.labels(verdict=v)
         for k in FAILURE_KINDS:
             self.images_failed_total.labels(reason=k)
+        for k in LABEL_KINDS:
+            self.labels_total.labels(kind=k)
+        for k in MISMATCH_REASONS:
+            self.mismatches_total.labels(reason=k)
+        self.drift_ratio.set(float("nan"))
         import torch
 
         try:

@@ -22,8 +22,9 @@ class Inspection:
 
     result: ScoreResult
     report: DefectReport | None  # None when the model has no fitted threshold
-    verdict: str  # "defect", "ok", or "no-threshold"
+    verdict: str  # "defect", "ok", "mismatch" or "no-threshold"
     threshold: float | None
+    level: float | None = None  # the score level the drift gauge follows (``score_level``)
 
     def summary(self) -> dict:
         r = self.report
@@ -34,7 +35,18 @@ class Inspection:
             "defects": [] if r is None else [{"number": i, **d.to_dict()} for i, d in enumerate(r.defects, 1)],
             "max_score": round(self.result.image_score, 4),
             "threshold": None if self.threshold is None else round(self.threshold, 4),
+            "score_level": None if self.level is None else round(self.level, 6),
         }
+
+
+LEVEL_QUANTILE = 0.99  # the drift gauge compares this quantile of an image's patch scores with the validation images'
+
+
+def score_level(result: ScoreResult) -> float:
+    """One number for how high an image scores overall: a high quantile of its patch scores. A clean image of the
+    kind the model was fitted on is near the validation images' median; a focus change, a new material lot or a
+    detector drifting lift it before any defect is found."""
+    return float(np.quantile(result.patch_scores, LEVEL_QUANTILE))
 
 
 def expectations(method_config) -> dict:
@@ -74,9 +86,13 @@ class Model:
                 results.append(scorer.score(v))
                 tick(1)
             th = fit_threshold([r.patch_scores for r in results], [r.anomaly_map for r in results], threshold)
+            levels = [score_level(r) for r in results]
         meta = {"training_sha256": list(train_sha256), "fit_seconds": round(time.perf_counter() - t0, 3),
                 "training_pixels": max(int(im.shape[0]) * int(im.shape[1]) for im in normal),
                 "image_shape": [int(normal[0].shape[0]), int(normal[0].shape[1])]}
+        if val:
+            meta["drift_reference"] = {"quantile": LEVEL_QUANTILE, "median": float(np.median(levels)),
+                                       "levels": [round(v, 6) for v in levels]}
         return cls(scorer, th, defects, meta, runtime)
 
     def warm_up(self) -> float | None:
@@ -92,24 +108,40 @@ class Model:
         self.inspect(fiber_mat(tuple(shape), seed=0))
         return time.perf_counter() - t
 
-    def inspect(self, image: np.ndarray, coverage_threshold: float = 0.0, max_defect_area: int = 0) -> Inspection:
+    @property
+    def fitted_on(self) -> dict | None:
+        """What the model was fitted on (``mismatch.fitted_on``); None for a model saved before 0.3.0."""
+        return self.meta.get("fitted_on")
+
+    @property
+    def drift_reference(self) -> float | None:
+        """The validation images' median ``score_level``; None for a model without validation images or saved
+        before 0.3.0 (no drift gauge)."""
+        ref = self.meta.get("drift_reference")
+        return ref.get("median") if isinstance(ref, dict) and ref.get("quantile") == LEVEL_QUANTILE else None
+
+    def inspect(self, image: np.ndarray, coverage_threshold: float = 0.0, max_defect_area: int = 0,
+                mismatch_coverage: float = 0.0) -> Inspection:
         """Score ``image`` and judge it (``defects.decide``: coverage over ``coverage_threshold``, or one defect
-        over ``max_defect_area`` pixels when that is set)."""
-        return self._judge(self.scorer.score(image), coverage_threshold, max_defect_area)
+        over ``max_defect_area`` pixels when that is set; coverage over ``mismatch_coverage`` is a mismatch)."""
+        return self._judge(self.scorer.score(image), coverage_threshold, max_defect_area, mismatch_coverage)
 
     def inspect_batch(self, images: Sequence[np.ndarray], coverage_threshold: float = 0.0,
-                      max_defect_area: int = 0) -> list[Inspection]:
+                      max_defect_area: int = 0, mismatch_coverage: float = 0.0) -> list[Inspection]:
         """``inspect`` for several images at once (one forward pass where the scorer can batch them)."""
         results = self.scorer.score_batch(images)
-        return [self._judge(r, coverage_threshold, max_defect_area) for r in results]
+        return [self._judge(r, coverage_threshold, max_defect_area, mismatch_coverage) for r in results]
 
-    def _judge(self, result: ScoreResult, coverage_threshold: float, max_defect_area: int) -> Inspection:
+    def _judge(self, result: ScoreResult, coverage_threshold: float, max_defect_area: int,
+               mismatch_coverage: float = 0.0) -> Inspection:
+        level = score_level(result)
         if self.threshold is None:
-            return Inspection(result, None, decide(None), None)
+            return Inspection(result, None, decide(None), None, level)
         t = time.perf_counter()
         report = find_defects(result.anomaly_map, self.threshold.value, self.defects)
         result.timings["defects"] = time.perf_counter() - t
-        return Inspection(result, report, decide(report, coverage_threshold, max_defect_area), self.threshold.value)
+        return Inspection(result, report, decide(report, coverage_threshold, max_defect_area, mismatch_coverage),
+                          self.threshold.value, level)
 
     # ------------------------------------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike) -> str:
@@ -118,7 +150,12 @@ class Model:
                 "threshold": None if self.threshold is None else self.threshold.to_dict(),
                 "defects": asdict(self.defects), "training_sha256": self.meta.get("training_sha256", []),
                 "fit_seconds": self.meta.get("fit_seconds"), "training_pixels": self.meta.get("training_pixels"),
-                "image_shape": self.meta.get("image_shape")}
+                "image_shape": self.meta.get("image_shape"), "fitted_on": self.meta.get("fitted_on"),
+                "training_images": self.meta.get("training_images", []),
+                "validation_images": self.meta.get("validation_images", []),
+                "validation_sha256": self.meta.get("validation_sha256", []),
+                "provenance": self.meta.get("provenance"),
+                "drift_reference": self.meta.get("drift_reference")}
         model_id = save_artifact(directory, meta, arrays)
         self.meta = load_artifact(directory)[0]
         return model_id

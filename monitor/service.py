@@ -23,7 +23,7 @@ from typing import Callable
 
 from .artifact import ArtifactError
 from .config import Config, load_config
-from .ledger import Ledger, LedgerError, Row
+from .ledger import LABEL_KINDS, Label, Ledger, LedgerError, Row
 from .metrics import Metrics
 from .model import Model, expectations
 from .retention import Retention
@@ -116,6 +116,8 @@ class Service:
         self.web_port: int | None = None
         self._stopped = False
         self._stop_lock = threading.Lock()
+        self._labels_counted: dict[str, int] = {}  # labels in monitor_labels_total so far, by kind
+        self._labels_lock = threading.Lock()
 
     # ---------------------------------------------------------------------------------------------------- start
     def start(self) -> None:
@@ -125,6 +127,7 @@ class Service:
         self.ledger = Ledger(cfg.output.ledger)
         self.metrics = m = Metrics(line=cfg.service.line)
         m.restore(self.ledger.totals())
+        self._sync_labels()
         self._config_gauges(cfg)
         self.retention = Retention(self.ledger, cfg.output.max_bytes, cfg.output.max_age_seconds)
         self._retain()
@@ -142,6 +145,10 @@ class Service:
         # the alerts link to the page only where operators can reach it: web.external_url
         m.set_web(cfg.web.external_url if self.web is not None else "")
         self.worker = Worker(cfg, self.ledger, model, m, self.on_result)
+        self.worker.restore_drift()
+        if model.drift_reference is None:
+            log.info("model %s has no drift reference (no validation images, or fitted before 0.3.0): "
+                     "monitor_drift_ratio stays NaN; refit to get one", model.model_id)
         self.worker.start()
         self.intake = Intake(cfg.watch, self.ledger, self._recorded, self._rejected, m.ledger_errors_total.inc)
         self.intake.start_watching()
@@ -154,7 +161,7 @@ class Service:
     def _start_web(self, cfg: Config) -> None:
         """The results page; one that cannot start (its port taken by another line's monitor, a bad certificate)
         is logged and left off: the line's monitoring does not depend on it."""
-        web = ResultsServer(cfg.web, self.ledger.reader(), lambda: self.cfg)
+        web = ResultsServer(cfg.web, self.ledger.reader(), lambda: self.cfg, self._label)
         try:
             self.web_port = web.start()
         except WebError as exc:
@@ -173,6 +180,23 @@ class Service:
     def _model_info(self, model: Model) -> None:
         mc = model.meta.get("scorer", {}).get("config", {})
         self.metrics.set_model(model.model_id, model.meta.get("method", "?"), mc.get("backbone", ""), model.runtime)
+
+    def _label(self, image_id: int, kind: str, who: str, note: str) -> Label:
+        """A label from the results page, written by the daemon's own ledger connection."""
+        label = self.ledger.label(image_id, kind, who, note, "web")
+        self._sync_labels()
+        return label
+
+    def _sync_labels(self) -> None:
+        """monitor_labels_total follows the ledger: labels from the page, and from `monitor label` (another
+        process) within one turn of the serve loop."""
+        with self._labels_lock:
+            counts = self.ledger.label_counts()
+            for kind in LABEL_KINDS:
+                n = counts.get(kind, 0) - self._labels_counted.get(kind, 0)
+                if n > 0:
+                    self.metrics.labels_total.labels(kind=kind).inc(n)
+            self._labels_counted = counts
 
     def _recorded(self, row: Row, created: bool) -> None:
         if created:
@@ -232,6 +256,10 @@ class Service:
                 self.reload_event.clear()
                 self.reload()
             self._retain()
+            try:
+                self._sync_labels()
+            except Exception as exc:  # sqlite3.Error: a busy or full disk; the next turn tries again
+                log.debug("label counts not read: %s", exc)
             if self.ledger.lost():  # the state folder removed, the ledger replaced: stop, loudly
                 log.critical("the ledger %s was deleted or replaced while the monitor ran; stopping (nothing it "
                              "wrote from then on could be read back). Restore it, or start again with a new ledger, "

@@ -1,18 +1,25 @@
 """The results page: a small HTTP(S) server inside the daemon, server-rendered HTML, no JavaScript.
 
-URLs (GET and HEAD only; anything else is 405):
+URLs (GET and HEAD; POST only to label a result; anything else is 405):
 
     /                           the last results, newest first; filters ?verdict=&since=&until=&limit=
     /result/<id>                one result: verdict, times, coverage vs threshold, overlay, defect table
     /result/<id>/overlay.png    the overlay file named in that ledger row (404 when it is gone or was never written)
     /result/<id>/image.png      the original image, decoded with ``read_image`` and sent as PNG (410 when the file
                                 is gone or changed since it was scored)
+    /result/<id>/label          POST: an operator's label (false alarm / confirmed, name, note), only when
+                                ``web.write_password_hash`` is set; the form carries that password and a CSRF token
     /healthz                    "ok" (no auth)
 
 Only ledger rows are ever served: a URL names a row id (digits), never a path; everything else is 404. Text from
 the ledger is HTML-escaped. With ``web.username``/``web.password_hash`` every page but /healthz needs HTTP basic
 auth; with ``web.certfile``/``web.keyfile`` the server speaks TLS (the handshake runs in the connection's thread).
-Reads go through the daemon's ``Ledger`` (short queries under its lock). Requests are logged at debug level.
+Reads go through a read-only ledger connection of their own; a label is written by the daemon's ledger (the
+``labeller`` callback). Requests are logged at debug level.
+
+A label form is safe from cross-site requests three ways: it needs the write password (never remembered by the
+browser as basic auth is), a CSRF token (an HMAC of the result id and the time under a key of this process, valid
+for ``CSRF_SECONDS``), and a POST whose Origin or Sec-Fetch-Site, when the browser sends them, is this site.
 """
 
 from __future__ import annotations
@@ -29,12 +36,13 @@ import socket
 import ssl
 import stat
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 import cv2
 import numpy as np
@@ -42,7 +50,7 @@ import numpy as np
 from .config import RESULTS_MAX, Config, WebSection
 from .files import shown
 from .images import ImageError, read_image
-from .ledger import VERDICT_FILTERS, Ledger, Row
+from .ledger import LABEL_KINDS, NOTE_CHARS, VERDICT_FILTERS, WHO_CHARS, Label, LabelError, Ledger, Row
 from .passwords import parse_hash, verify_password
 
 log = logging.getLogger(__name__)
@@ -51,10 +59,18 @@ REALM = "SEM line monitor"
 CSP = ("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; "
        "frame-ancestors 'none'")
 SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
-                    "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
+                    "X-Frame-Options": "DENY",
+                    # same-origin, not no-referrer: with no-referrer a browser sends "Origin: null" on the label form,
+                    # and the origin check needs the real one; other sites still get no referrer
+                    "Referrer-Policy": "same-origin"}
 CONNECTION_TIMEOUT = 15.0  # seconds a client may take to send its request (TLS handshake included)
 NAME_CHARS = 28  # longer file names are elided in the middle on the list
 _ROUTE = re.compile(r"/result/([1-9][0-9]{0,17})(?:/(overlay|image)\.png)?")
+_LABEL_ROUTE = re.compile(r"/result/([1-9][0-9]{0,17})/label")
+CSRF_SECONDS = 8 * 3600  # a label form stays valid this long (a shift); a restart of the daemon expires it too
+MAX_FORM_BYTES = 8192
+LABEL_TEXT = {"false_alarm": "false alarm", "confirmed": "confirmed defect"}
+Labeller = Callable[[int, str, str, str], Label]  # (result id, kind, who, note) -> the label written
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -171,12 +187,17 @@ def verdict_of(row: Row) -> tuple[str, str]:
         return "defect", "b-defect"
     if row.verdict == "ok":
         return "ok", "b-ok"
+    if row.verdict == "mismatch":
+        return "mismatch", "b-mismatch"
     return row.verdict or "no verdict", "b-other"
 
 
-def badge(row: Row) -> str:
-    label, cls = verdict_of(row)
-    return f'<span class="badge {cls}">{esc(label)}</span>'
+def badge(row: Row, label: Label | None = None) -> str:
+    text_, cls = verdict_of(row)
+    out = f'<span class="badge {cls}">{esc(text_)}</span>'
+    if label is not None:
+        out += f'<span class="badge b-label" title="operator label">{esc(LABEL_TEXT[label.kind])}</span>'
+    return out
 
 
 def short_model(model_id: str | None) -> str:
@@ -199,6 +220,14 @@ h1{font-size:1.35rem;margin:.2rem 0 .8rem}
 .badge{display:inline-block;padding:.2rem .75rem;border-radius:999px;color:#fff;font-weight:700;font-size:.9rem;
  white-space:nowrap}
 .b-defect{background:var(--red)}.b-ok{background:var(--green)}.b-other{background:var(--grey)}
+.b-mismatch{background:#8a5a00}.b-label{background:#fff;color:var(--fg);border:2px solid var(--grey);margin-left:.3rem}
+form.label{display:flex;flex-wrap:wrap;gap:.75rem 1rem;align-items:flex-end;background:#fff;padding:.75rem 1rem;
+ border:1px solid var(--line);border-radius:10px;margin-bottom:1rem}
+form.label label{display:flex;flex-direction:column;font-size:.85rem;font-weight:600;gap:.2rem}
+form.label fieldset{border:0;padding:0;margin:0;display:flex;gap:1rem}
+form.label fieldset label{flex-direction:row;align-items:center;gap:.4rem;font-size:1rem;min-height:48px}
+input[type=radio]{min-height:0;width:1.4rem;height:1.4rem}
+.done{background:#e8f5e9;border:2px solid var(--green);border-radius:10px;padding:1rem;margin-bottom:1rem}
 form.filters{display:flex;flex-wrap:wrap;gap:.75rem 1rem;align-items:flex-end;background:#fff;padding:.75rem 1rem;
  border:1px solid var(--line);border-radius:10px;margin-bottom:.75rem}
 form.filters label{display:flex;flex-direction:column;font-size:.85rem;font-weight:600;gap:.2rem}
@@ -287,6 +316,9 @@ def page(title: str, body: str, line: str) -> bytes:
 
 
 # ----------------------------------------------------------------------------------------------------------- auth
+KDF_LOCK = threading.Lock()  # one PBKDF2 at a time in the process (basic auth and the write password)
+
+
 class BasicAuth:
     """HTTP basic auth against one user and a PBKDF2 hash. Verified credentials are remembered (as an HMAC under a
     key of this process, at most ``remember`` of them) so that a page with its images costs one PBKDF2, not three;
@@ -300,7 +332,7 @@ class BasicAuth:
         self._good: OrderedDict[bytes, None] = OrderedDict()
         self._remember = remember
         self._lock = threading.Lock()  # the remembered credentials
-        self._kdf = threading.Lock()  # one PBKDF2 at a time
+        self._kdf = KDF_LOCK
 
     def check(self, header: str | None) -> bool:
         if not header:
@@ -335,23 +367,34 @@ class BasicAuth:
 class ResultsSite:
     """The pages, as a function of the request: ``handle(method, target, authorization) -> Response``."""
 
-    def __init__(self, cfg: WebSection, ledger: Ledger, settings: Callable[[], Config]):
+    def __init__(self, cfg: WebSection, ledger: Ledger, settings: Callable[[], Config],
+                 labeller: Labeller | None = None):
         self.cfg = cfg
         self.ledger = ledger
         self.settings = settings  # the daemon's configuration now (SIGHUP may change alarm and image settings)
         self.auth = BasicAuth(cfg.username, cfg.password_hash) if cfg.username else None
+        # labelling from the page: the write password (checked like basic auth: PBKDF2, one at a time)
+        self.writer = parse_hash(cfg.write_password_hash) if cfg.write_password_hash and labeller is not None else None
+        self.labeller = labeller
+        self._csrf_key = os.urandom(32)
         self._decode = threading.Semaphore(1)  # one original image decoded at a time (up to 64 MP as float32)
 
-    def handle(self, method: str, target: str, authorization: str | None) -> Response:
-        if method not in ("GET", "HEAD"):
-            return text(405, "405 method not allowed: this server answers GET and HEAD", Allow="GET, HEAD")
+    def handle(self, method: str, target: str, authorization: str | None, headers=None, body: bytes = b"") -> Response:
         path, _, query = target.partition("?")
         query = query.partition("#")[0]
+        label_route = _LABEL_ROUTE.fullmatch(path)
+        if method == "POST" and label_route is None or method not in ("GET", "HEAD", "POST"):
+            return text(405, "405 method not allowed: this server answers GET and HEAD (and POST to "
+                             "/result/<id>/label)", Allow="GET, HEAD")
+        if label_route is not None and method != "POST":
+            return text(405, "405 method not allowed: a label is sent by POST", Allow="POST")
         if path == "/healthz":
             return text(200, "ok")
         if self.auth is not None and not self.auth.check(authorization):
             return text(401, "401 unauthorized: this page needs the line monitor's user name and password",
                         **{"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'})
+        if label_route is not None:
+            return self.post_label(int(label_route.group(1)), headers or {}, body)
         if path == "/":
             return self.list_page(query)
         m = _ROUTE.fullmatch(path)
@@ -364,7 +407,7 @@ class ResultsSite:
             return self.overlay_png(row)
         if m.group(2) == "image":
             return self.original_png(row)
-        return self.result_page(row)
+        return self.result_page(row, query=query)
 
     @property
     def line(self) -> str:
@@ -406,7 +449,8 @@ class ResultsSite:
                 '<span class="c-verdict">Verdict</span><span class="c-cov num">Coverage</span>'
                 '<span class="c-n num">Defects</span><span class="c-big num">Largest px</span>'
                 '<span class="c-model">Model</span></div>')
-        items = "".join(self._list_row(r) for r in rows)
+        labels = self.ledger.current_labels([r.id for r in rows])
+        items = "".join(self._list_row(r, labels.get(r.id)) for r in rows)
         if not rows:
             items = '<p class="empty">No results match these filters.</p>'
         what = f"{len(rows)} result{'s' if len(rows) != 1 else ''}, newest first"
@@ -417,18 +461,18 @@ class ResultsSite:
         return Response(200, page(f"Results · line {self.line}", body, self.line))
 
     @staticmethod
-    def _list_row(r: Row) -> str:
+    def _list_row(r: Row, label: Label | None = None) -> str:
         name = os.path.basename(r.path)
         largest = "–" if r.largest_area is None or not r.n_defects else f"{r.largest_area:,}"
         n = "–" if r.n_defects is None else str(r.n_defects)
         return (f'<a class="row" href="/result/{r.id}"><span class="c-time">{fmt_time(r.seen_at, True)}</span>'
                 f'<span class="c-name" title="{esc(name)}">{esc(elide(name))}</span>'
-                f'<span class="c-verdict">{badge(r)}</span><span class="c-cov num">{fmt_pct(r.coverage)}</span>'
+                f'<span class="c-verdict">{badge(r, label)}</span><span class="c-cov num">{fmt_pct(r.coverage)}</span>'
                 f'<span class="c-n num">{n}</span><span class="c-big num">{largest}</span>'
                 f'<span class="c-model" title="{esc(r.model_id or "")}">{short_model(r.model_id)}</span></a>')
 
     # -------------------------------------------------------------------------------------------------- result
-    def result_page(self, r: Row) -> Response:
+    def result_page(self, r: Row, labels_html: str | None = None, query: str = "") -> Response:
         try:
             result = json.loads(r.result_json) if r.result_json else {}
         except ValueError:
@@ -437,6 +481,9 @@ class ResultsSite:
             result = {}
         name = os.path.basename(r.path)
         label, cls = verdict_of(r)
+        current = self.ledger.current_labels([r.id]).get(r.id)
+        if current is not None:
+            label += f" · {LABEL_TEXT[current.kind]}"
         prev_id, next_id = self.ledger.neighbours(r.id)
         nav = ['<a href="/">All results</a>']
         nav.append(f'<a href="/result/{prev_id}" rel="prev">← Older</a>' if prev_id else
@@ -461,8 +508,14 @@ class ResultsSite:
                 f'<nav class="nav">{"".join(nav)}</nav>']
         if r.state == "failed":
             body.append(f'<p class="error">Not scored ({esc(r.error_kind or "?")}): {esc(r.error or "")}</p>')
+        if r.verdict == "mismatch" and result.get("mismatch"):
+            body.append(f'<p class="notice">Not scored against this model: {esc(result["mismatch"])}. A recipe '
+                        'changeover needs its own model (monitor install-model), a focus or detector fault a look at '
+                        'the microscope.</p>')
         body.append(f'<div class="split"><div>{self._overlay_figure(r, name, settings)}</div>'
-                    f'<div><div class="facts">{facts_html}</div>{self._defect_table(r, result)}</div></div>')
+                    f'<div><div class="facts">{facts_html}</div>{self._defect_table(r, result)}'
+                    f'{self._labels_html(r, saved=query == "labelled=1") if labels_html is None else labels_html}'
+                    '</div></div>')
         details = [("File", esc(name)), ("Path", esc(r.path)), ("Recorded", fmt_time(r.seen_at)),
                    ("Scoring started", fmt_time(r.started_at)), ("Finished", fmt_time(r.finished_at)),
                    ("Scoring time", fmt_secs(r.score_seconds)), ("File to result", fmt_secs(r.e2e_seconds)),
@@ -475,6 +528,94 @@ class ResultsSite:
             details.append(("Error", f"{esc(r.error_kind or '?')}: {esc(r.error or '')}"))
         body.append("<h2>Details</h2><dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in details) + "</dl>")
         return Response(200, page(f"{label} · {name}", "".join(body), self.line))
+
+    # ------------------------------------------------------------------------------------------------- labels
+    def _labels_html(self, r: Row, error: str = "", form: dict | None = None, saved: bool = False) -> str:
+        if r.state != "done":
+            return ""
+        labels = self.ledger.labels(r.id)
+        out = ['<h2 id="label">Operator label</h2>']
+        if saved:
+            out.append('<p class="done">Label saved.</p>')
+        if labels:
+            items = "".join(f'<li><b>{esc(LABEL_TEXT[x.kind])}</b> by {esc(x.who)} {fmt_time(x.at)}'
+                            f'{" (" + esc(x.source) + ")" if x.source != "web" else ""}'
+                            f'{": " + esc(x.note) if x.note else ""}</li>' for x in labels)
+            out.append(f'<ul class="count">{items}</ul>')
+            if len(labels) > 1:
+                out.append('<p class="count">The last label is the one that counts.</p>')
+        if self.writer is None:
+            if not labels:
+                out.append('<p class="count">No label. Labelling from this page is off (web.write_password_hash); '
+                           f'on the line PC: <code>monitor label {r.id} --false-alarm|--confirmed</code></p>')
+            return "".join(out)
+        if error:
+            out.append(f'<p class="error">{esc(error)}</p>')
+        form = form or {}
+        kinds = [k for k in LABEL_KINDS if k != "false_alarm" or r.verdict == "defect"]
+        want = form.get("kind")  # nothing chosen in advance: the operator says which
+        radios = "".join(f'<label><input type="radio" name="kind" value="{k}" required'
+                         f'{" checked" if k == want else ""}>{esc(LABEL_TEXT[k])}</label>' for k in kinds)
+        out.append(f'<form class="label" method="post" action="/result/{r.id}/label">'
+                   f'<input type="hidden" name="csrf" value="{self.csrf_token(r.id)}">'
+                   f'<fieldset><legend class="count">This image is</legend>{radios}</fieldset>'
+                   f'<label>Your name<input name="by" required maxlength="{WHO_CHARS}" autocomplete="name" '
+                   f'value="{esc(form.get("by", ""))}"></label>'
+                   f'<label>Note<input name="note" maxlength="{NOTE_CHARS}" value="{esc(form.get("note", ""))}">'
+                   f'</label><label>Write password<input type="password" name="password" required '
+                   f'autocomplete="current-password"></label><button type="submit">Save label</button></form>')
+        return "".join(out)
+
+    def csrf_token(self, row_id: int, now: float | None = None) -> str:
+        issued = int(now if now is not None else time.time())
+        mac = hmac.new(self._csrf_key, f"label:{row_id}:{issued}".encode(), "sha256").hexdigest()[:40]
+        return f"{issued}.{mac}"
+
+    def _csrf_ok(self, row_id: int, token: str) -> bool:
+        issued, _, mac = token.partition(".")
+        if not (issued.isascii() and issued.isdigit() and len(issued) <= 12):
+            return False
+        want = hmac.new(self._csrf_key, f"label:{row_id}:{issued}".encode(), "sha256").hexdigest()[:40]
+        return hmac.compare_digest(mac.encode(), want.encode()) and 0 <= time.time() - int(issued) <= CSRF_SECONDS
+
+    def post_label(self, row_id: int, headers, body: bytes) -> Response:
+        """A label from the result page's form: checks, then the daemon's ledger writes it; 303 back to the page."""
+        if self.writer is None:
+            return text(403, "403 forbidden: labelling from the results page is off (set web.write_password_hash)")
+        site = headers.get("Sec-Fetch-Site")
+        origin = headers.get("Origin")
+        if site not in (None, "same-origin", "none") or (origin and urlsplit(origin).netloc != headers.get("Host")):
+            return text(403, "403 forbidden: a label must be sent from this results page (cross-site request)")
+        if (headers.get("Content-Type") or "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+            return text(415, "415 unsupported media type: send the label form (application/x-www-form-urlencoded)")
+        row = self.ledger.get(row_id)
+        if row is None:
+            return self._missing_row(row_id, None)
+        try:
+            form = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False,
+                                  max_num_fields=10))
+        except (UnicodeDecodeError, ValueError):
+            return text(400, "400 bad request: the form is not valid UTF-8 form data")
+
+        def again(status: int, why: str) -> Response:
+            resp = self.result_page(row, self._labels_html(row, why, form))
+            resp.status = status
+            return resp
+        if not self._csrf_ok(row_id, form.get("csrf", "")):
+            return again(403, "This form has expired or did not come from this page (CSRF check). The page is "
+                              "reloaded with a new form: enter the label again.")
+        password = form.get("password", "")
+        with KDF_LOCK:
+            password_ok = bool(password) and verify_password(password, self.writer)
+        if not password_ok:
+            log.warning("results page: a label for result %d was refused: wrong write password", row_id)
+            return again(403, "Wrong write password: the label was not saved.")
+        try:
+            lab = self.labeller(row_id, form.get("kind", ""), form.get("by", ""), form.get("note", ""))
+        except LabelError as exc:
+            return again(400, f"The label was not saved: {exc}.")
+        log.info("results page: result %d labelled %s by %s", row_id, lab.kind, lab.who)
+        return Response(303, b"", "text/plain; charset=utf-8", {"Location": f"/result/{row_id}?labelled=1#label"})
 
     @staticmethod
     def _overlay_figure(r: Row, name: str, settings: Config) -> str:
@@ -581,17 +722,32 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self):
         self._serve()
 
+    def do_POST(self):
+        self._serve()
+
     def __getattr__(self, name: str):
         if name.startswith("do_"):  # every other method: 405, not the stdlib's 501
             return self._serve
         raise AttributeError(name)
 
     def _serve(self) -> None:
+        body = b""
+        if self.command == "POST":
+            length = self.headers.get("Content-Length", "")
+            if not (length.isascii() and length.isdigit()):
+                return self._reply(text(411, "411 length required"))
+            if int(length) > MAX_FORM_BYTES:
+                return self._reply(text(413, f"413 the form is larger than {MAX_FORM_BYTES} bytes"))
+            body = self.rfile.read(int(length))
         try:
-            resp = self.server.site.handle(self.command, self.path, self.headers.get("Authorization"))
+            resp = self.server.site.handle(self.command, self.path, self.headers.get("Authorization"), self.headers,
+                                           body)
         except Exception:
             log.exception("results page: %s %s failed", self.command, self.path[:200])
             resp = text(500, "500 internal error (see the daemon's log)")
+        self._reply(resp)
+
+    def _reply(self, resp: Response) -> None:
         self.send_response(resp.status)
         self.send_header("Content-Type", resp.content_type)
         self.send_header("Content-Length", str(len(resp.body)))
@@ -643,9 +799,10 @@ class _Server(ThreadingHTTPServer):
 class ResultsServer:
     """The results page in a daemon thread; ``start()`` binds and returns the port, ``close()`` stops it."""
 
-    def __init__(self, cfg: WebSection, ledger: Ledger, settings: Callable[[], Config]):
+    def __init__(self, cfg: WebSection, ledger: Ledger, settings: Callable[[], Config],
+                 labeller: Labeller | None = None):
         self.cfg = cfg
-        self.site = ResultsSite(cfg, ledger, settings)
+        self.site = ResultsSite(cfg, ledger, settings, labeller)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.port: int | None = None

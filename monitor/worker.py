@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import statistics
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +25,7 @@ from .files import fitting_stem, shown
 from .images import ImageError, pixel_size_um, read_image
 from .ledger import Ledger, Row
 from .metrics import Metrics
+from .mismatch import misfit
 from .model import Model
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ class Worker(threading.Thread):
         self.alarm = AlarmState(cfg.alarm)
         self.last_progress = time.monotonic()  # updated at every loop turn and every image
         self._in_hand: set[int] = set()  # rows this process has started and not yet finished
+        self.drift = DriftWindow(cfg.drift.window, model.drift_reference)
 
     # ------------------------------------------------------------------------------------------------ control
     @property
@@ -55,8 +59,11 @@ class Worker(threading.Thread):
     def swap(self, model: Model, cfg: Config) -> None:
         """Use ``model`` and ``cfg`` from the next image on."""
         with self._lock:
+            changed = model.model_id != self._model.model_id or cfg.drift != self.cfg.drift
             self._model, self.cfg = model, cfg
             self.alarm.cfg = cfg.alarm
+        if changed:
+            self.restore_drift()
 
     def stop(self) -> None:
         """Finish the image in hand (it stays pending if the process dies first), then return."""
@@ -122,8 +129,14 @@ class Worker(threading.Thread):
                 self.ledger.start(row.id)
                 self._in_hand.add(row.id)
             t0 = time.monotonic()
+            info: dict = {}
             try:
-                ready.append((row, self._read(row, limits), time.monotonic() - t0))
+                image = self._read(row, limits, info)
+                misfit_ = misfit(model.fitted_on, image.shape, info, cfg.mismatch)
+                if misfit_ is not None:  # not scored: another recipe's image says nothing about this model's
+                    done.append(self._mismatch(row, misfit_, time.monotonic() - t0, model, cfg))
+                    continue
+                ready.append((row, image, time.monotonic() - t0))
             except ImageError as exc:
                 # a file gone is failed only if its row still names that path: renamed meanwhile, it stays pending
                 failed = self._failed(row, exc.kind, exc.reason, model, row.path if exc.kind == "missing" else None)
@@ -137,7 +150,7 @@ class Worker(threading.Thread):
         t0 = time.monotonic()
         try:
             inspections = model.inspect_batch([im for _, im, _ in ready], cfg.alarm.coverage_threshold,
-                                              cfg.alarm.max_defect_area)
+                                              cfg.alarm.max_defect_area, cfg.mismatch.max_coverage)
             share = (time.monotonic() - t0) / len(ready)
             results = [(ins, read + share) for (_, _, read), ins in zip(ready, inspections)]
         except Exception as exc:
@@ -154,23 +167,23 @@ class Worker(threading.Thread):
                 done.append(self._record(row, image, res[0], res[1], model, cfg))
         return done
 
-    def _read(self, row: Row, limits):
+    def _read(self, row: Row, limits, info: dict):
         """The row's image, exactly as recorded. An image renamed in the folder after its row was taken is read
         under the name its row now has."""
         try:
-            return read_image(row.path, limits, _content_hash(row))
+            return read_image(row.path, limits, _content_hash(row), info)
         except ImageError as exc:
             now = self.ledger.get(row.id)
             if exc.kind != "missing" or now is None or now.path == row.path:
                 raise
-            return read_image(now.path, limits, _content_hash(now))
+            return read_image(now.path, limits, _content_hash(now), info)
 
     @staticmethod
     def _inspect_one(model: Model, cfg: Config, image, read: float):
         t0 = time.monotonic()
         try:
-            return (model.inspect(image, cfg.alarm.coverage_threshold, cfg.alarm.max_defect_area),
-                    read + time.monotonic() - t0)
+            return (model.inspect(image, cfg.alarm.coverage_threshold, cfg.alarm.max_defect_area,
+                                  cfg.mismatch.max_coverage), read + time.monotonic() - t0)
         except Exception as exc:
             return _failure(exc)
 
@@ -178,18 +191,24 @@ class Worker(threading.Thread):
         verdict = ins.verdict
         defect = verdict == "defect"
         before = (self.alarm.active, self.alarm.clean_run)
-        active = self.alarm.update(defect)
+        # a mismatch says nothing of the material: it neither raises nor clears the alarm
+        active = self.alarm.active if verdict == "mismatch" else self.alarm.update(defect)
         summary = ins.summary()
         um = cfg.image.pixel_size_um or pixel_size_um(row.path)
         result = {"image": row.path, "sha256": row.sha256, "line": cfg.service.line, "model_id": model.model_id,
                   "scored_at": local_time(), **summary, "score_seconds": round(secs, 4), "alarm": defect,
                   "coverage_threshold": cfg.alarm.coverage_threshold, "max_defect_area": cfg.alarm.max_defect_area,
                   "pixel_size_um": um}
+        if verdict == "mismatch":
+            result["mismatch"] = (f"the defect mask covers {100 * ins.report.coverage:.1f}% of the image, over "
+                                  f"mismatch.max_coverage {100 * cfg.mismatch.max_coverage:g}%: another material, "
+                                  "another magnification, or a focus or detector fault")
+            result["mismatch_reason"] = "coverage"
         if um:
             for d in result["defects"]:
                 d["area_um2"] = round(d["area"] * um * um, 4)
         overlay = None
-        if cfg.output.overlays == "all" or (cfg.output.overlays == "alarms" and defect):
+        if cfg.output.overlays == "all" or (cfg.output.overlays == "alarms" and verdict in ("defect", "mismatch")):
             try:
                 # printable (names that are not UTF-8 shown as \xNN) and short enough (names of 255 bytes)
                 stem = fitting_stem(shown(Path(row.path).stem), f"-{row.id}.json") + f"-{row.id}"
@@ -222,11 +241,48 @@ class Worker(threading.Thread):
             m.alarms_total.inc()
             log.warning("ALARM %s: coverage %.4f%%, %d defect(s), %.2f s, overlay %s", row.path,
                         100 * (r.coverage if r else 0), len(r.defects) if r else 0, secs, overlay)
+        elif verdict == "mismatch":
+            m.mismatches_total.labels(reason="coverage").inc()
+            log.warning("MISMATCH %s: %s; %.2f s, overlay %s", row.path, result["mismatch"], secs, overlay)
         else:  # one line per image: the journal shows the line's pace, not only its alarms
             log.info("%s: %s, coverage %s, %s defect(s), %.2f s", row.path, verdict,
                      "-" if r is None else f"{100 * r.coverage:.4f}%", "-" if r is None else len(r.defects), secs)
         m.alarm.set(int(active))
+        if verdict == "ok" and ins.level is not None:
+            self.drift.add(ins.level)
+            self._drift_gauges()
         return self._finished(done)
+
+    def _mismatch(self, row: Row, why: tuple[str, str], secs: float, model: Model, cfg: Config) -> Row:
+        """An image that does not fit the model (another size, bit depth or pixel size): recorded as verdict
+        ``mismatch``, not scored, no alarm raised or cleared."""
+        reason, text = why
+        result = {"image": row.path, "sha256": row.sha256, "line": cfg.service.line, "model_id": model.model_id,
+                  "scored_at": local_time(), "verdict": "mismatch", "mismatch": text, "mismatch_reason": reason,
+                  "score_seconds": round(secs, 4), "alarm": False}
+        done = self.ledger.finish(row.id, verdict="mismatch", alarm=False, coverage=None, n_defects=None,
+                                  largest_area=None, max_score=None, score_seconds=secs, model_id=model.model_id,
+                                  result_json=json.dumps(result))
+        self._in_hand.discard(row.id)
+        self.metrics.images_processed_total.labels(verdict="mismatch").inc()
+        self.metrics.mismatches_total.labels(reason=reason).inc()
+        log.warning("MISMATCH %s: %s (not scored; mismatch.%s)", row.path, text,
+                    "pixel_size_tolerance" if reason == "pixel_size" else reason)
+        return self._finished(done)
+
+    # -------------------------------------------------------------------------------------------------- drift
+    def restore_drift(self) -> None:
+        """The drift window from the ledger: the last clean images of the model in use (after a restart, a
+        reload, a new model)."""
+        model = self.model
+        self.drift = DriftWindow(self.cfg.drift.window, model.drift_reference)
+        for level in self.ledger.recent_levels(model.model_id, self.cfg.drift.window):
+            self.drift.add(level)
+        self._drift_gauges()
+
+    def _drift_gauges(self) -> None:
+        self.metrics.drift_images.set(len(self.drift))
+        self.metrics.drift_ratio.set(self.drift.ratio(self.cfg.drift.min_images))
 
     def _failed(self, row: Row, kind: str, reason: str, model: Model, path: str | None = None) -> Row | None:
         """Fail ``row`` (with ``path``: only while the row still names it; None when it does not)."""
@@ -245,6 +301,26 @@ class Worker(threading.Thread):
         if self.on_result is not None:
             self.on_result(row)
         return row
+
+
+class DriftWindow:
+    """The score levels (``model.score_level``) of the last ``size`` clean images; ``ratio``: their median over the
+    validation images' median (1 = as fitted), NaN while there are too few or the model has no reference."""
+
+    def __init__(self, size: int, reference: float | None):
+        self.levels: deque[float] = deque(maxlen=size)
+        self.reference = reference
+
+    def add(self, level: float) -> None:
+        self.levels.append(level)
+
+    def __len__(self) -> int:
+        return len(self.levels)
+
+    def ratio(self, min_images: int) -> float:
+        if not self.reference or len(self.levels) < min_images:
+            return float("nan")
+        return float(statistics.median(self.levels)) / self.reference
 
 
 def _content_hash(row: Row) -> str | None:

@@ -81,3 +81,53 @@ def test_watched_names(name, ok):
 def test_output_inside_the_export_folder_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="must not lie inside the export folder"):
         parse_config({"watch": {"dir": str(tmp_path)}, "output": {"ledger": str(tmp_path / "sub" / "l.sqlite")}})
+
+
+def _scored(lg, path, verdict, sha="s" * 64):
+    r, _ = lg.record(path, 10, 1, sha)
+    lg.start(r.id)
+    return lg.finish(r.id, verdict=verdict, alarm=verdict == "defect", coverage=0.01, n_defects=1, largest_area=5,
+                     max_score=1.0, score_seconds=0.1, model_id="m")
+
+
+def test_labels_are_kept_beside_the_result_the_last_one_counts(tmp_path):
+    from monitor.ledger import LabelError
+
+    lg = Ledger(tmp_path / "l.sqlite")
+    d = _scored(lg, "/x/a.tif", "defect")
+    ok = _scored(lg, "/x/b.tif", "ok", "t" * 64)
+    pending, _ = lg.record("/x/c.tif", 10, 1, "u" * 64)
+    lg.label(d.id, "false_alarm", "ana", "dust")
+    lg.label(d.id, "confirmed", "ben", "", "web")  # changed mind: both kept, the last one counts
+    lg.label(ok.id, "confirmed", "ana", "a missed bead")  # a defect the monitor did not alarm on
+    for args, says in (((ok.id, "false_alarm", "ana"), "raised no alarm"), ((pending.id, "confirmed", "ana"),
+                       "not scored"), ((d.id, "maybe", "ana"), "must be one of"), ((d.id, "confirmed", " "), "who"),
+                       ((9999, "confirmed", "ana"), "no such result")):
+        with pytest.raises(LabelError, match=says):
+            lg.label(*args)
+    assert [x.kind for x in lg.labels(d.id)] == ["false_alarm", "confirmed"]
+    cur = lg.current_labels()
+    assert {k: (v.kind, v.who, v.source) for k, v in cur.items()} == {d.id: ("confirmed", "ben", "web"),
+                                                                       ok.id: ("confirmed", "ana", "cli")}
+    assert lg.label_counts() == {"false_alarm": 1, "confirmed": 2}
+    assert lg.get(d.id) == d  # the result row is never changed
+    assert lg.find(str(d.id)) == d and lg.find("/x/a.tif") == d and lg.find("b.tif") == lg.get(ok.id)
+    _scored(lg, "/y/a.tif", "ok", "v" * 64)
+    with pytest.raises(LookupError, match="several folders"):
+        lg.find("a.tif")
+
+
+def test_a_version_1_ledger_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "l.sqlite"
+    lg = Ledger(path)
+    d = _scored(lg, "/x/a.tif", "defect")
+    lg.close()
+    with sqlite3.connect(path) as db:  # what 0.2.0 wrote: no labels table, user_version 1
+        db.execute("DROP TABLE labels")
+        db.execute("PRAGMA user_version=1")
+    lg = Ledger(path)
+    assert lg.get(d.id) == d and lg.current_labels() == {}
+    lg.label(d.id, "confirmed", "ana")
+    lg.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2

@@ -4,6 +4,7 @@ evaluated through Prometheus' HTTP API)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -85,9 +86,21 @@ def test_every_alert_reaches_the_right_receiver():
         assert got == exp, (name, lab, got)
     assert table["SemDefectCoverageHigh"] == "operators-urgent"
     assert table["SemMonitorDown"] == "maintenance"
+    assert table["SemImageMismatch"] == table["SemScoreDrift"] == "operators"  # warnings: e-mail, not the display
 
 
-def test_monitor_down_inhibits_no_image_in_a_real_alertmanager(tmp_path):
+def test_every_inhibition_names_existing_alerts():
+    names = set(rules())
+    for inhibit in yaml.safe_load(AM_CONFIG.read_text())["inhibit_rules"]:
+        for m in inhibit["source_matchers"] + inhibit["target_matchers"]:
+            key, _, value = m.partition("=")
+            assert key == "alertname" and value.strip('"') in names, m
+        assert inhibit["equal"] in (["line"], ["instance"]), inhibit
+
+
+@contextlib.contextmanager
+def _real_alertmanager(tmp_path):
+    """A real Alertmanager with the repository's configuration: yields its base URL."""
     port = free_port()
     log = tmp_path / "alertmanager.log"
     with open(log, "wb") as out:
@@ -103,6 +116,18 @@ def test_monitor_down_inhibits_no_image_in_a_real_alertmanager(tmp_path):
             return _up(f"{base}/-/ready")
 
         wait_for(ready, 30, "alertmanager ready")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _alert(name: str, **labels) -> dict:
+    return {"labels": {"alertname": name, **labels, **rules()[name]["labels"]}}
+
+
+def test_monitor_down_inhibits_no_image_in_a_real_alertmanager(tmp_path):
+    with _real_alertmanager(tmp_path) as base:
         one, two = {"instance": "linepc:9808"}, {"instance": "linepc:9809"}
         alerts = [{"labels": {"alertname": "SemMonitorDown", **one, **rules()["SemMonitorDown"]["labels"]}},
                   {"labels": {"alertname": "SemNoImageReceived", "line": "line1", **one,
@@ -123,9 +148,27 @@ def test_monitor_down_inhibits_no_image_in_a_real_alertmanager(tmp_path):
         st = wait_for(states, 20, "three alerts, line1's SemNoImageReceived inhibited by its SemMonitorDown")
         assert not st[("SemNoImageReceived", "line2")]["inhibitedBy"]  # another line is not
         assert not st[("SemMonitorDown", "line1")]["inhibitedBy"]
-    finally:
-        proc.terminate()
-        proc.wait(10)
+
+
+def test_mismatch_inhibits_score_drift_of_its_line_in_a_real_alertmanager(tmp_path):
+    """A changeover on line1 (images of another size) moves its scores too: its drift alert is held back, while
+    line2's drift alert, with no mismatch there, is not."""
+    with _real_alertmanager(tmp_path) as base:
+        _post(f"{base}/api/v2/alerts", [_alert("SemImageMismatch", line="line1", reason="size"),
+                                        _alert("SemScoreDrift", line="line1"),
+                                        _alert("SemScoreDrift", line="line2")])
+
+        def states():  # the inhibitor learns of the source on its own goroutine: wait for it (see above)
+            got = _get(f"{base}/api/v2/alerts")
+            st = {(a["labels"]["alertname"], a["labels"]["line"]): a["status"] for a in got}
+            if len(got) != 3 or not st[("SemScoreDrift", "line1")]["inhibitedBy"]:
+                return None
+            return st
+
+        st = wait_for(states, 20, "three alerts, line1's SemScoreDrift inhibited by its SemImageMismatch")
+        assert st[("SemScoreDrift", "line1")]["state"] == "suppressed"
+        assert not st[("SemScoreDrift", "line2")]["inhibitedBy"] and st[("SemScoreDrift", "line2")]["state"] == "active"
+        assert not st[("SemImageMismatch", "line1")]["inhibitedBy"]
 
 
 # ------------------------------------------------------------------------------------------------------ grafana
@@ -152,8 +195,42 @@ def test_dashboard_is_valid_grafana_json():
             assert '$line' in t["expr"], (p["title"], t["expr"])
     titles = " ".join(p["title"].lower() for p in dash["panels"])
     for want in ("coverage", "alarm", "verdict", "failures", "scoring", "end-to-end", "queue", "last image",
-                 "up", "model", "results page"):
+                 "up", "model", "results page", "false-alarm rate per shift", "mismatched images", "score drift"):
         assert want in titles, want
+    cells = {}  # no two panels overlap, none is wider than the 24-column grid
+    for p in dash["panels"]:
+        g = p["gridPos"]
+        assert g["x"] + g["w"] <= 24, p["title"]
+        for cell in ((x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])):
+            assert cell not in cells, (p["title"], cells.get(cell))
+            cells[cell] = p["title"]
+
+
+def _panel(dash: dict, title: str) -> dict:
+    return next(p for p in dash["panels"] if p["title"].lower().startswith(title))
+
+
+def test_dashboard_quality_panels_match_the_alerts():
+    dash = json.loads(DASHBOARD.read_text())
+    shift = _panel(dash, "false-alarm rate per shift")
+    assert shift["interval"] == "8h" and shift["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    assert shift["fieldConfig"]["defaults"]["custom"]["drawStyle"] == "bars"
+    exprs = [t["expr"] for t in shift["targets"]]
+    assert any('kind="false_alarm"' in e for e in exprs) and all("[8h]" in e and "clamp_min(" in e for e in exprs)
+    desc = shift["description"].lower()
+    assert "when it is given" in desc and "relabel" in desc and "counts again" in desc
+    assert any("monitor_mismatches_total" in t["expr"] and "reason" in t["expr"]
+               for t in _panel(dash, "mismatched images")["targets"])
+    drift = _panel(dash, "score drift")
+    assert {m for t in drift["targets"] for m in re.findall(r"monitor_drift_\w+", t["expr"])} == {
+        "monitor_drift_ratio", "monitor_drift_images"}
+    limit = float(re.search(r"monitor_drift_ratio\) > ([0-9.]+)", rules()["SemScoreDrift"]["expr"])[1])
+    steps = drift["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [s["value"] for s in steps if s["value"] is not None] == [limit]  # the line drawn is the alert's limit
+    assert drift["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] != "off"
+    for name in ("SemImageMismatch", "SemScoreDrift"):  # each alert opens its own panel
+        panel = int(rules()[name]["annotations"]["dashboard"].split("viewPanel=")[1])
+        assert panel == (_panel(dash, "mismatched images") if name == "SemImageMismatch" else drift)["id"], name
 
 
 # --------------------------------------------------------------------------------------- real Prometheus, e2e
@@ -225,6 +302,15 @@ def test_real_prometheus_scrapes_the_daemon_and_every_expression_returns_data(tm
         for expr in _dashboard_exprs(dash):
             q = _panel_query(expr)
             wait_for(lambda q=q: _query(base, q), 30, f"data for dashboard query {q}")
+        # the quality panels on a line nobody has labelled yet, with no mismatch and a drift window still filling
+        shift = _panel(dash, "false-alarm rate per shift")["targets"][0]["expr"]
+        assert [(p["metric"]["line"], p["value"][1]) for p in _query(base, _panel_query(shift))] == [("line1", "0")]
+        mismatched = _panel(dash, "mismatched images")["targets"][0]["expr"]
+        assert {p["metric"]["reason"]: p["value"][1] for p in _query(base, _panel_query(mismatched))} == {
+            r: "0" for r in ("size", "bit_depth", "pixel_size", "coverage")}
+        assert [p["value"][1] for p in _query(base, "monitor_drift_ratio")] == ["NaN"]  # under drift.min_images
+        for name in ("SemScoreDrift", "SemImageMismatch"):
+            assert not _query(base, rules()[name]["expr"]), name
         values = _get(f"{base}/api/v1/label/line/values?" + urllib.parse.urlencode({"match[]": "monitor_build_info"}))
         assert "line1" in values["data"]  # the dashboard's line variable
 

@@ -44,16 +44,20 @@ def rules() -> dict[str, dict]:
 WEB = "http://linepc-1:9880"  # the results page a monitor announces in monitor_web_info
 
 
-def expected(alert: str, web: str = "", named: str = "", **labels) -> dict:
+def expected(alert: str, web: str = "", named: str = "", value: str = "", **labels) -> dict:
     """The alert as promtool reports it: its labels, and its annotations rendered for ``labels`` (``web``: the
-    external URL the monitor announced, which the defect alerts link to)."""
+    external URL the monitor announced, which the ``results`` annotations link to, each with its own verdict
+    filter; ``value``: the alert's value as its annotations print it)."""
     r = rules()[alert]
     ann = {}
     for k, v in r.get("annotations", {}).items():
         for name, val in labels.items():
             v = v.replace("{{ $labels.%s }}" % name, val)
+        v = v.replace('{{ $value | printf "%.2f" }}', value)
         if k == "results":
-            v = f"{web}/?verdict=defect" if web else ""
+            verdict = re.fullmatch(r"\{\{ with query .*\{\{ \. \}\}/\?verdict=([a-z-]+)\{\{ end \}\}\{\{ end \}\}", v)
+            assert verdict, (alert, v)  # the results page of the line, filtered
+            v = f"{web}/?verdict={verdict[1]}" if web else ""
         # the line a down monitor's description looks up from its last build info: " (line X)" when one is known
         v = re.sub(r"\{\{ with query .*\{\{ end \}\}\{\{ end \}\}", f" (line {named})" if named else "", v)
         ann[k] = v
@@ -128,6 +132,36 @@ CASES = [
       {"series": _sel("monitor_model_info", model_id="bbbb", method="patch_dictionary"), "values": "_x10 1x60"}],
      [("5m", "SemModelChanged", []), ("15m", "SemModelChanged", [("line", "line1")]),
       ("50m", "SemModelChanged", [])]),
+    ("images of another recipe (size): a mismatch alert for that reason only, until 5 min after the last one",
+     [{"series": _sel("monitor_mismatches_total", reason="size"), "values": "0 0 0 1 2 2x20"},
+      {"series": _sel("monitor_mismatches_total", reason="coverage"), "values": "0x25"},
+      {"series": _sel("monitor_web_info", external_url=WEB), "values": "1x25"}],
+     [("2m", "SemImageMismatch", []),
+      ("3m", "SemImageMismatch", [("line", "line1"), ("reason", "size"), ("web", WEB)]),
+      ("8m", "SemImageMismatch", [("line", "line1"), ("reason", "size"), ("web", WEB)]),  # 4 min after the last
+      ("10m", "SemImageMismatch", [])]),
+    ("no image mismatched: the counters stay at 0",
+     [{"series": _sel("monitor_mismatches_total", reason=r), "values": "0x40"}
+      for r in ("size", "bit_depth", "pixel_size", "coverage")],
+     [("30m", "SemImageMismatch", [])]),
+    ("clean images score 1.6 x the validation images (20 in the window): drift after 30 min",
+     [{"series": _sel("monitor_drift_ratio"), "values": "1.0x4 1.6x60"},
+      {"series": _sel("monitor_drift_images"), "values": "20x65"},
+      {"series": _sel("monitor_web_info", external_url=WEB), "values": "1x65"}],
+     [("4m", "SemScoreDrift", []), ("34m", "SemScoreDrift", []),
+      ("35m", "SemScoreDrift", [("line", "line1"), ("web", WEB), ("value", "1.60")])]),
+    ("drift ratio over the limit but too few clean images in the window",
+     [{"series": _sel("monitor_drift_ratio"), "values": "1.8x60"},
+      {"series": _sel("monitor_drift_images"), "values": "19x60"}],
+     [("45m", "SemScoreDrift", [])]),
+    ("drift ratio just below the limit",
+     [{"series": _sel("monitor_drift_ratio"), "values": "1.45x60"},
+      {"series": _sel("monitor_drift_images"), "values": "50x60"}],
+     [("45m", "SemScoreDrift", [])]),
+    ("drift ratio NaN (fewer than drift.min_images clean images), whatever the image count says",
+     [{"series": _sel("monitor_drift_ratio"), "values": " ".join(["NaN"] * 61)},
+      {"series": _sel("monitor_drift_images"), "values": "30x60"}],
+     [("45m", "SemScoreDrift", [])]),
     ("worker stalled for 2 min",
      [{"series": _sel("monitor_worker_healthy"), "values": "1 1 0 0 0 0"}],
      [("3m", "SemWorkerStalled", []), ("4m", "SemWorkerStalled", [("line", "line1")])]),
@@ -139,12 +173,15 @@ def _alert_spec(alert: str, labels) -> dict:
         return expected(alert, **L)
     if labels and labels[0][0] == "target":
         return expected(alert, named=labels[0][1] or "", **TARGET)
-    return expected(alert, **dict(labels))
+    return expected(alert, **dict(labels))  # ("web", URL), ("value", V): rendered into annotations, not labels
 
 
-def build_unit_tests() -> dict:
+def build_unit_tests(only: str | None = None) -> dict:
+    """The promtool unit-test file for CASES (``only``: just the cases that evaluate that alert)."""
     tests = []
     for name, series, evals, *interval in CASES:
+        if only and all(a != only for _, a, _ in evals):
+            continue
         tests.append({
             "name": name, "interval": interval[0] if interval else "1m", "input_series": series,
             "alert_rule_test": [{"eval_time": t, "alertname": a, "exp_alerts": [_alert_spec(a, lab)] if lab else []}
@@ -192,6 +229,38 @@ def test_unit_tests_catch_a_broken_rule(tmp_path):
     f.write_text(yaml.safe_dump(spec, sort_keys=False))
     r = subprocess.run([_needs("promtool"), "test", "rules", str(f)], capture_output=True, text=True)
     assert r.returncode != 0 and "SemDefectCoverageSustained" in r.stdout + r.stderr
+
+
+# one breakage of each threshold, window and duration of the changeover and drift alerts: a case must notice it
+BROKEN = [
+    ("SemImageMismatch", "increase(monitor_mismatches_total[5m])", "increase(monitor_mismatches_total[1m])"),
+    ("SemImageMismatch", "increase(monitor_mismatches_total[5m])", "increase(monitor_mismatches_total[15m])"),
+    ("SemImageMismatch", "sum by (line, reason) (increase(monitor_mismatches_total",
+     "sum by (line) (increase(monitor_mismatches_total"),
+    ("SemImageMismatch", "(monitor_mismatches_total[5m])) > 0", "(monitor_mismatches_total[5m])) >= 0"),
+    ("SemScoreDrift", "(monitor_drift_ratio) > 1.5", "(monitor_drift_ratio) > 1.4"),
+    ("SemScoreDrift", "(monitor_drift_ratio) > 1.5", "(monitor_drift_ratio) > 1.7"),
+    ("SemScoreDrift", "max by (line) (monitor_drift_ratio) > 1.5 and",  # NaN <= 1.5 is false too: NaN fires
+     "max by (line) (monitor_drift_ratio) unless max by (line) (monitor_drift_ratio) <= 1.5 and"),
+    ("SemScoreDrift", "(monitor_drift_images) >= 20", "(monitor_drift_images) > 20"),
+    ("SemScoreDrift", "(monitor_drift_images) >= 20", "(monitor_drift_images) >= 10"),
+    ("SemScoreDrift", "> 1.5 and max by (line) (monitor_drift_images) >= 20\n        for: 30m",
+     "> 1.5 and max by (line) (monitor_drift_images) >= 20\n        for: 20m"),
+    ("SemScoreDrift", "/?verdict=ok{{", "/?verdict=defect{{"),
+]
+
+
+@pytest.mark.parametrize("alert,good,bad", BROKEN, ids=[f"{a}:{b}" for a, _, b in BROKEN])
+def test_unit_tests_catch_a_broken_changeover_or_drift_rule(alert, good, bad, tmp_path):
+    text = RULES.read_text()
+    assert text.count(good) == 1, good
+    (tmp_path / "rules.yml").write_text(text.replace(good, bad))
+    spec = build_unit_tests(only=alert)
+    spec["rule_files"] = [str(tmp_path / "rules.yml")]
+    f = tmp_path / "t.yml"
+    f.write_text(yaml.safe_dump(spec, sort_keys=False))
+    r = subprocess.run([_needs("promtool"), "test", "rules", str(f)], capture_output=True, text=True)
+    assert r.returncode != 0 and alert in r.stdout + r.stderr, r.stdout + r.stderr
 
 
 def test_every_alert_has_a_runbook_and_a_dashboard_link():

@@ -70,12 +70,13 @@ class Page(HTMLParser):
             self._cell += data
 
 
-def get(port: int, path: str, method: str = "GET", headers: dict | None = None, tls: ssl.SSLContext | None = None):
+def get(port: int, path: str, method: str = "GET", headers: dict | None = None, tls: ssl.SSLContext | None = None,
+        body: bytes | None = None):
     """(status, headers, body) for a raw request target: http.client sends the path exactly as given."""
     conn = (http.client.HTTPSConnection("127.0.0.1", port, context=tls, timeout=10) if tls else
             http.client.HTTPConnection("127.0.0.1", port, timeout=10))
     try:
-        conn.request(method, path, headers=headers or {})
+        conn.request(method, path, body=body, headers=headers or {})
         r = conn.getresponse()
         return r.status, r.headers, r.read()
     finally:

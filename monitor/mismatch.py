@@ -1,0 +1,64 @@
+"""Changeover: an image that does not fit the model is verdict ``mismatch``, not a defect alarm.
+
+A model records what it was fitted on (``Model.meta["fitted_on"]``): the image size, the bit depth, and the SEM's
+pixel size when the TIFF tags carry it. An image of another size, bit depth or pixel size (another recipe, another
+magnification) is not scored against it. An image whose defect mask covers most of its area (a different material,
+a focus or detector fault) is a mismatch too: no defect looks like that.
+"""
+
+from __future__ import annotations
+
+MISMATCH_REASONS = ("size", "bit_depth", "pixel_size", "coverage")  # the metric's label values
+
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class MismatchConfig:
+    """The ``mismatch`` section: what makes an image not fit the model."""
+
+    size: bool = True  # an image of another size (after image.crop_bottom) than every training image
+    bit_depth: bool = True  # an image of another bit depth than the training images (8-bit vs 16-bit export)
+    pixel_size_tolerance: float = 0.02  # relative; another SEM pixel size (magnification) than the training images'
+    #                                     when both carry it in their TIFF tags (0 = not checked)
+    max_coverage: float = 0.5  # defect coverage above which an image is a mismatch, not a defect (0 = off)
+
+    def __post_init__(self):
+        if not 0 <= self.pixel_size_tolerance < 1:
+            raise ValueError(f"mismatch.pixel_size_tolerance must be in [0, 1), got {self.pixel_size_tolerance}")
+        if not 0 <= self.max_coverage <= 1:
+            raise ValueError(f"mismatch.max_coverage must be in [0, 1] (0 = off), got {self.max_coverage}")
+
+
+def fitted_on(shapes: Sequence[tuple[int, int]], infos: Sequence[dict]) -> dict:
+    """What a model records of its training images: their sizes, bit depths, and the pixel size when every one
+    carries the same (within 1%) in its tags, else None."""
+    sizes = [s for s in dict.fromkeys((int(h), int(w)) for h, w in shapes)]
+    um = [i.get("pixel_size_um") for i in infos]
+    pixel = None
+    if um and all(um) and max(um) <= 1.01 * min(um):
+        pixel = sorted(um)[len(um) // 2]
+    return {"image_shapes": [list(s) for s in sizes],
+            "bit_depths": sorted({int(i["bits"]) for i in infos if i.get("bits")}), "pixel_size_um": pixel}
+
+
+def misfit(fitted: dict | None, shape: tuple[int, int], info: dict, cfg: MismatchConfig) -> tuple[str, str] | None:
+    """(reason, text) when an image of ``shape`` with ``info`` (``images.read_image``) does not fit a model fitted
+    on ``fitted`` (``fitted_on``; None for a model saved before 0.3.0: nothing is checked); None when it fits."""
+    if not fitted:
+        return None
+    h, w = int(shape[0]), int(shape[1])
+    shapes = [tuple(s) for s in fitted.get("image_shapes") or []]
+    if cfg.size and shapes and (h, w) not in shapes:
+        want = ", ".join(f"{sw}x{sh}" for sh, sw in shapes)
+        return "size", f"the image is {w}x{h} pixels, the model was fitted on {want}"
+    bits = fitted.get("bit_depths") or []
+    if cfg.bit_depth and bits and info.get("bits") and info["bits"] not in bits:
+        return "bit_depth", (f"the image is {info['bits']}-bit, the model was fitted on "
+                             f"{'/'.join(map(str, bits))}-bit images")
+    want, got = fitted.get("pixel_size_um"), info.get("pixel_size_um")
+    if cfg.pixel_size_tolerance and want and got and abs(got - want) > cfg.pixel_size_tolerance * want:
+        return "pixel_size", (f"the image's pixel size is {got * 1000:.3g} nm (TIFF tags), the model was fitted "
+                              f"at {want * 1000:.3g} nm (another magnification)")
+    return None

@@ -1,0 +1,220 @@
+"""`monitor refit`: a candidate model from the line's own history, validated on what the operators labelled.
+
+The candidate is fitted on
+* the model in use's own normal images (``training_images``; its validation images stay validation images),
+* the images operators marked ``false_alarm`` (their latest label), and
+* a sample of recent ``ok`` images with no defect region at all (an ``ok`` image may hold a defect below the
+  alarm coverage): every other one joins the dictionary, the others the validation images that set the threshold,
+taking only images still on disk whose content is what the ledger recorded (sha256): a file replaced or gone is
+left out and listed. It is then checked on the labelled history, against the model in use scoring the same files:
+
+* every ``confirmed`` defect that the model in use alarms on must still alarm (a defect the model in use missed is
+  listed, not required),
+* every false alarm the candidate was given must clear.
+
+The table and a JSON report say image by image what changed. Only ``--apply`` installs the candidate, and only
+when it passes, through `monitor install-model` (atomic swap, the running monitor reloads, `monitor rollback`
+undoes it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import shutil
+import time
+from pathlib import Path
+
+from .config import Config
+from .files import file_sha256, shown
+from .images import ImageError, read_image
+from .ledger import Ledger, LedgerReader, Row
+
+log = logging.getLogger(__name__)
+
+RECENT_POOL = 500  # the newest this many ok results are the pool the recent sample is drawn from
+
+
+class RefitError(RuntimeError):
+    pass
+
+
+def _on_disk(row: Row) -> bool:
+    """The file of ``row`` is still there with the content the ledger recorded."""
+    try:
+        return len(row.sha256) == 64 and file_sha256(row.path) == row.sha256
+    except OSError:
+        return False
+
+
+def gather(cfg: Config, model, ledger: Ledger, recent: int, seed: int = 0) -> dict:
+    """The candidate's images: {"normal": [...], "val": [...], "sha256": {path: sha}, "left_out": [...],
+    "labelled": [(row, label)], "sources": counts}."""
+    sha: dict[Path, str] = {}
+    left_out = []
+    normal: list[Path] = []
+    val: list[Path] = []
+
+    def original(paths, hashes, into, what):
+        for i, p in enumerate(paths):
+            want = hashes[i] if i < len(hashes) else None
+            try:
+                ok = want is not None and file_sha256(p) == want
+            except OSError:
+                ok = False
+            if ok:
+                into.append(Path(p))
+                sha[Path(p)] = want
+            else:
+                left_out.append({"image": p, "source": what, "why": "gone or changed since the model was fitted"})
+
+    train = model.meta.get("training_images") or []
+    if not train:
+        raise RefitError("the model in use does not record its training images (fitted before 0.3.0): fit it "
+                         "once with `monitor fit` and install it (`monitor install-model`), then refit")
+    original(train, model.meta.get("training_sha256") or [], normal, "training")
+    original(model.meta.get("validation_images") or [], model.meta.get("validation_sha256") or [], val,
+             "validation")
+    n_train, n_val = len(normal), len(val)
+    fitted = set(normal) | set(val)
+
+    labels = ledger.current_labels()
+    labelled = []
+    false_alarms = 0
+    for image_id in sorted(labels):
+        row, label = ledger.get(image_id), labels[image_id]
+        if not _on_disk(row):
+            left_out.append({"image": row.path, "id": row.id, "source": label.kind,
+                             "why": "gone or changed since it was scored"})
+            continue
+        labelled.append((row, label))
+        if label.kind == "false_alarm" and Path(row.path) not in fitted:
+            normal.append(Path(row.path))
+            sha[Path(row.path)] = row.sha256
+            fitted.add(Path(row.path))
+            false_alarms += 1
+
+    # ok with no defect region at all: an ok image may hold a defect below alarm.coverage_threshold, which the
+    # dictionary must not learn as normal
+    pool = [r for r in ledger.results(RECENT_POOL, "ok") if r.id not in labels and Path(r.path) not in fitted
+            and r.n_defects == 0]
+    random.Random(seed).shuffle(pool)
+    sample = []
+    for row in pool:
+        if len(sample) >= recent:
+            break
+        if _on_disk(row):
+            sample.append(row)
+    sample.sort(key=lambda r: r.id)
+    for i, row in enumerate(sample):
+        (normal if i % 2 == 0 else val).append(Path(row.path))
+        sha[Path(row.path)] = row.sha256
+    if not val:
+        raise RefitError("no validation image left (the model's own are gone and there are no recent ok images): "
+                         "the candidate would have no threshold")
+    return {"normal": normal, "val": val, "sha256": sha, "left_out": left_out, "labelled": labelled,
+            "sources": {"training": n_train, "false_alarms": false_alarms, "recent_ok_train": (len(sample) + 1) // 2,
+                        "validation": n_val, "recent_ok_val": len(sample) // 2}}
+
+
+def _judge(model, cfg: Config, row: Row) -> dict:
+    try:
+        image = read_image(row.path, cfg.image.for_model(model.meta.get("training_pixels")), row.sha256)
+    except ImageError as exc:
+        return {"verdict": "failed", "coverage": None, "error": exc.reason}
+    ins = model.inspect(image, cfg.alarm.coverage_threshold, cfg.alarm.max_defect_area, cfg.mismatch.max_coverage)
+    return {"verdict": ins.verdict, "coverage": None if ins.report is None else round(ins.report.coverage, 6)}
+
+
+def validate(before, after, cfg: Config, labelled: list) -> tuple[list[dict], bool]:
+    """One row per labelled image: its label, the verdict of the model in use and of the candidate, and whether
+    the candidate passes on it; True when it passes on all."""
+    table, passed = [], True
+    for row, label in labelled:
+        b, a = _judge(before, cfg, row), _judge(after, cfg, row)
+        if label.kind == "confirmed":
+            need = "alarm" if b["verdict"] == "defect" else "(missed before)"
+            ok = a["verdict"] == "defect" if b["verdict"] == "defect" else True
+        else:
+            need, ok = "clear", a["verdict"] == "ok"
+        passed &= ok
+        table.append({"id": row.id, "image": row.path, "label": label.kind, "by": label.who, "needs": need,
+                      "before": b, "after": a, "pass": ok})
+    return table, passed
+
+
+def refit(cfg: Config, recent: int = 20, out: Path | None = None, apply: bool = False, seed: int = 0,
+          quiet: bool = False) -> dict:
+    """Fit, validate and (``apply``, when it passes) install a candidate; returns the report."""
+    from .fit import fit_model
+    from .install import install_model
+    from .service import load_model
+
+    before = load_model(cfg)
+    ledger = LedgerReader(cfg.output.ledger)
+    try:
+        got = gather(cfg, before, ledger, recent, seed)
+    finally:
+        ledger.close()
+    out = Path(out) if out else Path(f"{cfg.model.path}.candidate")
+    if out.exists():
+        if not (out / "model.json").is_file():
+            raise RefitError(f"{out} exists and is not a model folder; give another --out")
+        shutil.rmtree(out)
+    provenance = {"refit_of": before.model_id, "at": time.time(), **got["sources"]}
+    t0 = time.perf_counter()
+    fit_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(out)))
+    after, model_id, _ = fit_model(fit_cfg, got["normal"], got["val"], out, quiet, got["sha256"], provenance)
+    fit_seconds = time.perf_counter() - t0
+    table, passed = validate(before, after, cfg, got["labelled"])
+    report = {"model_in_use": before.model_id, "candidate": model_id, "candidate_dir": str(out),
+              "fit_seconds": round(fit_seconds, 1), "images": got["sources"], "left_out": got["left_out"],
+              "threshold": {"before": before.threshold.value if before.threshold else None,
+                            "after": after.threshold.value if after.threshold else None},
+              "validation": table, "passed": passed, "applied": None}
+    if apply and passed:
+        report["applied"] = install_model(out, cfg)
+    return report
+
+
+def render(report: dict) -> str:
+    """The before/after table an operator reads."""
+    lines = [f"candidate {report['candidate'][:12]} (from {report['model_in_use'][:12]}), fitted in "
+             f"{report['fit_seconds']} s on {report['images']['training']} original + "
+             f"{report['images']['false_alarms']} false-alarm + {report['images']['recent_ok_train']} recent ok "
+             f"images; threshold from {report['images']['validation']} original + "
+             f"{report['images']['recent_ok_val']} recent ok images",
+             f"map threshold {_num(report['threshold']['before'])} -> {_num(report['threshold']['after'])}", ""]
+    rows = [("id", "image", "label", "needs", "before", "after", "")]
+    for r in report["validation"]:
+        rows.append((str(r["id"]), shown(Path(r["image"]).name), r["label"], r["needs"], _verdict(r["before"]),
+                     _verdict(r["after"]), "ok" if r["pass"] else "FAIL"))
+    if len(rows) == 1:
+        lines.append("no labelled image to validate on (label results with `monitor label` or on the results page)")
+    else:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    for x in report["left_out"]:
+        lines.append(f"left out: {shown(x['image'])} ({x['source']}): {x['why']}")
+    n = len(report["validation"])
+    fails = sum(not r["pass"] for r in report["validation"])
+    lines.append("")
+    lines.append(f"validation: {'PASSED' if report['passed'] else 'FAILED'} ({n - fails}/{n} labelled images)")
+    return "\n".join(lines)
+
+
+def _verdict(j: dict) -> str:
+    return j["verdict"] + ("" if j.get("coverage") is None else f" {100 * j['coverage']:.3f}%")
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def write_report(report: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,336 @@
+"""The monitor learns from the line, on a real daemon: images that do not fit the model (verdict mismatch), the
+drift gauge, operator labels from the results page (password, CSRF) and from `monitor label`, and `monitor refit`
+validated on those labels, applied, then rolled back."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.parse
+
+import cv2
+import numpy as np
+import pytest
+
+from monitor.config import parse_config
+from monitor.fit import fit_model
+from monitor.images import list_images
+from monitor.passwords import MIN_ITERATIONS, hash_password
+from monitor.synth import defective_image, fiber_mat
+from tests import browser
+from tests.conftest import ROOT, SHAPE
+from tests.daemon import Daemon, png_bytes, wait_for, write_renamed
+from tests.test_web import Page, get
+
+PW = "line 3 writes"
+SMALL = {"patch_dictionary": {"k": 512, "aggregate": 3}}
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def monitor(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "monitor", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300, **kw)
+
+
+def write_pngs(folder, images) -> None:
+    folder.mkdir(parents=True)
+    for i, im in enumerate(images):
+        (folder / f"n{i}.png").write_bytes(png_bytes(im))
+
+
+@pytest.fixture(scope="module")
+def line_model(tmp_path_factory):
+    """A model fitted by `monitor fit`'s own code on PNG files: it records what it was fitted on (size, bit depth)
+    and where its images are (refit starts from them)."""
+    root = tmp_path_factory.mktemp("fitted")
+    write_pngs(root / "normal", [fiber_mat(SHAPE, seed=i) for i in range(6)])
+    write_pngs(root / "val", [fiber_mat(SHAPE, seed=100 + i) for i in range(2)])
+    cfg = parse_config({"model": SMALL})
+    fit_model(cfg, list_images([root / "normal"]), list_images([root / "val"]), root / "model", quiet=True)
+    return root / "model"
+
+
+def png16(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", np.round(img * 65535).astype(np.uint16))
+    assert ok
+    return buf.tobytes()
+
+
+IMAGES = {  # name: (bytes, the verdict it must get)
+    "clean0.png": (png_bytes(fiber_mat(SHAPE, seed=300)), "ok"),
+    "clean1.png": (png_bytes(fiber_mat(SHAPE, seed=301)), "ok"),
+    "clean2.png": (png_bytes(fiber_mat(SHAPE, seed=302)), "ok"),
+    "clean3.png": (png_bytes(fiber_mat(SHAPE, seed=303)), "ok"),
+    "defect_a.png": (png_bytes(defective_image(SHAPE, kinds=("bead", "film", "clot"), seed=9)[0]), "defect"),
+    "film_b.png": (png_bytes(defective_image(SHAPE, kinds=("film",), seed=10, size=1.5)[0]), "defect"),
+    "defect_c.png": (png_bytes(defective_image(SHAPE, kinds=("bead", "clot"), seed=11, size=1.5)[0]), "defect"),
+    "bigger.png": (png_bytes(fiber_mat((SHAPE[0] + 32, SHAPE[1]), seed=304)), "mismatch"),
+    "deep16.png": (png16(fiber_mat(SHAPE, seed=305)), "mismatch"),
+    "noise.png": (png_bytes(np.random.default_rng(0).random(SHAPE).astype(np.float32)), "mismatch"),
+}
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory, line_model):
+    d = Daemon(tmp_path_factory.mktemp("fed"), line_model, model=SMALL, alarm={"coverage_threshold": 0.005},
+               web={"write_password_hash": str(hash_password(PW, MIN_ITERATIONS))},
+               drift={"window": 10, "min_images": 3})
+    d.start()
+    for name, (data, _) in IMAGES.items():
+        write_renamed(d.export, name, data)
+        time.sleep(0.05)
+    d.wait_finished(len(IMAGES), timeout=90)
+    d.ids = {os.path.basename(r["path"]): r["id"] for r in d.rows()}
+    d.model_dir = line_model
+    yield d
+    d.stop()
+
+
+def _result(d, name) -> dict:
+    row = next(r for r in d.rows() if os.path.basename(r["path"]) == name)
+    return {**row, "result": json.loads(row["result_json"])}
+
+
+def _labels(d) -> list[dict]:
+    with sqlite3.connect(f"file:{d.ledger_path}?mode=ro", uri=True) as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("SELECT * FROM labels ORDER BY id")]
+
+
+def _model_id(d) -> str:
+    return next(dict(k[1])["model_id"] for k in d.scrape() if k[0] == "monitor_model_info")
+
+
+# ------------------------------------------------------------------------------------------------------- mismatch
+def test_images_that_do_not_fit_the_model_are_mismatch_not_defect(fed):
+    got = {name: _result(fed, name) for name in IMAGES}
+    assert {n: r["verdict"] for n, r in got.items()} == {n: v for n, (_, v) in IMAGES.items()}
+    reasons = {n: r["result"].get("mismatch_reason") for n, r in got.items() if r["verdict"] == "mismatch"}
+    assert reasons == {"bigger.png": "size", "deep16.png": "bit_depth", "noise.png": "coverage"}
+    assert "352x256" not in got["bigger.png"]["result"]["mismatch"] and "320x288" in got["bigger.png"]["result"][
+        "mismatch"] and "320x256" in got["bigger.png"]["result"]["mismatch"]
+    assert "16-bit" in got["deep16.png"]["result"]["mismatch"]
+    assert all(got[n]["alarm"] == 0 for n in reasons) and got["bigger.png"]["coverage"] is None  # never scored
+    m = fed.scrape()
+    for reason in ("size", "bit_depth", "coverage"):
+        assert Daemon.value(m, "monitor_mismatches_total", reason=reason) == 1
+    assert Daemon.value(m, "monitor_mismatches_total", reason="pixel_size") == 0
+    assert Daemon.value(m, "monitor_images_processed_total", verdict="mismatch") == 3
+    assert Daemon.value(m, "monitor_alarms_total") == 3  # the three defect images only
+    log = fed.log_text()
+    assert "MISMATCH" in log and "bigger.png" in log and "not scored" in log
+    # the page says why, and lists them under their own filter
+    status, _, body = get(fed.web_port, f"/result/{fed.ids['noise.png']}")
+    assert status == 200 and b"Not scored against this model" in body and b"max_coverage" in body
+    status, _, body = get(fed.web_port, "/?verdict=mismatch")
+    names = {t for t in Page(body.decode()).titles if t.endswith(".png")}
+    assert status == 200 and names == set(reasons)
+
+
+def test_the_drift_gauge_compares_the_clean_images_with_the_validation_images(fed):
+    m = fed.scrape()
+    assert Daemon.value(m, "monitor_drift_images") == 4  # the four clean images, not the defects or mismatches
+    ref = json.loads((fed.model_dir / "model.json").read_text())["drift_reference"]["median"]
+    levels = sorted(_result(fed, f"clean{i}.png")["result"]["score_level"] for i in range(4))
+    ratio = Daemon.value(m, "monitor_drift_ratio")
+    assert 0.8 < ratio < 1.25, ratio  # clean images of the fitted kind: about as the validation images
+    assert ratio == pytest.approx((levels[1] + levels[2]) / 2 / ref, rel=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------------- labels
+def _form(d, name) -> dict:
+    status, _, body = get(d.web_port, f"/result/{d.ids[name]}")
+    assert status == 200
+    token = re.search(rb'name="csrf" value="([^"]+)"', body)
+    assert token, body[:2000]
+    return {"csrf": token.group(1).decode(), "kind": "false_alarm", "by": "Ana", "note": "", "password": PW}
+
+
+def post(d, name: str, form: dict, **headers):
+    return get(d.web_port, f"/result/{d.ids[name]}/label", "POST", {**FORM, **headers},
+               body=urllib.parse.urlencode(form).encode())
+
+
+def test_a_label_without_the_password_or_with_a_forged_token_is_refused(fed):
+    images_before = fed.rows()
+    good = _form(fed, "film_b.png")
+    other = _form(fed, "defect_a.png")
+    refusals = [
+        ({**good, "password": ""}, {}, 403, b"Wrong write password"),
+        ({**good, "password": PW + "x"}, {}, 403, b"Wrong write password"),
+        ({**good, "csrf": "1700000000.0123456789abcdef0123456789abcdef01234567"}, {}, 403, b"CSRF"),
+        ({**good, "csrf": ""}, {}, 403, b"CSRF"),
+        ({**good, "csrf": other["csrf"]}, {}, 403, b"CSRF"),  # a token for another result
+        (good, {"Origin": "http://evil.example"}, 403, b"cross-site"),
+        (good, {"Sec-Fetch-Site": "cross-site"}, 403, b"cross-site"),
+        ({**good, "by": ""}, {}, 400, b"who labels"),
+        ({**good, "kind": "maybe"}, {}, 400, b"must be one of"),
+    ]
+    for form, headers, status, says in refusals:
+        got = post(fed, "film_b.png", form, **headers)
+        assert got[0] == status and says in got[2], (form, headers, got[0], got[2][-600:])
+    clean = _form(fed, "clean0.png")  # no alarm: it cannot be a false alarm
+    got = post(fed, "clean0.png", clean)
+    assert got[0] == 400 and b"raised no alarm" in got[2]
+    assert b'value="false_alarm"' not in get(fed.web_port, f"/result/{fed.ids['clean0.png']}")[2]
+    wrong_type = get(fed.web_port, f"/result/{fed.ids['film_b.png']}/label", "POST",
+                     {"Content-Type": "text/plain"}, body=urllib.parse.urlencode(good).encode())
+    assert wrong_type[0] == 415
+    assert get(fed.web_port, f"/result/{fed.ids['film_b.png']}/label")[0] == 405
+    assert _labels(fed) == [] and fed.rows() == images_before
+    assert Daemon.value(fed.scrape(), "monitor_labels_total", kind="false_alarm") == 0
+    assert "wrong write password" in fed.log_text()
+
+
+def test_a_label_from_the_page_and_one_from_the_cli_reach_the_ledger_and_the_metrics(fed):
+    images_before = fed.rows()
+    form = {**_form(fed, "film_b.png"), "note": "a film the process accepts"}
+    status, headers, _ = post(fed, "film_b.png", form, Origin=f"http://127.0.0.1:{fed.web_port}",
+                              **{"Sec-Fetch-Site": "same-origin"})
+    assert status == 303 and headers["Location"] == f"/result/{fed.ids['film_b.png']}?labelled=1#label"
+    labs = _labels(fed)
+    assert [(x["image_id"], x["kind"], x["who"], x["source"], x["note"]) for x in labs] == [
+        (fed.ids["film_b.png"], "false_alarm", "Ana", "web", "a film the process accepts")]
+    assert abs(labs[0]["at"] - time.time()) < 30
+    assert Daemon.value(fed.scrape(), "monitor_labels_total", kind="false_alarm") == 1
+    page = get(fed.web_port, f"/result/{fed.ids['film_b.png']}?labelled=1")[2]
+    assert b"Label saved" in page and b"false alarm</b> by Ana" in page
+    assert b"false alarm" in get(fed.web_port, "/")[2]  # on the list too
+
+    r = monitor("label", "defect_a.png", "--confirmed", "--by", "Ben", "--note", "beads", "--config", fed.config)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["kind"] == "confirmed" and "labelled confirmed by Ben" in r.stderr
+    wait_for(lambda: Daemon.value(fed.scrape(), "monitor_labels_total", kind="confirmed") == 1, 10,
+             "the CLI's label in the metrics")
+    r = monitor("label", "clean1.png", "--false-alarm", "--config", fed.config)
+    assert r.returncode == 2 and "raised no alarm" in r.stderr
+    r = monitor("label", "nothing.png", "--confirmed", "--config", fed.config)
+    assert r.returncode == 2 and "no result for nothing.png" in r.stderr
+    hist = monitor("history", "--config", fed.config)
+    line = next(x for x in hist.stdout.splitlines() if x.endswith("film_b.png"))
+    assert "false_alarm" in line and "ALARM" in line
+    assert fed.rows() == images_before  # the results themselves are never changed
+
+
+def test_a_real_browser_labels_a_result(fed, tmp_path):
+    why = browser.missing()
+    if why:
+        pytest.fail(why)
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    rid = fed.ids["defect_c.png"]
+    driver = browser.chromium(str(tmp_path / "profile"), 1280, 1000)
+    try:
+        driver.get(f"http://127.0.0.1:{fed.web_port}/result/{rid}")
+        driver.find_element(By.CSS_SELECTOR, 'input[name="kind"][value="confirmed"]').click()
+        driver.find_element(By.NAME, "by").send_keys("Chloé")
+        driver.find_element(By.NAME, "note").send_keys("clot, seen under the optical microscope")
+        driver.find_element(By.NAME, "password").send_keys(PW)
+        driver.find_element(By.CSS_SELECTOR, "form.label button").click()
+        WebDriverWait(driver, 10).until(lambda d: "labelled=1" in d.current_url)
+        assert "Label saved" in driver.find_element(By.CSS_SELECTOR, "p.done").text
+        assert "confirmed defect by Chloé" in driver.find_element(By.CSS_SELECTOR, "ul.count").text
+        assert driver.find_element(By.CSS_SELECTOR, ".banner .v").text.lower() == "defect · confirmed defect"
+        driver.save_screenshot(str(tmp_path / "labelled.png"))
+        csp = [e for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
+        assert csp == []
+    finally:
+        driver.quit()
+    pic = cv2.imread(str(tmp_path / "labelled.png"))
+    assert pic is not None and pic.std() > 10
+    if os.environ.get("SCREENSHOTS"):
+        cv2.imwrite(os.path.join(os.environ["SCREENSHOTS"], "labelled.png"), pic)
+    labs = [x for x in _labels(fed) if x["image_id"] == rid]
+    assert [(x["kind"], x["who"], x["source"]) for x in labs] == [("confirmed", "Chloé", "web")]
+    wait_for(lambda: Daemon.value(fed.scrape(), "monitor_labels_total", kind="confirmed") == 2, 10,
+             "the browser's label in the metrics")
+
+
+# ---------------------------------------------------------------------------------------------------------- refit
+def test_refit_validates_on_the_labels_and_apply_swaps_the_model_rollback_restores_it(fed):
+    labelled = {x["image_id"] for x in _labels(fed)}
+    assert labelled == {fed.ids[n] for n in ("film_b.png", "defect_a.png", "defect_c.png")}, \
+        "runs after the label tests (page, CLI, browser)"
+    before = _model_id(fed)
+    r = monitor("refit", "--config", fed.config, "--quiet")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "validation: PASSED (3/3 labelled images)" in r.stdout, r.stdout
+    table = {ln.split()[1]: ln for ln in r.stdout.splitlines() if re.match(r"^\d+\s", ln)}
+    assert set(table) == {"defect_a.png", "film_b.png", "defect_c.png"}
+    assert re.search(r"false_alarm\s+clear\s+defect [0-9.]+%\s+ok [0-9.]+%\s+ok$", table["film_b.png"])
+    assert re.search(r"confirmed\s+alarm\s+defect [0-9.]+%\s+defect [0-9.]+%\s+ok$", table["defect_a.png"])
+    candidate = fed.model_dir.with_name("model.candidate")
+    report = json.loads((candidate / "refit.json").read_text())
+    assert report["passed"] and report["applied"] is None and report["images"]["false_alarms"] == 1
+    assert report["images"]["training"] == 6 and report["images"]["validation"] == 2
+    assert _model_id(fed) == before  # not applied
+
+    r = monitor("refit", "--config", fed.config, "--quiet", "--apply")
+    assert r.returncode == 0, r.stdout + r.stderr
+    cand = json.loads((candidate / "refit.json").read_text())["candidate"]
+    assert f"installed model {cand}" in r.stderr
+    wait_for(lambda: _model_id(fed) == cand, 60, "the refitted model in monitor_model_info")
+    assert cand != before
+    assert Daemon.value(fed.scrape(), "monitor_drift_images") == 0  # a new model: a new drift window
+    r = monitor("rollback", "--config", fed.config)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: _model_id(fed) == before, 60, "the old model back in monitor_model_info")
+    assert Daemon.value(fed.scrape(), "monitor_drift_images") == 4  # its window, from the ledger
+
+
+# ------------------------------------------------------------------------------------------------ without a daemon
+def test_refit_validation_fails_a_candidate_that_no_longer_alarms_on_a_confirmed_defect(tmp_path, line_model):
+    """The same check `monitor refit` runs, on real models and files: a candidate that learnt a confirmed defect's
+    clot as normal (it was wrongly marked a false alarm) no longer alarms on another clot image, and fails."""
+    from monitor.ledger import Ledger
+    from monitor.model import Model
+    from monitor.refit import validate
+
+    cfg = parse_config({"model": SMALL, "alarm": {"coverage_threshold": 0.005}})
+    before = Model.load(line_model, "cpu", runtime="torch")
+    clot = defective_image(SHAPE, kinds=("clot",), seed=10)[0]
+    after = Model.fit("patch_dictionary", cfg.model.method_config, [fiber_mat(SHAPE, seed=i) for i in range(6)]
+                      + [clot], [fiber_mat(SHAPE, seed=100 + i) for i in range(2)], device="cpu")
+    lg = Ledger(tmp_path / "l.sqlite")
+    labelled = []
+    for name, img, kind in (("c.png", defective_image(SHAPE, kinds=("bead", "clot"), seed=11)[0], "confirmed"),
+                            ("f.png", defective_image(SHAPE, kinds=("film",), seed=10, size=1.5)[0], "false_alarm")):
+        (tmp_path / name).write_bytes(png_bytes(img))
+        from monitor.files import file_sha256
+
+        row, _ = lg.record(str(tmp_path / name), 1, 1, file_sha256(tmp_path / name))
+        lg.start(row.id)
+        lg.finish(row.id, verdict="defect", alarm=True, coverage=0.01, n_defects=1, largest_area=1, max_score=1.0,
+                  score_seconds=0.1, model_id="m")
+        lab = lg.label(row.id, kind, "ana")
+        labelled.append((lg.get(row.id), lab))
+    table, passed = validate(before, after, cfg, labelled)
+    assert not passed
+    got = {os.path.basename(t["image"]): (t["before"]["verdict"], t["after"]["verdict"], t["pass"]) for t in table}
+    assert got == {"c.png": ("defect", "ok", False), "f.png": ("defect", "defect", False)}
+    table, passed = validate(before, before, cfg, labelled)  # the model in use itself: the false alarm stays
+    assert not passed and [t["pass"] for t in table] == [True, False]
+    lg.close()
+
+
+def test_the_score_level_rises_when_the_images_drift_out_of_focus(line_model):
+    """What the drift gauge follows: images slightly out of focus score higher overall than sharp ones. (On these
+    synthetic mats a blur of sigma 0.5 already makes them defect images; the threshold is tight.)"""
+    from monitor.model import Model
+
+    model = Model.load(line_model, "cpu", runtime="torch")
+    ref = model.drift_reference
+    sharp = [model.inspect(fiber_mat(SHAPE, seed=400 + i), 0.005, 0, 0.5) for i in range(4)]
+    soft = [model.inspect(cv2.GaussianBlur(fiber_mat(SHAPE, seed=400 + i), (0, 0), 0.5), 0.005, 0, 0.5)
+            for i in range(4)]
+    assert all(s.verdict == "ok" for s in sharp)
+    r_sharp = np.median([s.level for s in sharp]) / ref
+    r_soft = np.median([s.level for s in soft]) / ref
+    print(f"drift ratio: sharp {r_sharp:.3f}, blurred (sigma 0.5) {r_soft:.3f}, verdicts {[s.verdict for s in soft]}")
+    assert 0.9 < r_sharp < 1.1 and r_soft > r_sharp + 0.08
