@@ -18,13 +18,16 @@ from typing import Sequence
 class MismatchConfig:
     """The ``mismatch`` section: what makes an image not fit the model."""
 
-    size: bool = True  # an image of another size (after image.crop_bottom) than every training image
+    size: bool = True  # an image of another size (after image.crop_bottom) than every training image ...
+    size_tolerance: float = 0.05  # ... by more than this share of a side (NanoTWICE: normal 1024x700, test 1024x696)
     bit_depth: bool = True  # an image of another bit depth than the training images (8-bit vs 16-bit export)
     pixel_size_tolerance: float = 0.02  # relative; another SEM pixel size (magnification) than the training images'
     #                                     when both carry it in their TIFF tags (0 = not checked)
     max_coverage: float = 0.5  # defect coverage above which an image is a mismatch, not a defect (0 = off)
 
     def __post_init__(self):
+        if not 0 <= self.size_tolerance < 1:
+            raise ValueError(f"mismatch.size_tolerance must be in [0, 1), got {self.size_tolerance}")
         if not 0 <= self.pixel_size_tolerance < 1:
             raise ValueError(f"mismatch.pixel_size_tolerance must be in [0, 1), got {self.pixel_size_tolerance}")
         if not 0 <= self.max_coverage <= 1:
@@ -50,7 +53,8 @@ def misfit(fitted: dict | None, shape: tuple[int, int], info: dict, cfg: Mismatc
         return None
     h, w = int(shape[0]), int(shape[1])
     shapes = [tuple(s) for s in fitted.get("image_shapes") or []]
-    if cfg.size and shapes and (h, w) not in shapes:
+    tol = cfg.size_tolerance
+    if cfg.size and shapes and not any(abs(h - sh) <= tol * sh and abs(w - sw) <= tol * sw for sh, sw in shapes):
         want = ", ".join(f"{sw}x{sh}" for sh, sw in shapes)
         return "size", f"the image is {w}x{h} pixels, the model was fitted on {want}"
     bits = fitted.get("bit_depths") or []
