@@ -58,6 +58,7 @@ def cmd_fit(args) -> int:
 def cmd_score(args) -> int:
     from .alarm import caption_for, local_time
     from .images import pixel_size_um
+    from .mismatch import misfit
     from .model import Model, expectations
     from .overlay import render_overlay, write_png
 
@@ -68,14 +69,20 @@ def cmd_score(args) -> int:
     limits = cfg.image.for_model(model.meta.get("training_pixels"))
     for path in list_images(args.images):
         t0 = time.perf_counter()
+        info: dict = {}
         try:
-            img = read_image(path, limits)
+            img = read_image(path, limits, info=info)
         except ImageError as exc:
             print(json.dumps({"image": str(path), "error": exc.reason}))
             failed += 1
             continue
+        why = misfit(model.fitted_on, img.shape, info, cfg.mismatch)
+        if why is not None:  # as the daemon: not scored against a model it does not fit
+            print(json.dumps({"image": str(path), "verdict": "mismatch", "mismatch_reason": why[0],
+                              "mismatch": why[1], "model_id": model.model_id}))
+            continue
         t1 = time.perf_counter()
-        ins = model.inspect(img, cfg.alarm.coverage_threshold, cfg.alarm.max_defect_area)
+        ins = model.inspect(img, cfg.alarm.coverage_threshold, cfg.alarm.max_defect_area, cfg.mismatch.max_coverage)
         t2 = time.perf_counter()
         out = {"image": str(path), **ins.summary(), "model_id": model.model_id,
                "timings": {"load": round(t1 - t0, 4), "score": round(t2 - t1, 4), "total": round(t2 - t0, 4),

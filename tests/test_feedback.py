@@ -336,3 +336,15 @@ def test_the_score_level_rises_when_the_images_drift_out_of_focus(line_model):
     r_soft = np.median([s.level for s in soft]) / ref
     print(f"drift ratio: sharp {r_sharp:.3f}, blurred (sigma 0.5) {r_soft:.3f}, verdicts {[s.verdict for s in soft]}")
     assert 0.9 < r_sharp < 1.1 and r_soft > r_sharp + 0.08
+
+
+def test_monitor_score_judges_a_mismatch_as_the_daemon_does(tmp_path, line_model, capsys):
+    from monitor.cli import main
+
+    for name in ("bigger.png", "noise.png", "clean0.png"):
+        (tmp_path / name).write_bytes(IMAGES[name][0])
+    assert main(["score", str(tmp_path / "bigger.png"), str(tmp_path / "noise.png"), str(tmp_path / "clean0.png"),
+                 "--model", str(line_model), "--set", "alarm.coverage_threshold=0.005"]) == 0
+    out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(o["verdict"], o.get("mismatch_reason")) for o in out] == [("mismatch", "size"), ("mismatch", None),
+                                                                       ("ok", None)]
