@@ -348,3 +348,28 @@ def test_monitor_score_judges_a_mismatch_as_the_daemon_does(tmp_path, line_model
     out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [(o["verdict"], o.get("mismatch_reason")) for o in out] == [("mismatch", "size"), ("mismatch", None),
                                                                        ("ok", None)]
+
+
+def test_another_magnification_is_a_mismatch_when_the_tiff_tags_say_so(tmp_path):
+    """The pixel size from the SEM's own TIFF tags (FEI here): a model fitted at 10 nm per pixel takes 10.1 nm
+    (within 2%) and refuses 20 nm (another magnification); an image without the tags is not judged on it."""
+    from monitor.config import MismatchConfig
+    from monitor.images import read_image
+    from monitor.mismatch import fitted_on, misfit
+    from tests.test_overlay import _tiff
+
+    def info_of(name, metres):
+        info: dict = {}
+        img = read_image(_tiff(tmp_path / name, 34682 if metres else None,
+                               f"[Scan]\nPixelWidth={metres}\n" if metres else None), info=info)
+        return img.shape, info
+
+    shapes, infos = zip(*(info_of(f"n{i}.tif", 1e-8) for i in range(2)))
+    fitted = fitted_on(shapes, infos)
+    assert fitted["pixel_size_um"] == pytest.approx(0.01) and fitted["bit_depths"] == [8]
+    cfg = MismatchConfig()
+    assert misfit(fitted, *info_of("same.tif", 1.01e-8), cfg) is None
+    reason, text = misfit(fitted, *info_of("zoomed.tif", 2e-8), cfg)
+    assert reason == "pixel_size" and "20 nm" in text and "10 nm" in text
+    assert misfit(fitted, *info_of("untagged.tif", None), cfg) is None
+    assert misfit(fitted, *info_of("zoomed2.tif", 2e-8), MismatchConfig(pixel_size_tolerance=0)) is None  # off
