@@ -3,9 +3,10 @@
     .venv/bin/python bench/screenshots.py [--out docs] [--width 1280] [--height 900]
 
 Fits a small model on synthetic clean mats (as the demo does), starts the daemon, writes a few synthetic images
-into its export folder (TIFF, as SEM software exports them; two with defects drawn, one broken file), waits for the
-results and saves the list (`results-list.png`) and the page of the most defective image (`result-page.png`) at a
-tablet-like viewport. Needs `make tools` (chromium, chromium-driver). Everything is synthetic.
+into its export folder (TIFF, as SEM software exports them; three with defects drawn, one broken file, one that is
+not a mat), labels one alarm a false alarm, waits for the results and saves the list (`results-list.png`), the page
+of the most defective image (`result-page.png`) and the label section of the labelled one (`result-label.png`) at
+a tablet-like viewport. Needs `make tools` (chromium, chromium-driver). Everything is synthetic.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from monitor.defects import DefectConfig  # noqa: E402
+from monitor.ledger import Ledger  # noqa: E402
+from monitor.passwords import MIN_ITERATIONS, hash_password  # noqa: E402
 from monitor.model import Model  # noqa: E402
 from monitor.scorers import PatchDictionaryConfig  # noqa: E402
 from monitor.synth import defective_image, fiber_mat, to_uint8  # noqa: E402
@@ -67,7 +71,8 @@ def main() -> int:
     Model.fit("patch_dictionary", PatchDictionaryConfig(k=512, aggregate=3),
               [fiber_mat(SHAPE, seed=i) for i in range(8)], [fiber_mat(SHAPE, seed=100 + i) for i in range(2)],
               ThresholdConfig(), DefectConfig(), device="cpu").save(model_dir)
-    d = Daemon(work / "line", model_dir, service={"line": "line3"})
+    d = Daemon(work / "line", model_dir, service={"line": "line3"},
+               web={"write_password_hash": str(hash_password("screenshots", MIN_ITERATIONS))})
     d.start()
     try:
         images = [("SEM_0412.tif", tif(fiber_mat(SHAPE, seed=500))),
@@ -78,23 +83,29 @@ def main() -> int:
                   ("SEM_0417.tif", tif(fiber_mat(SHAPE, seed=503))),
                   ("SEM_0418.tif", tif(defective_image(SHAPE, ("film", "bead", "clot"), seed=11, size=1.5)[0])),
                   ("2026-11-24_line3_sample-B7_magnification-5000x_detector-SE_long-export-name_0419.tif",
-                   tif(fiber_mat(SHAPE, seed=504)))]
+                   tif(fiber_mat(SHAPE, seed=504))),
+                  ("SEM_0420.tif", tif(np.random.default_rng(1).random(SHAPE).astype(np.float32)))]  # not a mat
         for name, data in images:
             write_renamed(d.export, name, data)
             time.sleep(0.3)
         rows = d.wait_finished(len(images), timeout=120)
-        worst = max(rows, key=lambda r: r["coverage"] or 0)
+        worst = max((r for r in rows if r["verdict"] == "defect"), key=lambda r: r["coverage"] or 0)
+        other = next(r for r in rows if r["verdict"] == "defect" and r["id"] != worst["id"])
+        ledger = Ledger(d.ledger_path)  # as `monitor label` does, from another process
+        ledger.label(other["id"], "false_alarm", "Ana (shift B)", "charging artefact, mat is fine")
+        ledger.close()
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         driver = browser.chromium(str(work / "profile"), args.width, args.height)
         try:
             for url, name in ((f"http://127.0.0.1:{d.web_port}/", "results-list.png"),
-                              (f"http://127.0.0.1:{d.web_port}/result/{worst['id']}", "result-page.png")):
+                              (f"http://127.0.0.1:{d.web_port}/result/{worst['id']}", "result-page.png"),
+                              (f"http://127.0.0.1:{d.web_port}/result/{other['id']}#label", "result-label.png")):
                 driver.get(url)  # returns once the page and its overlay image have loaded
                 shot(driver, out / name, args.full)
         finally:
             driver.quit()
-        for name in ("results-list.png", "result-page.png"):
+        for name in ("results-list.png", "result-page.png", "result-label.png"):
             print(f"screenshots: wrote {out / name}")
     finally:
         d.stop()

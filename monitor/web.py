@@ -220,7 +220,7 @@ h1{font-size:1.35rem;margin:.2rem 0 .8rem}
 .badge{display:inline-block;padding:.2rem .75rem;border-radius:999px;color:#fff;font-weight:700;font-size:.9rem;
  white-space:nowrap}
 .b-defect{background:var(--red)}.b-ok{background:var(--green)}.b-other{background:var(--grey)}
-.b-mismatch{background:#8a5a00}.b-label{background:#fff;color:var(--fg);border:2px solid var(--grey);margin-left:.3rem}
+.b-mismatch{background:#8a5a00}.b-label{background:#fff;color:var(--fg);border:2px solid var(--grey)}
 form.label{display:flex;flex-wrap:wrap;gap:.75rem 1rem;align-items:flex-end;background:#fff;padding:.75rem 1rem;
  border:1px solid var(--line);border-radius:10px;margin-bottom:1rem}
 form.label label{display:flex;flex-direction:column;font-size:.85rem;font-weight:600;gap:.2rem}
@@ -252,7 +252,7 @@ a.row:focus-visible{outline:3px solid var(--link);outline-offset:-3px}
 .c-time{grid-area:time;font-variant-numeric:tabular-nums}.c-time b{display:block;font-size:1.05rem}
 .c-time small{display:block}.c-name{grid-area:name;font-weight:600;
  overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-.c-verdict{grid-area:verdict}.c-cov{grid-area:cov}.c-n{grid-area:n}.c-big{grid-area:big}
+.c-verdict{grid-area:verdict;display:flex;flex-wrap:wrap;gap:.3rem}.c-cov{grid-area:cov}.c-n{grid-area:n}.c-big{grid-area:big}
 .c-model{grid-area:model;font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:.85rem;color:#4a5560}
 .head .c-model{font-family:inherit;font-size:inherit}
 .num{text-align:right;font-variant-numeric:tabular-nums}
