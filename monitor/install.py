@@ -82,6 +82,17 @@ def _adopt(target: Path) -> None:
     _swap_link(target, dest)
 
 
+def _hand_over(folder: Path, state: Path) -> None:
+    """The copied model readable by the service: a model folder is written 0700 (it is made with mkdtemp), and
+    copied by root it would stay root's, which the service's own user cannot read. The folder becomes 0755, its
+    files 0644, and, for root, owned like the state folder it lives in (the service's)."""
+    st = os.stat(state)
+    for p in (folder, *folder.iterdir()):
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        if os.geteuid() == 0:
+            os.chown(p, st.st_uid, st.st_gid)
+
+
 def _current(target: Path) -> Path | None:
     return target.resolve() if target.is_symlink() and target.exists() else None
 
@@ -104,6 +115,7 @@ def install_model(model_dir: Path, cfg: Config) -> dict:
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         load_artifact(tmp)  # the copy's files against the hashes in its model.json
+        _hand_over(tmp, target.parent)
         os.rename(tmp, dest)
     current = _current(target)
     if current is not None and current != dest.resolve():

@@ -6,8 +6,11 @@ import os
 import shutil
 import socket
 import subprocess
+import stat
 import sys
+import tempfile
 import tomllib
+from pathlib import Path
 
 import pytest
 import yaml
@@ -246,3 +249,31 @@ def test_install_service_into_a_scratch_root(tmp_path, saved_model):
 def test_install_service_warns_of_paths_the_hardening_hides(tmp_path, key, path, hidden_by):
     r = _make_install(tmp_path / "root", f"{key}={path}", "PY=false")  # stops at the virtualenv: warnings first
     assert f"WARNING: {key} {path} is hidden from the service by {hidden_by}=yes" in r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root installs for the service's user")
+def test_a_model_installed_by_root_is_readable_by_the_service_user(saved_model):
+    """`sudo monitor install-model` on a line PC: the model folder `monitor fit` wrote (0700, its user's) must end
+    up readable by the service's own user, who owns the state folder (here `nobody`)."""
+    tmp_path = Path(tempfile.mkdtemp(prefix="install-model-"))  # pytest's own folders are root's only
+    try:
+        os.chmod(tmp_path, 0o755)
+        state = tmp_path / "state"
+        state.mkdir()
+        os.chown(state, 65534, 65534)
+        src = tmp_path / "fitted"
+        shutil.copytree(saved_model, src)
+        os.chmod(src, 0o700)
+        _, path = _config(tmp_path, state / "model")
+        r = monitor("install-model", src, "--config", path)
+        assert r.returncode == 0, r.stderr
+        installed = (state / "model").resolve()
+        for p in (installed, *installed.iterdir()):
+            st = p.stat()
+            assert (st.st_uid, st.st_gid) == (65534, 65534), p
+            assert stat.S_IMODE(st.st_mode) == (0o755 if p.is_dir() else 0o644), p
+        read = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat",
+                               str(state / "model" / "model.json")], capture_output=True, text=True)
+        assert read.returncode == 0 and '"model_id"' in read.stdout, read.stderr
+    finally:
+        shutil.rmtree(tmp_path)
