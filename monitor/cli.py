@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -47,6 +48,10 @@ def cmd_fit(args) -> int:
         raise ConfigError(f"validation images must not be training images: {sorted(map(str, overlap))[0]}")
     if not normal:
         raise ConfigError("no normal images found in " + " ".join(args.normal))
+    watch, out = Path(cfg.watch.dir).resolve(), Path(args.out).resolve()
+    if out == watch or watch in out.parents:
+        raise ConfigError(f"--out {args.out} lies inside the export folder watch.dir ({cfg.watch.dir}); the monitor "
+                          "never writes there")
     model, model_id, secs = fit_model(cfg, normal, val, Path(args.out), args.quiet)
     th = model.threshold
     print(json.dumps({"model_id": model_id, "out": str(args.out), "fit_seconds": round(secs, 2),
@@ -333,10 +338,12 @@ def _lifecycle(res: dict, what: str) -> int:
 
 
 def cmd_refit(args) -> int:
-    from .refit import RefitError, refit, render, write_report
+    from .refit import RefitError, inside_export, refit, render, write_report
 
     cfg = _load_cfg(args)
     try:
+        if args.report:
+            inside_export(Path(args.report), cfg, "--report")
         report = refit(cfg, args.recent, Path(args.out) if args.out else None, args.apply, args.seed, args.quiet)
     except RefitError as exc:
         raise ConfigError(f"refit: {exc}") from None
@@ -530,17 +537,31 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> None:
     """The ``monitor`` command: ``main()``, then a quick exit. Every command closes what it writes (models, the
     ledger, overlays) before it returns; the interpreter's own teardown of torch and OpenVINO would add about 0.9 s
-    to each command and to each stop of the service, for nothing."""
+    to each command and to each stop of the service, for nothing. Output that cannot be written (a full disk) is an
+    error (exit 120, as Python's own exit reports it); a reader that went away (``monitor history | head``) is not."""
     try:
         code = main()
     except SystemExit as exc:  # --help, --version, a usage error
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
         if not isinstance(exc.code, (int, type(None))):
             print(exc.code, file=sys.stderr)
+    except BrokenPipeError:
+        code = 1
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+            raise
+        print(f"monitor: error: cannot write: {exc.strerror}", file=sys.stderr)
+        code = 120
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe (monitor history | head)
+        except BrokenPipeError:
             pass
+        except (OSError, ValueError) as exc:
+            try:
+                os.write(2, f"monitor: error: cannot write the output: {exc}\n".encode())
+            except OSError:
+                pass
+            code = code or 120
     os._exit(code)

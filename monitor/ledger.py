@@ -141,8 +141,10 @@ def check_label(row: "Row | None", kind: str, who: str, note: str) -> None:
                          "false alarm (label a defect the monitor missed as confirmed)")
     if not who.strip() or len(who) > WHO_CHARS or not who.isprintable():
         raise LabelError(f"who labels must be a name of 1 to {WHO_CHARS} printable characters")
-    if len(note) > NOTE_CHARS or any(not c.isprintable() and c not in "\n\t" for c in note):
-        raise LabelError(f"the note must be at most {NOTE_CHARS} printable characters")
+    if len(note) > NOTE_CHARS:
+        raise LabelError(f"the note must be at most {NOTE_CHARS} characters")
+    if any(not c.isprintable() and c not in "\n\t" for c in note):
+        raise LabelError("the note must not hold control characters")
 
 class LedgerError(RuntimeError):
     pass
@@ -376,6 +378,8 @@ class Ledger:
                 "done": dict(q("SELECT verdict, COUNT(*) FROM images WHERE state = 'done' GROUP BY verdict")),
                 "failed": dict(q("SELECT error_kind, COUNT(*) FROM images WHERE state = 'failed' GROUP BY error_kind")),
                 "alarms": q("SELECT COUNT(*) FROM images WHERE state = 'done' AND alarm = 1").fetchone()[0],
+                "mismatches": dict(q("SELECT json_extract(result_json, '$.mismatch_reason'), COUNT(*) FROM images "
+                                     "WHERE state = 'done' AND verdict = 'mismatch' GROUP BY 1")),
                 "pending": q("SELECT COUNT(*) FROM images WHERE state = 'pending'").fetchone()[0],
                 "last_seen": q("SELECT MAX(seen_at) FROM images").fetchone()[0],
                 "last_finished": q("SELECT MAX(finished_at) FROM images").fetchone()[0],
@@ -461,6 +465,12 @@ class LedgerReader(Ledger):
             uri = self.path.resolve().as_uri() + "?mode=ro"
             self._db = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA query_only=ON")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{self.path}: cannot open the ledger for reading: {exc}") from None
+        if version != SCHEMA_VERSION:
+            self._db.close()
+            raise LedgerError(f"{self.path}: ledger schema {version}, this version reads {SCHEMA_VERSION}"
+                              + (" (start this version's monitor once, or run `monitor history`, to upgrade it)"
+                                 if version < SCHEMA_VERSION else ""))
         self._lock = threading.Lock()

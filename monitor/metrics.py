@@ -123,6 +123,9 @@ class Metrics:
         for kind, n in totals["failed"].items():
             self.images_failed_total.labels(reason=kind if kind in FAILURE_KINDS else "internal").inc(n)
         self.alarms_total.inc(totals["alarms"])
+        for reason, n in totals.get("mismatches", {}).items():
+            if reason in MISMATCH_REASONS:
+                self.mismatches_total.labels(reason=reason).inc(n)
         self.queue_depth.set(totals["pending"])
         # "time since the last image" must not jump to decades after a restart
         if totals.get("last_seen"):

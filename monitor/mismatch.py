@@ -3,15 +3,20 @@
 A model records what it was fitted on (``Model.meta["fitted_on"]``): the image size, the bit depth, and the SEM's
 pixel size when the TIFF tags carry it. An image of another size, bit depth or pixel size (another recipe, another
 magnification) is not scored against it. An image whose defect mask covers most of its area (a different material,
-a focus or detector fault) is a mismatch too: no defect looks like that.
+a focus or detector fault, or a defect as large as the field, such as a film) is a mismatch too: not a defect
+alarm, which a microscope fault would raise on every image, but an urgent alert of its own (SemImageMostlyAbnormal).
 """
 
 from __future__ import annotations
 
 MISMATCH_REASONS = ("size", "bit_depth", "pixel_size", "coverage")  # the metric's label values
 
+import logging
 from dataclasses import dataclass
 from typing import Sequence
+
+log = logging.getLogger(__name__)
+PIXEL_AGREEMENT = 0.05  # training images' pixel sizes within 5% of each other count as one magnification
 
 
 @dataclass(frozen=True)
@@ -35,13 +40,19 @@ class MismatchConfig:
 
 
 def fitted_on(shapes: Sequence[tuple[int, int]], infos: Sequence[dict]) -> dict:
-    """What a model records of its training images: their sizes, bit depths, and the pixel size when every one
-    carries the same (within 1%) in its tags, else None."""
+    """What a model records of its training images: their sizes, bit depths, and the pixel size (the median) when
+    every one carries it in its tags and they agree within ``PIXEL_AGREEMENT``, else None (a warning is logged
+    when they disagree: the pixel-size check is then off for the model)."""
     sizes = [s for s in dict.fromkeys((int(h), int(w)) for h, w in shapes)]
     um = [i.get("pixel_size_um") for i in infos]
     pixel = None
-    if um and all(um) and max(um) <= 1.01 * min(um):
-        pixel = sorted(um)[len(um) // 2]
+    if um and all(um):
+        if max(um) <= (1 + PIXEL_AGREEMENT) * min(um):
+            pixel = sorted(um)[len(um) // 2]
+        else:
+            log.warning("the training images' pixel sizes differ (%.4g to %.4g nm, more than %g%%): they are not one "
+                        "magnification, and the model will not check the pixel size of the images it scores",
+                        1000 * min(um), 1000 * max(um), 100 * PIXEL_AGREEMENT)
     return {"image_shapes": [list(s) for s in sizes],
             "bit_depths": sorted({int(i["bits"]) for i in infos if i.get("bits")}), "pixel_size_um": pixel}
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import random
 import shutil
 import time
@@ -30,7 +31,10 @@ from pathlib import Path
 from .config import Config
 from .files import file_sha256, shown
 from .images import ImageError, read_image
+from .install import previous_link, versions_dir
 from .ledger import Ledger, LedgerReader, Row
+from .mismatch import misfit
+from .threshold import ThresholdConfig
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +53,31 @@ def _on_disk(row: Row) -> bool:
         return False
 
 
+def _misfit(model, cfg: Config, path, sha256: str | None) -> str | None:
+    """Why the image at ``path`` does not fit ``model`` (as the daemon judges it), None when it does; an image
+    that cannot be read does not fit either."""
+    info: dict = {}
+    try:
+        image = read_image(path, cfg.image.for_model(model.meta.get("training_pixels")), sha256, info)
+    except ImageError as exc:
+        return exc.reason
+    why = misfit(model.fitted_on, image.shape, info, cfg.mismatch)
+    return None if why is None else f"does not fit the model in use: {why[1]}"
+
+
 def gather(cfg: Config, model, ledger: Ledger, recent: int, seed: int = 0) -> dict:
     """The candidate's images: {"normal": [...], "val": [...], "sha256": {path: sha}, "left_out": [...],
-    "labelled": [(row, label)], "sources": counts}."""
+    "labelled": [(row, label)], "sources": counts}. An image whose current label is ``confirmed`` (a defect) is
+    never taken as normal, even when it was a training image of the model in use; images that do not fit the model
+    in use (another recipe's) are not taken at all."""
     sha: dict[Path, str] = {}
     left_out = []
     normal: list[Path] = []
     val: list[Path] = []
+    labels = ledger.current_labels()
+    rows = {image_id: ledger.get(image_id) for image_id in labels}
+    # by content, wherever the file lies: a training image is outside the export folder, its label on a copy in it
+    confirmed = {r.sha256 for i, r in rows.items() if labels[i].kind == "confirmed"}
 
     def original(paths, hashes, into, what):
         for i, p in enumerate(paths):
@@ -64,11 +86,13 @@ def gather(cfg: Config, model, ledger: Ledger, recent: int, seed: int = 0) -> di
                 ok = want is not None and file_sha256(p) == want
             except OSError:
                 ok = False
-            if ok:
+            if not ok:
+                left_out.append({"image": p, "source": what, "why": "gone or changed since the model was fitted"})
+            elif want in confirmed:
+                left_out.append({"image": p, "source": what, "why": "labelled confirmed (a defect) since"})
+            else:
                 into.append(Path(p))
                 sha[Path(p)] = want
-            else:
-                left_out.append({"image": p, "source": what, "why": "gone or changed since the model was fitted"})
 
     train = model.meta.get("training_images") or []
     if not train:
@@ -80,14 +104,14 @@ def gather(cfg: Config, model, ledger: Ledger, recent: int, seed: int = 0) -> di
     n_train, n_val = len(normal), len(val)
     fitted = set(normal) | set(val)
 
-    labels = ledger.current_labels()
     labelled = []
     false_alarms = 0
     for image_id in sorted(labels):
-        row, label = ledger.get(image_id), labels[image_id]
-        if not _on_disk(row):
-            left_out.append({"image": row.path, "id": row.id, "source": label.kind,
-                             "why": "gone or changed since it was scored"})
+        row, label = rows[image_id], labels[image_id]
+        why = None if _on_disk(row) else "gone or changed since it was scored"
+        why = why or _misfit(model, cfg, row.path, row.sha256)
+        if why:
+            left_out.append({"image": row.path, "id": row.id, "source": label.kind, "why": why})
             continue
         labelled.append((row, label))
         if label.kind == "false_alarm" and Path(row.path) not in fitted:
@@ -99,18 +123,21 @@ def gather(cfg: Config, model, ledger: Ledger, recent: int, seed: int = 0) -> di
     # ok with no defect region at all: an ok image may hold a defect below alarm.coverage_threshold, which the
     # dictionary must not learn as normal
     pool = [r for r in ledger.results(RECENT_POOL, "ok") if r.id not in labels and Path(r.path) not in fitted
-            and r.n_defects == 0]
+            and r.n_defects == 0 and r.sha256 not in confirmed]
     random.Random(seed).shuffle(pool)
     sample = []
     for row in pool:
         if len(sample) >= recent:
             break
-        if _on_disk(row):
+        if _on_disk(row) and _misfit(model, cfg, row.path, row.sha256) is None:
             sample.append(row)
     sample.sort(key=lambda r: r.id)
     for i, row in enumerate(sample):
         (normal if i % 2 == 0 else val).append(Path(row.path))
         sha[Path(row.path)] = row.sha256
+    if not normal:
+        raise RefitError("no normal image left (the model's own are gone or changed, and no false alarm or recent "
+                         "ok image can stand in): nothing to fit a candidate on")
     if not val:
         raise RefitError("no validation image left (the model's own are gone and there are no recent ok images): "
                          "the candidate would have no threshold")
@@ -120,10 +147,14 @@ def gather(cfg: Config, model, ledger: Ledger, recent: int, seed: int = 0) -> di
 
 
 def _judge(model, cfg: Config, row: Row) -> dict:
+    """The verdict ``model`` gives the row's image, as the daemon would (a misfit is a mismatch, not scored)."""
+    info: dict = {}
     try:
-        image = read_image(row.path, cfg.image.for_model(model.meta.get("training_pixels")), row.sha256)
+        image = read_image(row.path, cfg.image.for_model(model.meta.get("training_pixels")), row.sha256, info)
     except ImageError as exc:
         return {"verdict": "failed", "coverage": None, "error": exc.reason}
+    if misfit(model.fitted_on, image.shape, info, cfg.mismatch) is not None:
+        return {"verdict": "mismatch", "coverage": None}
     ins = model.inspect(image, cfg.alarm.coverage_threshold, cfg.alarm.max_defect_area, cfg.mismatch.max_coverage)
     return {"verdict": ins.verdict, "coverage": None if ins.report is None else round(ins.report.coverage, 6)}
 
@@ -145,35 +176,69 @@ def validate(before, after, cfg: Config, labelled: list) -> tuple[list[dict], bo
     return table, passed
 
 
+def candidate_dir(cfg: Config, out: Path | None) -> Path:
+    """Where the candidate goes (``<model.path>.candidate`` by default): never the model in use, a version the
+    install keeps, nor anything in the export folder; an existing folder only when a refit made it."""
+    target = Path(cfg.model.path)
+    out = Path(out) if out else target.with_name(target.name + ".candidate")
+    out = Path(os.path.abspath(out))
+    kept = [target, versions_dir(target), previous_link(target)]
+    real = out.resolve()
+    for k in kept:
+        k = Path(os.path.abspath(k))
+        if out == k or k in out.parents or real == k.resolve() or k.resolve() in real.parents:
+            raise RefitError(f"--out {out}: that is the model in use or a version `monitor install-model` keeps; "
+                             "give another folder")
+    inside_export(out, cfg, "--out")
+    if out.is_symlink() or (out.exists() and not (out / "refit.json").is_file()):
+        raise RefitError(f"--out {out} exists and is not a candidate a refit made; give another folder")
+    return out
+
+
+def inside_export(path: Path, cfg: Config, what: str) -> None:
+    watch = Path(cfg.watch.dir).resolve()
+    p = Path(os.path.abspath(path)).resolve()
+    if p == watch or watch in p.parents:
+        raise RefitError(f"{what} {path} lies inside the export folder watch.dir ({cfg.watch.dir}); the monitor "
+                         "never writes there")
+
+
 def refit(cfg: Config, recent: int = 20, out: Path | None = None, apply: bool = False, seed: int = 0,
           quiet: bool = False) -> dict:
-    """Fit, validate and (``apply``, when it passes) install a candidate; returns the report."""
+    """Fit, validate and (``apply``, when it passes) install a candidate; returns the report. The candidate has the
+    settings of the model in use (its method's, its threshold's and its defects'), not those of the configuration:
+    the same model with more of the line's images."""
     from .fit import fit_model
     from .install import install_model
     from .service import load_model
 
+    out = candidate_dir(cfg, out)
     before = load_model(cfg)
     ledger = LedgerReader(cfg.output.ledger)
     try:
         got = gather(cfg, before, ledger, recent, seed)
     finally:
         ledger.close()
-    out = Path(out) if out else Path(f"{cfg.model.path}.candidate")
+    th = before.threshold
+    fit_cfg = dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, path=str(out), **{before.scorer.method: before.scorer.config}),
+        defects=before.defects,
+        threshold=cfg.threshold if th is None else ThresholdConfig(alpha=th.alpha, target_fpr=th.target_fpr,
+                                                                   use=th.use))
     if out.exists():
-        if not (out / "model.json").is_file():
-            raise RefitError(f"{out} exists and is not a model folder; give another --out")
         shutil.rmtree(out)
     provenance = {"refit_of": before.model_id, "at": time.time(), **got["sources"]}
     t0 = time.perf_counter()
-    fit_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(out)))
     after, model_id, _ = fit_model(fit_cfg, got["normal"], got["val"], out, quiet, got["sha256"], provenance)
     fit_seconds = time.perf_counter() - t0
     table, passed = validate(before, after, cfg, got["labelled"])
     report = {"model_in_use": before.model_id, "candidate": model_id, "candidate_dir": str(out),
               "fit_seconds": round(fit_seconds, 1), "images": got["sources"], "left_out": got["left_out"],
+              "settings": dataclasses.asdict(before.scorer.config),
               "threshold": {"before": before.threshold.value if before.threshold else None,
                             "after": after.threshold.value if after.threshold else None},
               "validation": table, "passed": passed, "applied": None}
+    (out / "refit.json").write_text(json.dumps(report, indent=2) + "\n")  # marks the folder as a candidate
     if apply and passed:
         report["applied"] = install_model(out, cfg)
     return report

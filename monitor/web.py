@@ -594,8 +594,10 @@ class ResultsSite:
         try:
             form = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False,
                                   max_num_fields=10))
-        except (UnicodeDecodeError, ValueError):
-            return text(400, "400 bad request: the form is not valid UTF-8 form data")
+        except UnicodeDecodeError:
+            return text(400, "400 bad request: the form is not valid UTF-8")
+        except ValueError:
+            return text(400, "400 bad request: the form has more fields than the label form's")
 
         def again(status: int, why: str) -> Response:
             resp = self.result_page(row, self._labels_html(row, why, form))
@@ -622,11 +624,15 @@ class ResultsSite:
         if r.state != "done":
             why = "not scored yet" if r.state == "pending" else "the image could not be scored"
             return f'<p class="notice">No overlay: {why}.</p>'
+        if r.verdict == "mismatch" and r.coverage is None:
+            return (f'<p class="notice">No overlay: the image was not scored (it does not fit the model). '
+                    f'<a href="/result/{r.id}/image.png">Open the original image</a>.</p>')
         if not r.overlay:
             mode = settings.output.overlays
-            if mode == "all" or (mode == "alarms" and r.verdict == "defect"):
+            if mode == "all" or (mode == "alarms" and r.verdict in ("defect", "mismatch")):
                 return '<p class="notice">No overlay: it could not be written (see the daemon\'s log).</p>'
-            which = {"alarms": "for defect images only", "all": "for every image"}.get(mode, "for no image")
+            which = {"alarms": "for defect and mismatch images only", "all": "for every image"}.get(mode,
+                                                                                               "for no image")
             return (f'<p class="notice">No overlay was written for this image (output.overlays: {esc(mode)} '
                     f'writes them {which}). <a href="/result/{r.id}/image.png">Open the original image</a>.</p>')
         if not os.path.isfile(r.overlay):
@@ -640,7 +646,7 @@ class ResultsSite:
     @staticmethod
     def _defect_table(r: Row, result: dict) -> str:
         defects = result.get("defects")
-        if r.state != "done":
+        if r.state != "done" or (r.verdict == "mismatch" and r.coverage is None):  # not scored
             return ""
         if not isinstance(defects, list) or not defects:
             return "<h2>Defects</h2><p class=\"count\">No defects found.</p>"

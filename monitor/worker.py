@@ -248,7 +248,7 @@ class Worker(threading.Thread):
             log.info("%s: %s, coverage %s, %s defect(s), %.2f s", row.path, verdict,
                      "-" if r is None else f"{100 * r.coverage:.4f}%", "-" if r is None else len(r.defects), secs)
         m.alarm.set(int(active))
-        if verdict == "ok" and ins.level is not None:
+        if verdict == "ok" and ins.level is not None and model is self.model:  # not a model swapped out meanwhile
             self.drift.add(ins.level)
             self._drift_gauges()
         return self._finished(done)

@@ -85,3 +85,21 @@ def test_maps_reproduce_the_evaluated_pixel_auc(tmp_path):
         s.append(np.load(tmp_path / "maps" / f"{p.stem}.npy").ravel())
     assert roc_auc_score(np.concatenate(y), np.concatenate(s)) == pytest.approx(reported, abs=1e-9)
     assert (tmp_path / "ev" / "roc_model.png").exists()
+
+
+def test_output_that_cannot_be_written_is_an_error_not_a_silent_success(tmp_path):
+    """The monitor command exits without the interpreter's teardown: a full disk under its output must still
+    give a non-zero status and say so."""
+    import os
+
+    from monitor.ledger import Ledger
+
+    lg = Ledger(tmp_path / "l.sqlite")
+    lg.record("/x/a.tif", 1, 1, "a" * 64)
+    lg.close()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    for extra in ((), ("--limit", "1")):
+        with open("/dev/full", "w") as full:
+            r = subprocess.run([sys.executable, "-m", "monitor", "history", "--ledger", str(tmp_path / "l.sqlite"),
+                                "--json", *extra], stdout=full, stderr=subprocess.PIPE, text=True, env=env)
+        assert r.returncode == 120 and "No space left on device" in r.stderr, (extra, r.returncode, r.stderr)

@@ -131,6 +131,19 @@ def test_images_that_do_not_fit_the_model_are_mismatch_not_defect(fed):
     status, _, body = get(fed.web_port, "/?verdict=mismatch")
     names = {t for t in Page(body.decode()).titles if t.endswith(".png")}
     assert status == 200 and names == set(reasons)
+    page = get(fed.web_port, f"/result/{fed.ids['bigger.png']}")[2]
+    assert b"the image was not scored" in page and b"No defects found" not in page
+    # after a restart the counters start from the ledger, as the daemon's start does
+    from monitor.ledger import Ledger
+    from monitor.metrics import Metrics
+
+    restarted = Metrics()
+    ledger = Ledger(fed.ledger_path)
+    restarted.restore(ledger.totals())
+    ledger.close()
+    assert {r: restarted.mismatches_total.labels(reason=r)._value.get() for r in ("size", "bit_depth", "coverage",
+                                                                                    "pixel_size")} == {
+        "size": 1, "bit_depth": 1, "coverage": 1, "pixel_size": 0}
 
 
 def test_the_drift_gauge_compares_the_clean_images_with_the_validation_images(fed):
@@ -256,6 +269,8 @@ def test_a_real_browser_labels_a_result(fed, tmp_path):
 
 # ---------------------------------------------------------------------------------------------------------- refit
 def test_refit_validates_on_the_labels_and_apply_swaps_the_model_rollback_restores_it(fed):
+    from monitor.cli import main
+
     labelled = {x["image_id"] for x in _labels(fed)}
     assert labelled == {fed.ids[n] for n in ("film_b.png", "defect_a.png", "defect_c.png")}, \
         "runs after the label tests (page, CLI, browser)"
@@ -280,6 +295,18 @@ def test_refit_validates_on_the_labels_and_apply_swaps_the_model_rollback_restor
     wait_for(lambda: _model_id(fed) == cand, 60, "the refitted model in monitor_model_info")
     assert cand != before
     assert Daemon.value(fed.scrape(), "monitor_drift_images") == 0  # a new model: a new drift window
+
+    # the operators change their mind: the film was a defect after all. It leaves the dictionary of the next
+    # candidate, although the model in use was fitted on it; an image of another recipe is never taken
+    assert main(["label", "film_b.png", "--confirmed", "--by", "Ana", "--config", str(fed.config)]) == 0
+    assert main(["label", "bigger.png", "--confirmed", "--by", "Ana", "--config", str(fed.config)]) == 0
+    assert main(["refit", "--config", str(fed.config), "--quiet", "--set", "model.patch_dictionary.k=4096"]) == 0
+    again = json.loads((candidate / "refit.json").read_text())
+    left = {os.path.basename(x["image"]): x["why"] for x in again["left_out"]}
+    assert "labelled confirmed" in left["film_b.png"] and "does not fit the model in use" in left["bigger.png"]
+    trained = json.loads((candidate / "model.json").read_text())["training_images"]
+    assert not any(t.endswith("film_b.png") for t in trained)
+    assert again["settings"]["k"] == 512  # the model in use's settings, not the configuration's
     r = monitor("rollback", "--config", fed.config)
     assert r.returncode == 0, r.stderr
     wait_for(lambda: _model_id(fed) == before, 60, "the old model back in monitor_model_info")
@@ -287,6 +314,22 @@ def test_refit_validates_on_the_labels_and_apply_swaps_the_model_rollback_restor
 
 
 # ------------------------------------------------------------------------------------------------ without a daemon
+def test_refit_never_writes_over_a_kept_model_nor_into_the_export_folder(fed, tmp_path, capsys):
+    from monitor.cli import main
+
+    export = fed.export
+    (tmp_path / "notes").mkdir()
+    for args, says in ((["--out", str(fed.model_dir)], "the model in use"),
+                       (["--out", str(fed.model_dir) + "/"], "the model in use"),
+                       (["--out", str(fed.model_dir.with_name("model.versions") / "x")], "a version"),
+                       (["--out", str(export / "cand")], "inside the export folder"),
+                       (["--report", str(export / "r.json")], "inside the export folder"),
+                       (["--out", str(tmp_path / "notes")], "not a candidate a refit made")):
+        assert main(["refit", "--config", str(fed.config), "--quiet", *args]) == 2, args
+        assert says in capsys.readouterr().err, args
+    assert sorted(p.name for p in export.iterdir()) == sorted(IMAGES)  # nothing written there
+
+
 def test_refit_validation_fails_a_candidate_that_no_longer_alarms_on_a_confirmed_defect(tmp_path, line_model):
     """The same check `monitor refit` runs, on real models and files: a candidate that learnt a confirmed defect's
     clot as normal (it was wrongly marked a false alarm) no longer alarms on another clot image, and fails."""

@@ -87,6 +87,7 @@ def test_every_alert_reaches_the_right_receiver():
     assert table["SemDefectCoverageHigh"] == "operators-urgent"
     assert table["SemMonitorDown"] == "maintenance"
     assert table["SemImageMismatch"] == table["SemScoreDrift"] == "operators"  # warnings: e-mail, not the display
+    assert table["SemImageMostlyAbnormal"] == "operators-urgent"  # it may be a film over the whole mat: look now
 
 
 def test_every_inhibition_names_existing_alerts():
@@ -309,7 +310,7 @@ def test_real_prometheus_scrapes_the_daemon_and_every_expression_returns_data(tm
         assert {p["metric"]["reason"]: p["value"][1] for p in _query(base, _panel_query(mismatched))} == {
             r: "0" for r in ("size", "bit_depth", "pixel_size", "coverage")}
         assert [p["value"][1] for p in _query(base, "monitor_drift_ratio")] == ["NaN"]  # under drift.min_images
-        for name in ("SemScoreDrift", "SemImageMismatch"):
+        for name in ("SemScoreDrift", "SemImageMismatch", "SemImageMostlyAbnormal"):
             assert not _query(base, rules()[name]["expr"]), name
         values = _get(f"{base}/api/v1/label/line/values?" + urllib.parse.urlencode({"match[]": "monitor_build_info"}))
         assert "line1" in values["data"]  # the dashboard's line variable

@@ -140,10 +140,17 @@ CASES = [
       ("3m", "SemImageMismatch", [("line", "line1"), ("reason", "size"), ("web", WEB)]),
       ("8m", "SemImageMismatch", [("line", "line1"), ("reason", "size"), ("web", WEB)]),  # 4 min after the last
       ("10m", "SemImageMismatch", [])]),
+    ("most of an image abnormal (reason coverage): the urgent alert, not the changeover warning",
+     [{"series": _sel("monitor_mismatches_total", reason="coverage"), "values": "0 0 0 1x20"},
+      {"series": _sel("monitor_mismatches_total", reason="size"), "values": "0x23"},
+      {"series": _sel("monitor_web_info", external_url=WEB), "values": "1x23"}],
+     [("2m", "SemImageMostlyAbnormal", []),
+      ("3m", "SemImageMostlyAbnormal", [("line", "line1"), ("web", WEB)]),
+      ("3m", "SemImageMismatch", []), ("5m", "SemImageMostlyAbnormal", [])]),
     ("no image mismatched: the counters stay at 0",
      [{"series": _sel("monitor_mismatches_total", reason=r), "values": "0x40"}
       for r in ("size", "bit_depth", "pixel_size", "coverage")],
-     [("30m", "SemImageMismatch", [])]),
+     [("30m", "SemImageMismatch", []), ("30m", "SemImageMostlyAbnormal", [])]),
     ("clean images score 1.6 x the validation images (20 in the window): drift after 30 min",
      [{"series": _sel("monitor_drift_ratio"), "values": "1.0x4 1.6x60"},
       {"series": _sel("monitor_drift_images"), "values": "20x65"},
@@ -233,11 +240,14 @@ def test_unit_tests_catch_a_broken_rule(tmp_path):
 
 # one breakage of each threshold, window and duration of the changeover and drift alerts: a case must notice it
 BROKEN = [
-    ("SemImageMismatch", "increase(monitor_mismatches_total[5m])", "increase(monitor_mismatches_total[1m])"),
-    ("SemImageMismatch", "increase(monitor_mismatches_total[5m])", "increase(monitor_mismatches_total[15m])"),
+    ("SemImageMismatch", 'monitor_mismatches_total{reason!="coverage"}[5m]', 'monitor_mismatches_total{reason!="coverage"}[1m]'),
+    ("SemImageMismatch", 'monitor_mismatches_total{reason!="coverage"}[5m]', 'monitor_mismatches_total{reason!="coverage"}[15m]'),
     ("SemImageMismatch", "sum by (line, reason) (increase(monitor_mismatches_total",
      "sum by (line) (increase(monitor_mismatches_total"),
-    ("SemImageMismatch", "(monitor_mismatches_total[5m])) > 0", "(monitor_mismatches_total[5m])) >= 0"),
+    ("SemImageMismatch", '{reason!="coverage"}[5m])) > 0', '{reason!="coverage"}[5m])) >= 0'),
+    ("SemImageMismatch", 'monitor_mismatches_total{reason!="coverage"}[5m]', "monitor_mismatches_total[5m]"),
+    ("SemImageMostlyAbnormal", '{reason="coverage"}[1m]', '{reason="coverage"}[5m]'),
+    ("SemImageMostlyAbnormal", '{reason="coverage"}[1m]', '{reason="size"}[1m]'),
     ("SemScoreDrift", "(monitor_drift_ratio) > 1.5", "(monitor_drift_ratio) > 1.4"),
     ("SemScoreDrift", "(monitor_drift_ratio) > 1.5", "(monitor_drift_ratio) > 1.7"),
     ("SemScoreDrift", "max by (line) (monitor_drift_ratio) > 1.5 and",  # NaN <= 1.5 is false too: NaN fires
