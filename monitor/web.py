@@ -584,7 +584,9 @@ class ResultsSite:
             return text(403, "403 forbidden: labelling from the results page is off (set web.write_password_hash)")
         site = headers.get("Sec-Fetch-Site")
         origin = headers.get("Origin")
-        if site not in (None, "same-origin", "none") or (origin and urlsplit(origin).netloc != headers.get("Host")):
+        # this server as the browser reached it: its Host, or web.external_url behind a proxy that rewrites Host
+        ours = {headers.get("Host"), urlsplit(self.cfg.external_url).netloc if self.cfg.external_url else None}
+        if site not in (None, "same-origin", "none") or (origin and urlsplit(origin).netloc not in ours - {None}):
             return text(403, "403 forbidden: a label must be sent from this results page (cross-site request)")
         if (headers.get("Content-Type") or "").split(";")[0].strip() != "application/x-www-form-urlencoded":
             return text(415, "415 unsupported media type: send the label form (application/x-www-form-urlencoded)")

@@ -416,3 +416,31 @@ def test_another_magnification_is_a_mismatch_when_the_tiff_tags_say_so(tmp_path)
     assert reason == "pixel_size" and "20 nm" in text and "10 nm" in text
     assert misfit(fitted, *info_of("untagged.tif", None), cfg) is None
     assert misfit(fitted, *info_of("zoomed2.tif", 2e-8), MismatchConfig(pixel_size_tolerance=0)) is None  # off
+
+
+def test_behind_a_proxy_the_external_url_is_this_sites_origin(tmp_path):
+    """A reverse proxy in front of the page (web.external_url) may pass the page its own Host: a label from the
+    external URL's origin is this site's, any other origin is not."""
+    from monitor.config import WebSection
+    from monitor.ledger import Ledger
+    from monitor.web import ResultsSite
+
+    lg = Ledger(tmp_path / "l.sqlite")
+    row, _ = lg.record("/x/a.png", 1, 1, "a" * 64)
+    lg.start(row.id)
+    lg.finish(row.id, verdict="defect", alarm=True, coverage=0.1, n_defects=1, largest_area=9, max_score=1.0,
+              score_seconds=0.1, model_id="m")
+    web = WebSection(external_url="https://linepc-3.example", write_password_hash=str(hash_password(PW,
+                                                                                                   MIN_ITERATIONS)))
+    site = ResultsSite(web, lg.reader(), lambda: parse_config({}),
+                       lambda i, k, w, n: lg.label(i, k, w, n, "web"))
+    form = {"csrf": site.csrf_token(row.id), "kind": "false_alarm", "by": "Ana", "note": "", "password": PW}
+    body = urllib.parse.urlencode(form).encode()
+    base = {"Host": "127.0.0.1:9880", **FORM}
+    refused = site.post_label(row.id, {**base, "Origin": "https://evil.example"}, body)
+    assert refused.status == 403 and b"cross-site" in refused.body
+    ok = site.post_label(row.id, {**base, "Origin": "https://linepc-3.example"}, body)
+    assert ok.status == 303, ok.body[-500:]
+    assert [x.kind for x in lg.labels(row.id)] == ["false_alarm"]
+    site.ledger.close()
+    lg.close()
