@@ -22,7 +22,7 @@ from .artifact import ArtifactError
 from .backbones import BackboneError
 from .files import shown
 from .fit import bar, fit_model
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, in_export, load_config
 from .images import ImageError, list_images, read_image
 from .install import InstallError
 from .ledger import LedgerError
@@ -48,8 +48,7 @@ def cmd_fit(args) -> int:
         raise ConfigError(f"validation images must not be training images: {sorted(map(str, overlap))[0]}")
     if not normal:
         raise ConfigError("no normal images found in " + " ".join(args.normal))
-    watch, out = Path(cfg.watch.dir).resolve(), Path(args.out).resolve()
-    if out == watch or watch in out.parents:
+    if in_export(args.out, cfg.watch.dir):
         raise ConfigError(f"--out {args.out} lies inside the export folder watch.dir ({cfg.watch.dir}); the monitor "
                           "never writes there")
     model, model_id, secs = fit_model(cfg, normal, val, Path(args.out), args.quiet)
@@ -230,17 +229,20 @@ def parse_since(text: str) -> float:
     return time.time() - n * _UNITS[text[-1]]
 
 
-def _open_ledger(args):
+def _open_ledger(path: Path):
     from .ledger import Ledger
 
-    path = Path(args.ledger or _load_cfg(args).output.ledger)
     if not path.is_file():
         raise FileNotFoundError(f"no ledger at {path} (output.ledger)")
     return Ledger(path)
 
 
+def _ledger_path(args) -> Path:
+    return Path(args.ledger or _load_cfg(args).output.ledger)
+
+
 def cmd_history(args) -> int:
-    ledger = _open_ledger(args)
+    ledger = _open_ledger(_ledger_path(args))
     try:
         rows = ledger.history(parse_since(args.since) if args.since else None, args.alarms, args.limit)
         labels = ledger.current_labels([r.id for r in rows])
@@ -275,13 +277,13 @@ def cmd_label(args) -> int:
 
     from .ledger import LabelError
 
-    path = Path(args.ledger or _load_cfg(args).output.ledger)
+    path = _ledger_path(args)
     owner = path.stat().st_uid if path.is_file() else 0
     if os.geteuid() == 0 and owner != 0:  # root's write could leave the ledger's -wal/-shm files root's
         name = pwd.getpwuid(owner).pw_name if owner in {p.pw_uid for p in pwd.getpwall()} else str(owner)
         raise ConfigError(f"{path} belongs to {name}: run monitor label as that user (sudo -u {name} ...), so that "
                           "the service can still write its ledger")
-    ledger = _open_ledger(args)
+    ledger = _open_ledger(path)
     try:
         try:
             row = ledger.find(args.image)

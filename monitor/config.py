@@ -237,12 +237,16 @@ class Config:
     service: ServiceSection = field(default_factory=ServiceSection)
 
     def __post_init__(self):
-        watch = Path(self.watch.dir).resolve()
         for key, value in (("output.dir", self.output.dir), ("output.ledger", self.output.ledger)):
-            p = Path(value).resolve()
-            if p == watch or watch in p.parents:
+            if in_export(value, self.watch.dir):
                 raise ValueError(f"{key} ({value}) must not lie inside the export folder watch.dir ({self.watch.dir}); "
                                  "the monitor never writes there")
+
+
+def in_export(path: str | Path, watch_dir: str | Path) -> bool:
+    """True when ``path`` is the export folder ``watch_dir`` or lies inside it (links resolved): the monitor never
+    writes there."""
+    return Path(path).resolve().is_relative_to(Path(watch_dir).resolve())
 
 
 def _build(cls, data: Any, where: str):

@@ -71,6 +71,11 @@ def fit_model(cfg: Config, normal_paths: Sequence[Path], val_paths: Sequence[Pat
     ledger recorded); ``provenance``: saved with the model (where a refit took its images from)."""
     from .model import Model
 
+    sha256 = sha256 or {}
+
+    def digest(p) -> str:  # the content recorded for it (refit), else the file's own
+        return sha256.get(p) or file_sha256(p)
+
     t0 = time.perf_counter()
     progress = QUIET if quiet else ConsoleProgress(f"fit {cfg.model.method}")
     try:
@@ -78,11 +83,11 @@ def fit_model(cfg: Config, normal_paths: Sequence[Path], val_paths: Sequence[Pat
         normal = read_images(normal_paths, cfg.image, progress, "read normal", infos, sha256)
         val = read_images(val_paths, cfg.image, progress, "read val", sha256=sha256) if val_paths else []
         model = Model.fit(cfg.model.method, cfg.model.method_config, normal, val, cfg.threshold, cfg.defects,
-                          cfg.model.device, progress, [(sha256 or {}).get(p) or file_sha256(p) for p in normal_paths], cfg.model.runtime)
+                          cfg.model.device, progress, [digest(p) for p in normal_paths], cfg.model.runtime)
         model.meta["fitted_on"] = fitted_on([im.shape for im in normal], infos)
         model.meta["training_images"] = [str(Path(p).resolve()) for p in normal_paths]
         model.meta["validation_images"] = [str(Path(p).resolve()) for p in val_paths]
-        model.meta["validation_sha256"] = [(sha256 or {}).get(p) or file_sha256(p) for p in val_paths]
+        model.meta["validation_sha256"] = [digest(p) for p in val_paths]
         if provenance:
             model.meta["provenance"] = provenance
     finally:

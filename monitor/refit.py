@@ -28,7 +28,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .config import Config
+from .config import Config, in_export
 from .files import file_sha256, shown
 from .images import ImageError, read_image
 from .install import previous_link, versions_dir
@@ -45,22 +45,21 @@ class RefitError(RuntimeError):
     pass
 
 
-def _on_disk(row: Row) -> bool:
-    """The file of ``row`` is still there with the content the ledger recorded."""
-    try:
-        return len(row.sha256) == 64 and file_sha256(row.path) == row.sha256
-    except OSError:
-        return False
-
-
-def _misfit(model, cfg: Config, path, sha256: str | None) -> str | None:
-    """Why the image at ``path`` does not fit ``model`` (as the daemon judges it), None when it does; an image
-    that cannot be read does not fit either."""
+def _load(model, cfg: Config, row: Row):
+    """(image, info) of the row's file, read as the daemon reads it for ``model``, with the content the ledger
+    recorded (ImageError otherwise)."""
     info: dict = {}
+    image = read_image(row.path, cfg.image.for_model(model.meta.get("training_pixels")), row.sha256, info)
+    return image, info
+
+
+def _unusable(model, cfg: Config, row: Row) -> str | None:
+    """Why the row's image cannot join the candidate or its validation: gone, changed since it was scored,
+    unreadable, or not fitting the model in use (as the daemon judges it); None when it can."""
     try:
-        image = read_image(path, cfg.image.for_model(model.meta.get("training_pixels")), sha256, info)
+        image, info = _load(model, cfg, row)
     except ImageError as exc:
-        return exc.reason
+        return "gone or changed since it was scored" if exc.kind in ("missing", "changed") else exc.reason
     why = misfit(model.fitted_on, image.shape, info, cfg.mismatch)
     return None if why is None else f"does not fit the model in use: {why[1]}"
 
@@ -108,8 +107,7 @@ def gather(cfg: Config, model, ledger: Ledger, recent: int, seed: int = 0) -> di
     false_alarms = 0
     for image_id in sorted(labels):
         row, label = rows[image_id], labels[image_id]
-        why = None if _on_disk(row) else "gone or changed since it was scored"
-        why = why or _misfit(model, cfg, row.path, row.sha256)
+        why = _unusable(model, cfg, row)
         if why:
             left_out.append({"image": row.path, "id": row.id, "source": label.kind, "why": why})
             continue
@@ -129,7 +127,7 @@ def gather(cfg: Config, model, ledger: Ledger, recent: int, seed: int = 0) -> di
     for row in pool:
         if len(sample) >= recent:
             break
-        if _on_disk(row) and _misfit(model, cfg, row.path, row.sha256) is None:
+        if _unusable(model, cfg, row) is None:
             sample.append(row)
     sample.sort(key=lambda r: r.id)
     for i, row in enumerate(sample):
@@ -148,9 +146,8 @@ def gather(cfg: Config, model, ledger: Ledger, recent: int, seed: int = 0) -> di
 
 def _judge(model, cfg: Config, row: Row) -> dict:
     """The verdict ``model`` gives the row's image, as the daemon would (a misfit is a mismatch, not scored)."""
-    info: dict = {}
     try:
-        image = read_image(row.path, cfg.image.for_model(model.meta.get("training_pixels")), row.sha256, info)
+        image, info = _load(model, cfg, row)
     except ImageError as exc:
         return {"verdict": "failed", "coverage": None, "error": exc.reason}
     if misfit(model.fitted_on, image.shape, info, cfg.mismatch) is not None:
@@ -182,11 +179,10 @@ def candidate_dir(cfg: Config, out: Path | None) -> Path:
     target = Path(cfg.model.path)
     out = Path(out) if out else target.with_name(target.name + ".candidate")
     out = Path(os.path.abspath(out))
-    kept = [target, versions_dir(target), previous_link(target)]
-    real = out.resolve()
-    for k in kept:
-        k = Path(os.path.abspath(k))
-        if out == k or k in out.parents or real == k.resolve() or k.resolve() in real.parents:
+    for kept in (target, versions_dir(target), previous_link(target)):
+        kept = Path(os.path.abspath(kept))
+        # as named (model.path is a link to the version in use) and with links resolved
+        if out.is_relative_to(kept) or out.resolve().is_relative_to(kept.resolve()):
             raise RefitError(f"--out {out}: that is the model in use or a version `monitor install-model` keeps; "
                              "give another folder")
     inside_export(out, cfg, "--out")
@@ -196,9 +192,7 @@ def candidate_dir(cfg: Config, out: Path | None) -> Path:
 
 
 def inside_export(path: Path, cfg: Config, what: str) -> None:
-    watch = Path(cfg.watch.dir).resolve()
-    p = Path(os.path.abspath(path)).resolve()
-    if p == watch or watch in p.parents:
+    if in_export(path, cfg.watch.dir):
         raise RefitError(f"{what} {path} lies inside the export folder watch.dir ({cfg.watch.dir}); the monitor "
                          "never writes there")
 

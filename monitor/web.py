@@ -567,16 +567,18 @@ class ResultsSite:
         return "".join(out)
 
     def csrf_token(self, row_id: int, now: float | None = None) -> str:
-        issued = int(now if now is not None else time.time())
-        mac = hmac.new(self._csrf_key, f"label:{row_id}:{issued}".encode(), "sha256").hexdigest()[:40]
-        return f"{issued}.{mac}"
+        issued = str(int(now if now is not None else time.time()))
+        return f"{issued}.{self._csrf_mac(row_id, issued)}"
+
+    def _csrf_mac(self, row_id: int, issued: str) -> str:
+        return hmac.new(self._csrf_key, f"label:{row_id}:{issued}".encode(), "sha256").hexdigest()[:40]
 
     def _csrf_ok(self, row_id: int, token: str) -> bool:
         issued, _, mac = token.partition(".")
         if not (issued.isascii() and issued.isdigit() and len(issued) <= 12):
             return False
-        want = hmac.new(self._csrf_key, f"label:{row_id}:{issued}".encode(), "sha256").hexdigest()[:40]
-        return hmac.compare_digest(mac.encode(), want.encode()) and 0 <= time.time() - int(issued) <= CSRF_SECONDS
+        return (hmac.compare_digest(mac.encode(), self._csrf_mac(row_id, issued).encode())
+                and 0 <= time.time() - int(issued) <= CSRF_SECONDS)
 
     def post_label(self, row_id: int, headers, body: bytes) -> Response:
         """A label from the result page's form: checks, then the daemon's ledger writes it; 303 back to the page."""

@@ -195,8 +195,7 @@ class Worker(threading.Thread):
         active = self.alarm.active if verdict == "mismatch" else self.alarm.update(defect)
         summary = ins.summary()
         um = cfg.image.pixel_size_um or pixel_size_um(row.path)
-        result = {"image": row.path, "sha256": row.sha256, "line": cfg.service.line, "model_id": model.model_id,
-                  "scored_at": local_time(), **summary, "score_seconds": round(secs, 4), "alarm": defect,
+        result = {**_result_head(row, model, cfg), **summary, "score_seconds": round(secs, 4), "alarm": defect,
                   "coverage_threshold": cfg.alarm.coverage_threshold, "max_defect_area": cfg.alarm.max_defect_area,
                   "pixel_size_um": um}
         if verdict == "mismatch":
@@ -257,8 +256,7 @@ class Worker(threading.Thread):
         """An image that does not fit the model (another size, bit depth or pixel size): recorded as verdict
         ``mismatch``, not scored, no alarm raised or cleared."""
         reason, text = why
-        result = {"image": row.path, "sha256": row.sha256, "line": cfg.service.line, "model_id": model.model_id,
-                  "scored_at": local_time(), "verdict": "mismatch", "mismatch": text, "mismatch_reason": reason,
+        result = {**_result_head(row, model, cfg), "verdict": "mismatch", "mismatch": text, "mismatch_reason": reason,
                   "score_seconds": round(secs, 4), "alarm": False}
         done = self.ledger.finish(row.id, verdict="mismatch", alarm=False, coverage=None, n_defects=None,
                                   largest_area=None, max_score=None, score_seconds=secs, model_id=model.model_id,
@@ -321,6 +319,12 @@ class DriftWindow:
         if not self.reference or len(self.levels) < min_images:
             return float("nan")
         return float(statistics.median(self.levels)) / self.reference
+
+
+def _result_head(row: Row, model: Model, cfg: Config) -> dict:
+    """What every result JSON starts with: the image, its content, the line, the model, the time."""
+    return {"image": row.path, "sha256": row.sha256, "line": cfg.service.line, "model_id": model.model_id,
+            "scored_at": local_time()}
 
 
 def _content_hash(row: Row) -> str | None:
