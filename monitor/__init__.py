@@ -1,3 +1,3 @@
 """SEM line monitor: defect detection in SEM images of nanofibrous material."""
 
-__version__ = "0.3.0"  # also the package version (pyproject.toml); see CHANGELOG.md
+__version__ = "0.4.0"  # also the package version (pyproject.toml); see CHANGELOG.md

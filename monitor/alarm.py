@@ -14,7 +14,7 @@ from pathlib import Path
 from .config import AlarmSection
 from .files import atomic_write, shown
 from .model import Inspection
-from .overlay import Caption, render_overlay, write_png
+from .overlay import Caption, render_overlay, render_unscored, write_png
 
 
 @dataclass
@@ -50,15 +50,20 @@ def caption_for(result: dict) -> Caption:
                    line=result.get("line", ""), coverage=result.get("coverage"),
                    coverage_threshold=result.get("coverage_threshold"), n_defects=result.get("n_defects"),
                    largest_area=result["defects"][0]["area"] if result.get("defects") else None,
-                   pixel_size_um=result.get("pixel_size_um"), model_id=result.get("model_id"))
+                   pixel_size_um=result.get("pixel_size_um"), model_id=result.get("model_id"),
+                   note=result.get("mismatch", "") if result["verdict"] == "mismatch" else "")
 
 
-def write_outputs(out_dir: Path, stem: str, image, ins: Inspection, result: dict) -> Path:
-    """Overlay PNG + result JSON named ``stem``; returns the overlay path."""
+def write_outputs(out_dir: Path, stem: str, image, ins: Inspection | None, result: dict) -> Path:
+    """Overlay PNG + result JSON named ``stem``; returns the overlay path. ``ins`` None: an image that was not
+    scored (a mismatch of acquisition quality), shown with its banner and no heat map."""
     overlay, js = out_dir / f"{stem}.png", out_dir / f"{stem}.json"
     try:
-        write_png(overlay, render_overlay(image, ins.result.anomaly_map, ins.report, caption_for(result),
-                                          ins.threshold))
+        if ins is None:
+            write_png(overlay, render_unscored(image, caption_for(result)))
+        else:
+            write_png(overlay, render_overlay(image, ins.result.anomaly_map, ins.report, caption_for(result),
+                                              ins.threshold))
         write_json(js, {**result, "overlay": str(overlay)})
     except BaseException:  # no half pair left behind: retention only knows the files of a recorded overlay
         for f in (overlay, js):

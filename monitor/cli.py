@@ -64,7 +64,8 @@ def cmd_score(args) -> int:
     from .images import pixel_size_um
     from .mismatch import misfit
     from .model import Model, expectations
-    from .overlay import render_overlay, write_png
+    from .overlay import render_overlay, render_unscored, write_png
+    from .quality import QUALITY_REASONS
 
     cfg = _load_cfg(args)
     model = Model.load(args.model, cfg.model.device, expectations(cfg.model.method_config) if args.config else None,
@@ -80,15 +81,21 @@ def cmd_score(args) -> int:
             print(json.dumps({"image": str(path), "error": exc.reason}))
             failed += 1
             continue
-        why = misfit(model.fitted_on, img.shape, info, cfg.mismatch)
+        why = misfit(model.fitted_on, img, info, cfg.mismatch, model.quality_reference)
         if why is not None:  # as the daemon: not scored against a model it does not fit
-            print(json.dumps({"image": str(path), "verdict": "mismatch", "mismatch_reason": why[0],
-                              "mismatch": why[1], "model_id": model.model_id}))
+            out = {"image": str(path), "verdict": "mismatch", "mismatch_reason": why[0], "mismatch": why[1],
+                   "model_id": model.model_id, **({"quality": info["quality"]} if "quality" in info else {})}
+            if args.overlay and why[0] in QUALITY_REASONS:  # an acquisition problem: the image and its reason
+                caption = caption_for({**out, "scored_at": local_time(), "line": cfg.service.line if args.config else ""})
+                write_png(Path(args.overlay) / f"{path.stem}.png", render_unscored(img, caption))
+            print(json.dumps(out))
             continue
         t1 = time.perf_counter()
-        ins = model.inspect(img, cfg.alarm.coverage_threshold, cfg.alarm.max_defect_area, cfg.mismatch.max_coverage)
+        ins = model.inspect(img, cfg.alarm.coverage_threshold, cfg.alarm.max_defect_area, cfg.mismatch.max_coverage,
+                            cfg.alarm.peak_margin)
         t2 = time.perf_counter()
         out = {"image": str(path), **ins.summary(), "model_id": model.model_id,
+               **({"quality": info["quality"]} if "quality" in info else {}),
                "timings": {"load": round(t1 - t0, 4), "score": round(t2 - t1, 4), "total": round(t2 - t0, 4),
                            **{k: round(v, 4) for k, v in ins.result.timings.items()}}}
         if args.maps:

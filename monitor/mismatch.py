@@ -5,15 +5,22 @@ pixel size when the TIFF tags carry it. An image of another size, bit depth or p
 magnification) is not scored against it. An image whose defect mask covers most of its area (a different material,
 a focus or detector fault, or a defect as large as the field, such as a film) is a mismatch too: not a defect
 alarm, which a microscope fault would raise on every image, but an urgent alert of its own (SemImageMostlyAbnormal).
+An image the microscope acquired badly (clipped, out of focus, too noisy: ``quality``) is a mismatch as well, with
+the figures in its result, and an alert to the people who run the microscope (SemAcquisitionProblem).
 """
 
 from __future__ import annotations
 
-MISMATCH_REASONS = ("size", "bit_depth", "pixel_size", "coverage")  # the metric's label values
-
 import logging
 from dataclasses import dataclass
 from typing import Sequence
+
+import numpy as np
+
+from . import quality
+from .quality import QUALITY_REASONS
+
+MISMATCH_REASONS = ("size", "bit_depth", "pixel_size", "coverage") + QUALITY_REASONS  # the metric's label values
 
 log = logging.getLogger(__name__)
 PIXEL_AGREEMENT = 0.05  # training images' pixel sizes within 5% of each other count as one magnification
@@ -29,14 +36,23 @@ class MismatchConfig:
     pixel_size_tolerance: float = 0.02  # relative; another SEM pixel size (magnification) than the training images'
     #                                     when both carry it in their TIFF tags (0 = not checked)
     max_coverage: float = 0.5  # defect coverage above which an image is a mismatch, not a defect (0 = off)
+    # acquisition quality against the training images' (``quality``; each 0 = not checked)
+    max_clipped: float = quality.QualityConfig.max_clipped  # share of pixels clipped at one end, over the training's
+    min_sharpness: float = quality.QualityConfig.min_sharpness  # sharpness / the training images'
+    max_noise: float = quality.QualityConfig.max_noise  # noise / the training images'
 
     def __post_init__(self):
+        self.quality  # checks the three limits
         if not 0 <= self.size_tolerance < 1:
             raise ValueError(f"mismatch.size_tolerance must be in [0, 1), got {self.size_tolerance}")
         if not 0 <= self.pixel_size_tolerance < 1:
             raise ValueError(f"mismatch.pixel_size_tolerance must be in [0, 1), got {self.pixel_size_tolerance}")
         if not 0 <= self.max_coverage <= 1:
             raise ValueError(f"mismatch.max_coverage must be in [0, 1] (0 = off), got {self.max_coverage}")
+
+    @property
+    def quality(self) -> quality.QualityConfig:
+        return quality.QualityConfig(self.max_clipped, self.min_sharpness, self.max_noise)
 
 
 def fitted_on(shapes: Sequence[tuple[int, int]], infos: Sequence[dict]) -> dict:
@@ -57,12 +73,15 @@ def fitted_on(shapes: Sequence[tuple[int, int]], infos: Sequence[dict]) -> dict:
             "bit_depths": sorted({int(i["bits"]) for i in infos if i.get("bits")}), "pixel_size_um": pixel}
 
 
-def misfit(fitted: dict | None, shape: tuple[int, int], info: dict, cfg: MismatchConfig) -> tuple[str, str] | None:
-    """(reason, text) when an image of ``shape`` with ``info`` (``images.read_image``) does not fit a model fitted
-    on ``fitted`` (``fitted_on``; None for a model saved before 0.3.0: nothing is checked); None when it fits."""
+def misfit(fitted: dict | None, image: np.ndarray, info: dict, cfg: MismatchConfig,
+           reference: dict | None = None) -> tuple[str, str] | None:
+    """(reason, text) when ``image`` with ``info`` (``images.read_image``) does not fit a model fitted on ``fitted``
+    (``fitted_on``; None for a model saved before 0.3.0: nothing is checked), or cannot be judged against its
+    acquisition-quality ``reference`` (``quality.reference``; None for a model saved before 0.4.0: not checked);
+    None when it fits. ``info["quality"]`` gets the image's quality figures when they are computed."""
     if not fitted:
         return None
-    h, w = int(shape[0]), int(shape[1])
+    h, w = int(image.shape[0]), int(image.shape[1])
     shapes = [tuple(s) for s in fitted.get("image_shapes") or []]
     tol = cfg.size_tolerance
     if cfg.size and shapes and not any(abs(h - sh) <= tol * sh and abs(w - sw) <= tol * sw for sh, sw in shapes):
@@ -76,4 +95,7 @@ def misfit(fitted: dict | None, shape: tuple[int, int], info: dict, cfg: Mismatc
     if cfg.pixel_size_tolerance and want and got and abs(got - want) > cfg.pixel_size_tolerance * want:
         return "pixel_size", (f"the image's pixel size is {got * 1000:.3g} nm (TIFF tags), the model was fitted "
                               f"at {want * 1000:.3g} nm (another magnification)")
+    if reference is not None:
+        info["quality"] = figs = quality.figures(image, reference["quantiles"])
+        return quality.assess(figs, reference, cfg.quality)
     return None

@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from .artifact import ArtifactError, load_artifact, save_artifact
+from . import quality
 from .defects import DefectConfig, DefectReport, decide, find_defects
 from .scorers import METHODS, ScoreResult
 from .scorers.base import QUIET, Progress
@@ -71,7 +72,15 @@ class Model:
     def fit(cls, method: str, method_config, normal: Sequence[np.ndarray], val: Sequence[np.ndarray] = (),
             threshold: ThresholdConfig = ThresholdConfig(), defects: DefectConfig = DefectConfig(),
             device: str = "auto", progress: Progress = QUIET, train_sha256: Sequence[str] = (),
-            runtime: str = "auto") -> "Model":
+            runtime: str = "auto", normalize: bool = True) -> "Model":
+        """Fit ``method`` on the normal images; ``val``: calibration and threshold. ``normalize``: every image's
+        intensities are brought to the training images' before the features (``quality.normalize``), so that the
+        SEM's brightness and contrast settings do not move the scores."""
+        ref = quality.reference(normal)
+        if normalize:
+            ref["normalize"] = True
+            normal = [quality.normalize(im, ref) for im in normal]
+            val = [quality.normalize(im, ref) for im in val]
         scorer_cls, _ = METHODS[method]
         scorer = scorer_cls(method_config, device)
         runtime = scorer.use_runtime(runtime)
@@ -90,6 +99,7 @@ class Model:
         meta = {"training_sha256": list(train_sha256), "fit_seconds": round(time.perf_counter() - t0, 3),
                 "training_pixels": max(int(im.shape[0]) * int(im.shape[1]) for im in normal),
                 "image_shape": [int(normal[0].shape[0]), int(normal[0].shape[1])]}
+        meta["quality"] = ref
         if val:
             meta["drift_reference"] = {"quantile": LEVEL_QUANTILE, "median": float(np.median(levels)),
                                        "levels": [round(v, 6) for v in levels]}
@@ -113,6 +123,18 @@ class Model:
         """What the model was fitted on (``mismatch.fitted_on``); None for a model saved before 0.3.0."""
         return self.meta.get("fitted_on")
 
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """The image as the scorer takes it: normalised to the training images' intensities when the model was
+        fitted so (``quality.normalize``), else as it is (models saved before 0.4.0, or ``model.normalize: false``)."""
+        ref = self.meta.get("quality")
+        return quality.normalize(image, ref) if ref and ref.get("normalize") else image
+
+    @property
+    def quality_reference(self) -> dict | None:
+        """The training images' acquisition-quality figures and intensity quantiles (``quality.reference``); None
+        for a model saved before 0.4.0 (exposure, focus and noise are then not checked)."""
+        return self.meta.get("quality")
+
     @property
     def drift_reference(self) -> float | None:
         """The validation images' median ``score_level``; None for a model without validation images or saved
@@ -121,27 +143,31 @@ class Model:
         return ref.get("median") if isinstance(ref, dict) and ref.get("quantile") == LEVEL_QUANTILE else None
 
     def inspect(self, image: np.ndarray, coverage_threshold: float = 0.0, max_defect_area: int = 0,
-                mismatch_coverage: float = 0.0) -> Inspection:
+                mismatch_coverage: float = 0.0, peak_margin: float = 0.0) -> Inspection:
         """Score ``image`` and judge it (``defects.decide``: coverage over ``coverage_threshold``, or one defect
-        over ``max_defect_area`` pixels when that is set; coverage over ``mismatch_coverage`` is a mismatch)."""
-        return self._judge(self.scorer.score(image), coverage_threshold, max_defect_area, mismatch_coverage)
+        over ``max_defect_area`` pixels when that is set, whose peak is ``peak_margin`` (relative) over the map
+        threshold; coverage over ``mismatch_coverage`` is a mismatch)."""
+        return self._judge(self.scorer.score(self.prepare(image)), coverage_threshold, max_defect_area,
+                           mismatch_coverage, peak_margin)
 
     def inspect_batch(self, images: Sequence[np.ndarray], coverage_threshold: float = 0.0,
-                      max_defect_area: int = 0, mismatch_coverage: float = 0.0) -> list[Inspection]:
+                      max_defect_area: int = 0, mismatch_coverage: float = 0.0,
+                      peak_margin: float = 0.0) -> list[Inspection]:
         """``inspect`` for several images at once (one forward pass where the scorer can batch them)."""
-        results = self.scorer.score_batch(images)
-        return [self._judge(r, coverage_threshold, max_defect_area, mismatch_coverage) for r in results]
+        results = self.scorer.score_batch([self.prepare(im) for im in images])
+        return [self._judge(r, coverage_threshold, max_defect_area, mismatch_coverage, peak_margin) for r in results]
 
     def _judge(self, result: ScoreResult, coverage_threshold: float, max_defect_area: int,
-               mismatch_coverage: float = 0.0) -> Inspection:
+               mismatch_coverage: float = 0.0, peak_margin: float = 0.0) -> Inspection:
         level = score_level(result)
         if self.threshold is None:
             return Inspection(result, None, decide(None), None, level)
         t = time.perf_counter()
         report = find_defects(result.anomaly_map, self.threshold.value, self.defects)
         result.timings["defects"] = time.perf_counter() - t
-        return Inspection(result, report, decide(report, coverage_threshold, max_defect_area, mismatch_coverage),
-                          self.threshold.value, level)
+        verdict = decide(report, coverage_threshold, max_defect_area, mismatch_coverage,
+                         self.threshold.value * (1 + peak_margin))
+        return Inspection(result, report, verdict, self.threshold.value, level)
 
     # ------------------------------------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike) -> str:
@@ -155,7 +181,7 @@ class Model:
                 "validation_images": self.meta.get("validation_images", []),
                 "validation_sha256": self.meta.get("validation_sha256", []),
                 "provenance": self.meta.get("provenance"),
-                "drift_reference": self.meta.get("drift_reference")}
+                "drift_reference": self.meta.get("drift_reference"), "quality": self.meta.get("quality")}
         model_id = save_artifact(directory, meta, arrays)
         self.meta = load_artifact(directory)[0]
         return model_id
@@ -169,6 +195,11 @@ class Model:
         method = meta.get("method")
         if method not in METHODS:
             raise ArtifactError(f"{directory}: unknown method {method!r}")
+        if meta.get("quality") is not None:
+            try:
+                quality.check_reference(meta["quality"])
+            except ValueError as exc:
+                raise ArtifactError(f"{directory}: {exc}") from None
         cfg = meta["scorer"]["config"]
         for key, want in (expect or {}).items():
             if key in cfg and cfg[key] != want:

@@ -39,6 +39,7 @@ class Caption:
     largest_area: int | None = None  # pixels
     pixel_size_um: float | None = None  # micrometres per pixel, when known
     model_id: str | None = None
+    note: str = ""  # why the image was not judged (a mismatch's reason), shown first
 
 
 @lru_cache(maxsize=16)
@@ -86,7 +87,7 @@ def _area(px: int, pixel_size_um: float | None) -> str:
 
 def banner_lines(c: Caption) -> list[str]:
     """The banner's details, one segment each (the verdict and file name come first, in a larger font)."""
-    seg = []
+    seg = [c.note] if c.note else []
     if c.coverage is not None:
         cov = f"coverage {_percent(c.coverage)}"
         if c.coverage_threshold is not None:
@@ -202,6 +203,13 @@ def render_overlay(image: np.ndarray, anomaly_map: np.ndarray, report: DefectRep
         d.text((lx + 3, ly + 1), str(i), font=small, fill="black")
     parts = [_banner(caption, W), pic, _legend(W, lo, hi, threshold is not None)]
     return cv2.cvtColor(np.vstack([np.asarray(p) for p in parts]), cv2.COLOR_RGB2BGR)
+
+
+def render_unscored(image: np.ndarray, caption: Caption) -> np.ndarray:
+    """BGR uint8 picture of an image that was not scored (a mismatch): banner, the image as it came, no heat map."""
+    gray = np.clip(image * 255, 0, 255).astype(np.uint8)
+    pic = np.asarray(_banner(caption, gray.shape[1]))
+    return cv2.cvtColor(np.vstack([pic, cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)]), cv2.COLOR_RGB2BGR)
 
 
 def write_png(path, picture: np.ndarray) -> None:

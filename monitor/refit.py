@@ -60,7 +60,7 @@ def _unusable(model, cfg: Config, row: Row) -> str | None:
         image, info = _load(model, cfg, row)
     except ImageError as exc:
         return "gone or changed since it was scored" if exc.kind in ("missing", "changed") else exc.reason
-    why = misfit(model.fitted_on, image.shape, info, cfg.mismatch)
+    why = misfit(model.fitted_on, image, info, cfg.mismatch, model.quality_reference)
     return None if why is None else f"does not fit the model in use: {why[1]}"
 
 
@@ -150,9 +150,10 @@ def _judge(model, cfg: Config, row: Row) -> dict:
         image, info = _load(model, cfg, row)
     except ImageError as exc:
         return {"verdict": "failed", "coverage": None, "error": exc.reason}
-    if misfit(model.fitted_on, image.shape, info, cfg.mismatch) is not None:
+    if misfit(model.fitted_on, image, info, cfg.mismatch, model.quality_reference) is not None:
         return {"verdict": "mismatch", "coverage": None}
-    ins = model.inspect(image, cfg.alarm.coverage_threshold, cfg.alarm.max_defect_area, cfg.mismatch.max_coverage)
+    ins = model.inspect(image, cfg.alarm.coverage_threshold, cfg.alarm.max_defect_area, cfg.mismatch.max_coverage,
+                        cfg.alarm.peak_margin)
     return {"verdict": ins.verdict, "coverage": None if ins.report is None else round(ins.report.coverage, 6)}
 
 

@@ -47,6 +47,7 @@ from urllib.parse import parse_qsl, urlsplit
 import cv2
 import numpy as np
 
+from .quality import QUALITY_REASONS
 from .config import RESULTS_MAX, Config, WebSection
 from .files import shown
 from .images import ImageError, read_image
@@ -508,7 +509,10 @@ class ResultsSite:
                 f'<nav class="nav">{"".join(nav)}</nav>']
         if r.state == "failed":
             body.append(f'<p class="error">Not scored ({esc(r.error_kind or "?")}): {esc(r.error or "")}</p>')
-        if r.verdict == "mismatch" and result.get("mismatch"):
+        if r.verdict == "mismatch" and result.get("mismatch") and result.get("mismatch_reason") in QUALITY_REASONS:
+            body.append(f'<p class="notice">Not judged: an acquisition problem, {esc(result["mismatch"])}. The '
+                        'material is not inspected while the microscope acquires such images: ask its operator.</p>')
+        elif r.verdict == "mismatch" and result.get("mismatch"):
             body.append(f'<p class="notice">Not scored against this model: {esc(result["mismatch"])}. A recipe '
                         'changeover needs its own model (monitor install-model), a focus or detector fault a look at '
                         'the microscope.</p>')
@@ -524,6 +528,10 @@ class ResultsSite:
                    ("Max score", "–" if r.max_score is None else f"{r.max_score:.4f}"),
                    ("Map threshold", esc(result.get("threshold") if result.get("threshold") is not None else "–")),
                    ("SHA-256", esc(r.sha256 if len(r.sha256) == 64 else "–")), ("Ledger id", str(r.id))]
+        q = result.get("quality")
+        if isinstance(q, dict):  # the acquisition-quality figures (monitor/quality.py)
+            details.append(("Acquisition", esc(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in q.items()
+                                                         if k in ("clipped_low", "clipped_high", "sharpness", "noise")))))
         if r.state == "failed":
             details.append(("Error", f"{esc(r.error_kind or '?')}: {esc(r.error or '')}"))
         body.append("<h2>Details</h2><dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in details) + "</dl>")
@@ -628,7 +636,7 @@ class ResultsSite:
         if r.state != "done":
             why = "not scored yet" if r.state == "pending" else "the image could not be scored"
             return f'<p class="notice">No overlay: {why}.</p>'
-        if r.verdict == "mismatch" and r.coverage is None:
+        if r.verdict == "mismatch" and r.coverage is None and not r.overlay:
             return (f'<p class="notice">No overlay: the image was not scored (it does not fit the model). '
                     f'<a href="/result/{r.id}/image.png">Open the original image</a>.</p>')
         if not r.overlay:
@@ -643,6 +651,9 @@ class ResultsSite:
             return (f'<p class="notice">The overlay file is gone (removed by retention or by hand): '
                     f'{esc(r.overlay)}. <a href="/result/{r.id}/image.png">Open the original image</a>.</p>')
         src = f"/result/{r.id}/overlay.png"
+        if r.verdict == "mismatch" and r.coverage is None:  # not scored: the image and its reason, no heat map
+            return (f'<figure><a href="{src}"><img src="{src}" alt="{esc(name)} as acquired, not judged" '
+                    f'></a><figcaption>The image as acquired, not judged (tap to open full size)</figcaption></figure>')
         return (f'<figure><a href="{src}"><img src="{src}" alt="Overlay of {esc(name)}: defects outlined and numbered" '
                 f'></a><figcaption>Overlay: heat map of the anomaly score, defects outlined in white and numbered as in the table '
                 f'(tap to open full size)</figcaption></figure>')

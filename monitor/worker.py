@@ -26,6 +26,7 @@ from .images import ImageError, pixel_size_um, read_image
 from .ledger import Ledger, Row
 from .metrics import Metrics
 from .mismatch import misfit
+from .quality import QUALITY_REASONS
 from .model import Model
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class Worker(threading.Thread):
         """Score ``rows`` (oldest first): read each, then one batched inspection; failures stay per image."""
         with self._lock:
             model, cfg = self._model, self.cfg
-        done, ready = [], []  # ready: (row, image, seconds spent reading)
+        done, ready = [], []  # ready: (row, image, seconds spent reading, quality figures)
         limits = cfg.image.for_model(model.meta.get("training_pixels"))  # bounded before any pixel is decoded
         for row in rows:
             if row.id not in self._in_hand:  # attempts count the processes that died scoring it, not retries here
@@ -132,11 +133,12 @@ class Worker(threading.Thread):
             info: dict = {}
             try:
                 image = self._read(row, limits, info)
-                misfit_ = misfit(model.fitted_on, image.shape, info, cfg.mismatch)
+                misfit_ = misfit(model.fitted_on, image, info, cfg.mismatch, model.quality_reference)
                 if misfit_ is not None:  # not scored: another recipe's image says nothing about this model's
-                    done.append(self._mismatch(row, misfit_, time.monotonic() - t0, model, cfg))
+                    done.append(self._mismatch(row, misfit_, time.monotonic() - t0, model, cfg, image,
+                                               info.get("quality")))
                     continue
-                ready.append((row, image, time.monotonic() - t0))
+                ready.append((row, image, time.monotonic() - t0, info.get("quality")))
             except ImageError as exc:
                 # a file gone is failed only if its row still names that path: renamed meanwhile, it stays pending
                 failed = self._failed(row, exc.kind, exc.reason, model, row.path if exc.kind == "missing" else None)
@@ -149,22 +151,23 @@ class Worker(threading.Thread):
             return done
         t0 = time.monotonic()
         try:
-            inspections = model.inspect_batch([im for _, im, _ in ready], cfg.alarm.coverage_threshold,
-                                              cfg.alarm.max_defect_area, cfg.mismatch.max_coverage)
+            inspections = model.inspect_batch([im for _, im, _, _ in ready], cfg.alarm.coverage_threshold,
+                                              cfg.alarm.max_defect_area, cfg.mismatch.max_coverage,
+                                              cfg.alarm.peak_margin)
             share = (time.monotonic() - t0) / len(ready)
-            results = [(ins, read + share) for (_, _, read), ins in zip(ready, inspections)]
+            results = [(ins, read + share) for (_, _, read, _), ins in zip(ready, inspections)]
         except Exception as exc:
             if len(ready) > 1:  # find the culprit: one by one, so that only it fails
-                results = [self._inspect_one(model, cfg, im, read) for _, im, read in ready]
+                results = [self._inspect_one(model, cfg, im, read) for _, im, read, _ in ready]
             else:
                 results = [_failure(exc)]
         finally:
             self.last_progress = time.monotonic()
-        for (row, image, _), res in zip(ready, results):
+        for (row, image, _, figs), res in zip(ready, results):
             if isinstance(res[0], str):  # (kind, reason)
                 done.append(self._failed(row, res[0], res[1], model))
             else:
-                done.append(self._record(row, image, res[0], res[1], model, cfg))
+                done.append(self._record(row, image, res[0], res[1], model, cfg, figs))
         return done
 
     def _read(self, row: Row, limits, info: dict):
@@ -183,11 +186,11 @@ class Worker(threading.Thread):
         t0 = time.monotonic()
         try:
             return (model.inspect(image, cfg.alarm.coverage_threshold, cfg.alarm.max_defect_area,
-                                  cfg.mismatch.max_coverage), read + time.monotonic() - t0)
+                                  cfg.mismatch.max_coverage, cfg.alarm.peak_margin), read + time.monotonic() - t0)
         except Exception as exc:
             return _failure(exc)
 
-    def _record(self, row: Row, image, ins, secs: float, model: Model, cfg: Config) -> Row:
+    def _record(self, row: Row, image, ins, secs: float, model: Model, cfg: Config, figs: dict | None = None) -> Row:
         verdict = ins.verdict
         defect = verdict == "defect"
         before = (self.alarm.active, self.alarm.clean_run)
@@ -198,6 +201,8 @@ class Worker(threading.Thread):
         result = {**_result_head(row, model, cfg), **summary, "score_seconds": round(secs, 4), "alarm": defect,
                   "coverage_threshold": cfg.alarm.coverage_threshold, "max_defect_area": cfg.alarm.max_defect_area,
                   "pixel_size_um": um}
+        if figs is not None:
+            result["quality"] = figs
         if verdict == "mismatch":
             result["mismatch"] = (f"the defect mask covers {100 * ins.report.coverage:.1f}% of the image, over "
                                   f"mismatch.max_coverage {100 * cfg.mismatch.max_coverage:g}%: another material, "
@@ -208,14 +213,7 @@ class Worker(threading.Thread):
                 d["area_um2"] = round(d["area"] * um * um, 4)
         overlay = None
         if cfg.output.overlays == "all" or (cfg.output.overlays == "alarms" and verdict in ("defect", "mismatch")):
-            try:
-                # printable (names that are not UTF-8 shown as \xNN) and short enough (names of 255 bytes)
-                stem = fitting_stem(shown(Path(row.path).stem), f"-{row.id}.json") + f"-{row.id}"
-                overlay = str(write_outputs(Path(cfg.output.dir), stem, image, ins, result))
-            except OSError as exc:  # a full disk must not stop the line's monitoring: the ledger still has it
-                log.error("%s: cannot write the overlay: %s", row.path, exc)
-            except Exception:  # nor a drawing bug: the result is recorded without its picture
-                log.exception("%s: cannot draw the overlay", row.path)
+            overlay = self._write_outputs(row, cfg, image, ins, result)
         r = ins.report
         try:
             done = self.ledger.finish(
@@ -252,21 +250,42 @@ class Worker(threading.Thread):
             self._drift_gauges()
         return self._finished(done)
 
-    def _mismatch(self, row: Row, why: tuple[str, str], secs: float, model: Model, cfg: Config) -> Row:
-        """An image that does not fit the model (another size, bit depth or pixel size): recorded as verdict
-        ``mismatch``, not scored, no alarm raised or cleared."""
+    def _mismatch(self, row: Row, why: tuple[str, str], secs: float, model: Model, cfg: Config, image=None,
+                  figs: dict | None = None) -> Row:
+        """An image that does not fit the model (another size, bit depth or pixel size) or that the microscope
+        acquired too badly to be judged (exposure, focus, noise): recorded as verdict ``mismatch``, not scored, no
+        alarm raised or cleared. An acquisition problem gets an overlay (the image and the reason, no heat map)."""
         reason, text = why
         result = {**_result_head(row, model, cfg), "verdict": "mismatch", "mismatch": text, "mismatch_reason": reason,
                   "score_seconds": round(secs, 4), "alarm": False}
+        if figs is not None:
+            result["quality"] = figs
+        overlay = None
+        if reason in QUALITY_REASONS and image is not None and cfg.output.overlays != "none":
+            overlay = self._write_outputs(row, cfg, image, None, result)
         done = self.ledger.finish(row.id, verdict="mismatch", alarm=False, coverage=None, n_defects=None,
                                   largest_area=None, max_score=None, score_seconds=secs, model_id=model.model_id,
-                                  result_json=json.dumps(result))
+                                  overlay=overlay, result_json=json.dumps(result))
         self._in_hand.discard(row.id)
         self.metrics.images_processed_total.labels(verdict="mismatch").inc()
         self.metrics.mismatches_total.labels(reason=reason).inc()
-        log.warning("MISMATCH %s: %s (not scored; mismatch.%s)", row.path, text,
-                    "pixel_size_tolerance" if reason == "pixel_size" else reason)
+        log.warning("MISMATCH %s: %s (not scored; %s)", row.path, text,
+                    "pixel_size_tolerance" if reason == "pixel_size" else
+                    "an acquisition problem" if reason in QUALITY_REASONS else f"mismatch.{reason}")
         return self._finished(done)
+
+    @staticmethod
+    def _write_outputs(row: Row, cfg: Config, image, ins, result: dict) -> str | None:
+        """The overlay and result JSON of ``row``; None when they cannot be written (logged; the ledger has it)."""
+        try:
+            # printable (names that are not UTF-8 shown as \xNN) and short enough (names of 255 bytes)
+            stem = fitting_stem(shown(Path(row.path).stem), f"-{row.id}.json") + f"-{row.id}"
+            return str(write_outputs(Path(cfg.output.dir), stem, image, ins, result))
+        except OSError as exc:  # a full disk must not stop the line's monitoring: the ledger still has it
+            log.error("%s: cannot write the overlay: %s", row.path, exc)
+        except Exception:  # nor a drawing bug: the result is recorded without its picture
+            log.exception("%s: cannot draw the overlay", row.path)
+        return None
 
     # -------------------------------------------------------------------------------------------------- drift
     def restore_drift(self) -> None:

@@ -73,6 +73,9 @@ IMAGES = {  # name: (bytes, the verdict it must get)
     "4rows_less.png": (png_bytes(fiber_mat((SHAPE[0] - 4, SHAPE[1]), seed=306)), "ok"),  # within size_tolerance
     "deep16.png": (png16(fiber_mat(SHAPE, seed=305)), "mismatch"),
     "noise.png": (png_bytes(np.random.default_rng(0).random(SHAPE).astype(np.float32)), "mismatch"),
+    # the SEM's settings: a defocus and an over-exposure are not judged (a routine change is: test_quality.py)
+    "blurred.png": (png_bytes(cv2.GaussianBlur(fiber_mat(SHAPE, seed=308), (0, 0), 1.5)), "mismatch"),
+    "bright.png": (png_bytes(np.clip(fiber_mat(SHAPE, seed=309) + 0.6, 0, 1)), "mismatch"),
 }
 
 
@@ -112,27 +115,37 @@ def test_images_that_do_not_fit_the_model_are_mismatch_not_defect(fed):
     got = {name: _result(fed, name) for name in IMAGES}
     assert {n: r["verdict"] for n, r in got.items()} == {n: v for n, (_, v) in IMAGES.items()}
     reasons = {n: r["result"].get("mismatch_reason") for n, r in got.items() if r["verdict"] == "mismatch"}
-    assert reasons == {"bigger.png": "size", "deep16.png": "bit_depth", "noise.png": "coverage"}
+    assert reasons == {"bigger.png": "size", "deep16.png": "bit_depth", "noise.png": "noise", "blurred.png": "focus",
+                       "bright.png": "exposure"}
     assert "352x256" not in got["bigger.png"]["result"]["mismatch"] and "320x288" in got["bigger.png"]["result"][
         "mismatch"] and "320x256" in got["bigger.png"]["result"]["mismatch"]
     assert "16-bit" in got["deep16.png"]["result"]["mismatch"]
     assert all(got[n]["alarm"] == 0 for n in reasons) and got["bigger.png"]["coverage"] is None  # never scored
     m = fed.scrape()
-    for reason in ("size", "bit_depth", "coverage"):
+    for reason in ("size", "bit_depth", "noise", "focus", "exposure"):
         assert Daemon.value(m, "monitor_mismatches_total", reason=reason) == 1
     assert Daemon.value(m, "monitor_mismatches_total", reason="pixel_size") == 0
-    assert Daemon.value(m, "monitor_images_processed_total", verdict="mismatch") == 3
+    assert Daemon.value(m, "monitor_images_processed_total", verdict="mismatch") == 5
+    # an acquisition problem: its figures in the result, an overlay with the reason and no heat map
+    blurred = got["blurred.png"]
+    assert blurred["result"]["quality"]["sharpness"] < 0.9 * json.loads(
+        (fed.model_dir / "model.json").read_text())["quality"]["sharpness"]
+    assert "out of focus" in blurred["result"]["mismatch"] and blurred["overlay"] and os.path.isfile(blurred["overlay"])
+    assert got["clean0.png"]["result"]["quality"]["clipped_high"] < 0.35  # every judged image carries its figures
     assert Daemon.value(m, "monitor_alarms_total") == 3  # the three defect images only
     log = fed.log_text()
     assert "MISMATCH" in log and "bigger.png" in log and "not scored" in log
     # the page says why, and lists them under their own filter
-    status, _, body = get(fed.web_port, f"/result/{fed.ids['noise.png']}")
-    assert status == 200 and b"Not scored against this model" in body and b"max_coverage" in body
+    status, _, body = get(fed.web_port, f"/result/{fed.ids['bigger.png']}")
+    assert status == 200 and b"Not scored against this model" in body
+    status, _, body = get(fed.web_port, f"/result/{fed.ids['blurred.png']}")
+    assert status == 200 and b"an acquisition problem" in body and b"out of focus" in body and b"overlay.png" in body
     status, _, body = get(fed.web_port, "/?verdict=mismatch")
     names = {t for t in Page(body.decode()).titles if t.endswith(".png")}
     assert status == 200 and names == set(reasons)
     page = get(fed.web_port, f"/result/{fed.ids['bigger.png']}")[2]
     assert b"the image was not scored" in page and b"No defects found" not in page
+    assert b"No defects found" not in get(fed.web_port, f"/result/{fed.ids['blurred.png']}")[2]
     # after a restart the counters start from the ledger, as the daemon's start does
     from monitor.ledger import Ledger
     from monitor.metrics import Metrics
@@ -142,8 +155,9 @@ def test_images_that_do_not_fit_the_model_are_mismatch_not_defect(fed):
     restarted.restore(ledger.totals())
     ledger.close()
     assert {r: restarted.mismatches_total.labels(reason=r)._value.get() for r in ("size", "bit_depth", "coverage",
-                                                                                    "pixel_size")} == {
-        "size": 1, "bit_depth": 1, "coverage": 1, "pixel_size": 0}
+                                                                                    "pixel_size", "noise", "focus",
+                                                                                    "exposure")} == {
+        "size": 1, "bit_depth": 1, "coverage": 0, "pixel_size": 0, "noise": 1, "focus": 1, "exposure": 1}
 
 
 def test_the_drift_gauge_compares_the_clean_images_with_the_validation_images(fed):
@@ -389,7 +403,7 @@ def test_monitor_score_judges_a_mismatch_as_the_daemon_does(tmp_path, line_model
     assert main(["score", str(tmp_path / "bigger.png"), str(tmp_path / "noise.png"), str(tmp_path / "clean0.png"),
                  "--model", str(line_model), "--set", "alarm.coverage_threshold=0.005"]) == 0
     out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert [(o["verdict"], o.get("mismatch_reason")) for o in out] == [("mismatch", "size"), ("mismatch", None),
+    assert [(o["verdict"], o.get("mismatch_reason")) for o in out] == [("mismatch", "size"), ("mismatch", "noise"),
                                                                        ("ok", None)]
 
 

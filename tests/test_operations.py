@@ -76,18 +76,20 @@ def _route(**labels) -> str:
 
 
 def test_every_alert_reaches_the_right_receiver():
-    want = {"operators": {"critical": "operators-urgent", "warning": "operators"}, "maintenance": "maintenance"}
+    want = {"operators": {"critical": "operators-urgent", "warning": "operators"}, "maintenance": "maintenance",
+            "microscope": "microscope"}
     table = {}
     for name, rule in rules().items():
         lab = rule["labels"]
         got = _route(alertname=name, line="line1", **lab)
-        exp = want[lab["team"]][lab["severity"]] if lab["team"] == "operators" else want["maintenance"]
+        exp = want[lab["team"]][lab["severity"]] if lab["team"] == "operators" else want[lab["team"]]
         table[name] = got
         assert got == exp, (name, lab, got)
     assert table["SemDefectCoverageHigh"] == "operators-urgent"
     assert table["SemMonitorDown"] == "maintenance"
     assert table["SemImageMismatch"] == table["SemScoreDrift"] == "operators"  # warnings: e-mail, not the display
     assert table["SemImageMostlyAbnormal"] == "operators-urgent"  # it may be a film over the whole mat: look now
+    assert table["SemAcquisitionProblem"] == "microscope"  # the people who run the SEM, not the line's operators
 
 
 def test_every_inhibition_names_existing_alerts():
@@ -308,9 +310,9 @@ def test_real_prometheus_scrapes_the_daemon_and_every_expression_returns_data(tm
         assert [(p["metric"]["line"], p["value"][1]) for p in _query(base, _panel_query(shift))] == [("line1", "0")]
         mismatched = _panel(dash, "mismatched images")["targets"][0]["expr"]
         assert {p["metric"]["reason"]: p["value"][1] for p in _query(base, _panel_query(mismatched))} == {
-            r: "0" for r in ("size", "bit_depth", "pixel_size", "coverage")}
+            r: "0" for r in ("size", "bit_depth", "pixel_size", "coverage", "exposure", "focus", "noise")}
         assert [p["value"][1] for p in _query(base, "monitor_drift_ratio")] == ["NaN"]  # under drift.min_images
-        for name in ("SemScoreDrift", "SemImageMismatch", "SemImageMostlyAbnormal"):
+        for name in ("SemScoreDrift", "SemImageMismatch", "SemImageMostlyAbnormal", "SemAcquisitionProblem"):
             assert not _query(base, rules()[name]["expr"]), name
         values = _get(f"{base}/api/v1/label/line/values?" + urllib.parse.urlencode({"match[]": "monitor_build_info"}))
         assert "line1" in values["data"]  # the dashboard's line variable
