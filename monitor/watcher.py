@@ -92,10 +92,15 @@ def _tell_not_taken(name: str, cfg: WatchSection) -> None:
 class _Handler(FileSystemEventHandler):
     """Runs on the observer thread: filter and enqueue, nothing else."""
 
-    def __init__(self, cfg: WatchSection, q: queue.Queue, overflow: threading.Event):
+    def __init__(self, cfg: WatchSection, q: queue.Queue, overflow: threading.Event, root: str):
         self.cfg, self.q, self.overflow = cfg, q, overflow
         self.native = cfg.observer == "native"
         self._writing: set[str] = set()  # native: files being written here (one WRITING event each until closed)
+        self.root = root  # the watched folder, as scheduled
+        # set when the watch itself ended: the watched folder was deleted (inotify IN_DELETE_SELF; polling: the
+        # folder gone at a poll), and watchdog stopped watching it. A new folder made at once under the same name
+        # can get the old inode number back (ext4), so (device, inode) alone cannot tell it from the old one
+        self.ended = threading.Event()
 
     def _put(self, kind: str, path) -> None:
         dest = path[1] if kind == MOVED else path
@@ -128,6 +133,8 @@ class _Handler(FileSystemEventHandler):
 
     def on_deleted(self, event) -> None:
         self._writing.discard(event.src_path)
+        if event.is_directory and os.fsdecode(event.src_path) == self.root:
+            self.ended.set()
 
     def on_modified(self, event: FileModifiedEvent) -> None:
         if event.is_directory:
@@ -172,6 +179,7 @@ class Intake(threading.Thread):
         self._halt = threading.Event()
         self._candidates: dict[str, tuple[int, int, float]] = {}  # path -> (size, mtime_ns, unchanged since)
         self.observer = None
+        self._handler: _Handler | None = None  # the observer's handler (its ``ended`` says the watch ended)
         self.on_error = on_error  # called once per file the ledger refused to record (the intake errors metric)
         self.folder_ok = False  # watch.dir exists and is the folder the observer watches
         self._folder_id: tuple[int, int] | None = None
@@ -194,26 +202,37 @@ class Intake(threading.Thread):
         self.start()
 
     def _observe(self) -> None:
-        """(Re)start the observer on watch.dir as it is now."""
+        """(Re)start the observer on watch.dir as it is now. An observer that failed to start (the folder deleted
+        again meanwhile) is not kept: the next folder check, a second later, tries again."""
         if self.observer is not None:
             self.observer.stop()
-            self.observer.join(timeout=10)
+            if self.observer.is_alive():
+                self.observer.join(timeout=10)
+            self.observer = None
         self.folder_ok, self._folder_id = False, None  # until watching: a failure here is tried again in a second
         ident = _folder_id(self.dir)
         obs_cls = Observer if self.cfg.observer == "native" else PollingObserver
-        self.observer = obs_cls(timeout=self.cfg.poll_seconds) if obs_cls is PollingObserver else obs_cls()
-        self.observer.schedule(_Handler(self.cfg, self.q, self.overflow), str(self.dir), recursive=self.cfg.recursive)
-        self.observer.start()
+        observer = obs_cls(timeout=self.cfg.poll_seconds) if obs_cls is PollingObserver else obs_cls()
+        handler = _Handler(self.cfg, self.q, self.overflow, str(self.dir))
+        observer.schedule(handler, str(self.dir), recursive=self.cfg.recursive)
+        observer.start()
+        self.observer, self._handler = observer, handler
         self.folder_ok, self._folder_id = True, ident
 
     def _check_folder(self) -> None:
         """An export folder deleted and made anew (``rm -rf export && mkdir export``, a share re-mounted) leaves the
         observer on the old, deleted folder, blind to every new image: watch the new one and scan it. While there is
-        none, say so (``folder_ok``, the metric ``monitor_watch_folder_ok``)."""
+        none, say so (``folder_ok``, the metric ``monitor_watch_folder_ok``).
+
+        The new folder is told from the old one by its (device, inode), or, when it got the old inode number back
+        (ext4 hands it out again at once), by the end of the watch itself (the handler's ``ended``)."""
         now = time.monotonic()
         if now < self._next_folder_check:
             return
         self._next_folder_check = now + FOLDER_CHECK_SECONDS
+        if self._handler is not None and self._handler.ended.is_set() and self._folder_id is not None:
+            log.warning("the watch on watch.dir %s ended (the folder was deleted)", self.dir)
+            self._folder_id = None  # whatever folder is there now is a new one
         ident = _folder_id(self.dir)
         if ident is not None and ident == self._folder_id:
             return

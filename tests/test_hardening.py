@@ -555,3 +555,18 @@ def test_a_file_created_empty_and_written_later_is_no_false_empty_failure(daemon
     rows = d.wait_finished(1, timeout=20)
     time.sleep(1)
     assert [(r["state"], r["error_kind"]) for r in d.rows()] == [("done", None)], d.rows()
+
+
+def test_an_export_folder_deleted_and_made_anew_in_one_go_is_watched_again(daemon):
+    """``rm -rf E && mkdir E`` in one shell line: on ext4 the new folder gets the deleted one's inode number back at
+    once, so (device, inode) says "the same folder" while the inotify watch died with the old one. The watch's own
+    end (watchdog's "watched folder deleted") re-arms it; before, a new image waited for the 300 s re-scan."""
+    d = daemon().start()
+    for i in range(3):
+        subprocess.run(f"rm -rf '{d.export}' && mkdir '{d.export}'", shell=True, check=True)
+        write_renamed(d.export, f"after{i}.png", _clean(70 + i))
+        rows = d.wait_finished(i + 1, timeout=10)
+        assert rows[i]["path"].endswith(f"after{i}.png") and rows[i]["state"] == "done", rows
+    assert d.value(d.scrape(), "monitor_watch_folder_ok") == 1
+    log = d.log_text()
+    assert "watch on" in log and "ended" in log and "Traceback" not in log, log
