@@ -16,6 +16,9 @@ When is a file complete?
 * the start-up scan (backlog) and re-scans after a queue overflow: files whose mtime is ``settle_seconds`` old are
   complete; younger ones are watched until they settle (or, native, until their close event comes).
 
+A file that failed ``permission`` is taken again once it can be read: a ``chmod`` changes neither its size nor its
+mtime, so its attribute event (and every scan) looks at the ledger's ``permission`` failures instead.
+
 The same content seen twice is one ledger row, so a file both scanned and closed is recorded once.
 Files in the export folder are only ever opened for reading.
 """
@@ -44,7 +47,7 @@ from .ledger import Ledger, Row
 
 log = logging.getLogger(__name__)
 
-COMPLETE, CANDIDATE, WRITING, MOVED = "complete", "candidate", "writing", "moved"
+COMPLETE, CANDIDATE, WRITING, MOVED, ATTRIB = "complete", "candidate", "writing", "moved", "attrib"
 EMPTY_SETTLE_FACTOR = 5  # a 0-byte candidate is recorded (and fails "empty") after 5 x settle_seconds unchanged
 FOLDER_CHECK_SECONDS = 1.0  # how often the intake checks that watch.dir is still the folder it watches
 RETRY_SECONDS = 5.0  # after the ledger refused a write (a full disk), the folder is re-scanned this much later
@@ -135,6 +138,10 @@ class _Handler(FileSystemEventHandler):
         self._writing.discard(event.src_path)
         if event.is_directory and os.fsdecode(event.src_path) == self.root:
             self.ended.set()
+
+    def on_attrib(self, event) -> None:  # a chmod (chown, touch): an image failed ``permission`` may be readable now
+        if not event.is_directory:
+            self._put(ATTRIB, event.src_path)
 
     def on_modified(self, event: FileModifiedEvent) -> None:
         if event.is_directory:
@@ -278,6 +285,36 @@ class Intake(threading.Thread):
                 n += self._record(path)
             else:
                 self._candidates[path] = (st.st_size, mtime_ns, time.monotonic())
+        return n + self._retake()
+
+    def _retake(self, path: str | None = None) -> int:
+        """Images failed ``permission`` (of ``path`` only, when given) that can be read now are taken again: a
+        ``chmod`` changes neither size nor mtime, so no scan would see them as new. Returns the new rows."""
+        n = 0
+        for row in self.ledger.unreadable(path):
+            if not row.path.startswith(str(self.dir) + os.sep):  # another watch.dir's (before a restart)
+                continue
+            try:
+                st = os.stat(row.path)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (row.size, row.mtime_ns):
+                continue  # gone, or changed: a new file to the scans and events
+            if self.link_problem(row.path):
+                continue
+            try:
+                digest = file_sha256(row.path)
+            except OSError:  # still unreadable: said once already, when it failed
+                continue
+            try:
+                new, created = self.ledger.retake(row, digest)
+            except sqlite3.Error as exc:  # a full disk: the re-scan every RETRY_SECONDS tries again
+                self._refused(row.path, exc)
+                continue
+            if new.state == "pending":
+                log.info("%s: can be read now; taken again (ledger id %d)", shown(row.path), new.id)
+            self.on_recorded(new, created)
+            n += int(created)
         return n
 
     def _entries(self):
@@ -326,6 +363,8 @@ class Intake(threading.Thread):
                     self._candidates.setdefault(path, (-1, -1, time.monotonic()))
                 elif kind == WRITING:  # native: written here, so its close event will come
                     self._candidates.pop(path, None)
+                elif kind == ATTRIB:
+                    self._retake(path)
                 if self.overflow.is_set():
                     self.overflow.clear()
                     log.warning("file events were lost (an event queue overflowed: watch.queue_size=%d or the "

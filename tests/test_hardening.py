@@ -570,3 +570,60 @@ def test_an_export_folder_deleted_and_made_anew_in_one_go_is_watched_again(daemo
     assert d.value(d.scrape(), "monitor_watch_folder_ok") == 1
     log = d.log_text()
     assert "watch on" in log and "ended" in log and "Traceback" not in log, log
+
+
+def _as_a_normal_user(monkeypatch, folder) -> None:
+    """Refuse to open a file of ``folder`` that has no read permission bit, as the kernel does for the service's
+    user (the tests run as root, whom it lets read anything)."""
+    real_open = os.open
+
+    def fake_open(path, flags, *a, **kw):
+        if str(path).startswith(str(folder) + os.sep) and not os.stat(path).st_mode & 0o444:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *a, **kw)
+
+    monkeypatch.setattr(os, "open", fake_open)
+
+
+@pytest.mark.parametrize("observer, refused, rescan", [
+    ("native", "hashing", 300), ("polling", "hashing", 300), ("native", "scoring", 300), ("polling", "scoring", 1)])
+def test_an_image_that_failed_permission_is_scored_once_it_can_be_read(tmp_path, fitted_model, monkeypatch,
+                                                                      observer, refused, rescan):
+    """A share exported with mode 000, fixed by ``chmod 644``: size and mtime do not change, so a re-scan took the
+    failed row as known and the image was lost. The chmod's event (or the next re-scan: a poll may miss a chmod
+    and its undoing) takes it again; refused by the intake already (``hashing``) it gets a row of its own, refused
+    only by the worker (``scoring``) its row is pending again."""
+    export = tmp_path / "export"
+    export.mkdir()
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    intake = Intake(WatchSection(dir=str(export), settle_seconds=0.2, poll_seconds=0.1, observer=observer,
+                                 rescan_seconds=rescan), ledger, lambda row, new: None)
+    cfg = parse_config({"output": {"dir": str(tmp_path / "out"), "ledger": str(tmp_path / "ledger.sqlite")}})
+    worker = Worker(cfg, ledger, fitted_model, Metrics())
+    _as_a_normal_user(monkeypatch, export)
+    intake.start_watching()
+    try:
+        data = _clean(75)
+        tmp = export / "locked.png.tmp"
+        tmp.write_bytes(data)
+        if refused == "hashing":
+            tmp.chmod(0)
+        os.rename(tmp, export / "locked.png")
+        first = wait_for(lambda: ledger.pending(5), 10, "a pending row")
+        if refused == "scoring":
+            (export / "locked.png").chmod(0)
+        done = worker.process(first)
+        assert [(r.state, r.error_kind) for r in done] == [("failed", "permission")], done
+        (export / "locked.png").chmod(0o644)  # the operator fixes the permissions
+        again = wait_for(lambda: ledger.pending(5), 10, "the image taken again once it can be read")
+        done = worker.process(again)
+        assert [r.state for r in done] == ["done"] and done[0].sha256 == hashlib.sha256(data).hexdigest(), done
+        if refused == "hashing":
+            assert ledger.get(first[0].id).error_kind == "permission"  # the failure stays in the history
+            assert len(ledger.results(limit=10)) == 2
+        else:
+            assert done[0].id == first[0].id and len(ledger.results(limit=10)) == 1
+    finally:
+        monkeypatch.undo()
+        intake.stop()
+        ledger.close()
