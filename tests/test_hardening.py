@@ -7,6 +7,7 @@ images, one verdict. `pytest -v tests/test_hardening.py` prints one line per cas
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import json
 import os
@@ -19,6 +20,7 @@ import sys
 import threading
 import time
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -627,3 +629,42 @@ def test_an_image_that_failed_permission_is_scored_once_it_can_be_read(tmp_path,
         monkeypatch.undo()
         intake.stop()
         ledger.close()
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    """(status, body) of a GET on the results page."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def _same_size(a: bytes, b: bytes) -> tuple[bytes, bytes]:
+    """Two PNGs padded to one size (trailing bytes after IEND: still PNGs)."""
+    size = max(len(a), len(b))
+    return a.ljust(size, b"\0"), b.ljust(size, b"\0")
+
+
+def test_the_original_is_never_other_pixels_than_those_scored(daemon):
+    """A scored file rewritten in place with other pixels and its mtime put back: the page served the new pixels
+    with 200 under the old row. It serves only the bytes whose sha256 the ledger recorded."""
+    d = daemon().start()
+    a, b = _same_size(_clean(78), _clean(79))
+    path = write_renamed(d.export, "x.png", a)
+    row = d.wait_finished(1)[0]
+    with open(path, "r+b") as f:
+        f.write(b)
+        f.flush()
+        os.utime(f.fileno(), ns=(row["mtime_ns"], row["mtime_ns"]))
+    status, body = _get(d.web_port, f"/result/{row['id']}/image.png")
+    assert status == 410 and b"changed since" in body, (status, body[:200])
+    with open(path, "r+b") as f:  # the scored content back: shown again
+        f.write(a)
+        f.flush()
+        os.utime(f.fileno(), ns=(row["mtime_ns"], row["mtime_ns"]))
+    status, body = _get(d.web_port, f"/result/{row['id']}/image.png")
+    served = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert status == 200 and np.array_equal(served, cv2.imdecode(np.frombuffer(a, np.uint8), cv2.IMREAD_UNCHANGED))
