@@ -399,20 +399,7 @@ class Intake(threading.Thread):
 
     def link_problem(self, path: str) -> str | None:
         """Why ``path`` may not be read under ``watch.symlinks``, or None. A link loop is always refused."""
-        if not os.path.islink(path):
-            return None
-        if self.cfg.symlinks == "never":
-            return "a symbolic link (watch.symlinks: never)"
-        try:
-            real = os.path.realpath(path, strict=True)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                return "a symbolic link loop"
-            return None  # dangling or vanished: reported as missing when it is read
-        inside = real.startswith(str(self.dir) + os.sep)
-        if self.cfg.symlinks == "inside" and not inside:
-            return f"a symbolic link out of the export folder, to {real} (watch.symlinks: inside)"
-        return None
+        return link_problem(path, self.cfg.symlinks, self.dir)
 
     def _reject(self, path: str, kind: str, reason: str) -> None:
         try:
@@ -497,6 +484,25 @@ class Intake(threading.Thread):
         self._rescan_at = time.monotonic() + RETRY_SECONDS
         if self.on_error is not None:
             self.on_error()
+
+
+def link_problem(path: str, symlinks: str, folder: str | os.PathLike) -> str | None:
+    """Why ``path`` may not be read under the ``watch.symlinks`` policy ``symlinks`` for the export folder
+    ``folder`` (resolved), or None. A link loop is always refused. The intake's rule, and the results page's."""
+    if not os.path.islink(path):
+        return None
+    if symlinks == "never":
+        return "a symbolic link (watch.symlinks: never)"
+    try:
+        real = os.path.realpath(path, strict=True)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        return None  # dangling or vanished: reported as missing when it is read
+    inside = real.startswith(str(folder) + os.sep)
+    if symlinks == "inside" and not inside:
+        return f"a symbolic link out of the export folder, to {real} (watch.symlinks: inside)"
+    return None
 
 
 def _folder_id(path: Path) -> tuple[int, int] | None:

@@ -648,6 +648,32 @@ def _same_size(a: bytes, b: bytes) -> tuple[bytes, bytes]:
     return a.ljust(size, b"\0"), b.ljust(size, b"\0")
 
 
+def test_the_original_is_never_served_through_a_link_swapped_in_for_it(daemon, tmp_path):
+    """The scored bait.png replaced by a symbolic link out of the folder with the same size and mtime: the page
+    checked only size and mtime and followed the link, serving any file the daemon can read. Refused now as the
+    intake refuses it (``watch.symlinks: inside``), even to a file of the very bytes scored; a link inside is
+    followed."""
+    d = daemon().start()
+    bait, secret = _same_size(_clean(76), png_bytes(defective_image(SHAPE, kinds=("film",), seed=77)[0]))
+    path = write_renamed(d.export, "bait.png", bait)
+    row = d.wait_finished(1)[0]
+    assert row["state"] == "done" and _get(d.web_port, f"/result/{row['id']}/image.png")[0] == 200
+    for n, content in enumerate((secret, bait)):  # other pixels; then the very same bytes, but out of the folder
+        target = tmp_path / f"secret{n}.png"
+        target.write_bytes(content)
+        os.utime(target, ns=(row["mtime_ns"], row["mtime_ns"]))
+        subprocess.run(f"ln -s '{target}' '{d.export}/.l' && mv -T '{d.export}/.l' '{path}'", shell=True, check=True)
+        assert (path.stat().st_size, path.stat().st_mtime_ns) == (row["size"], row["mtime_ns"])
+        status, body = _get(d.web_port, f"/result/{row['id']}/image.png")
+        assert status == 410 and b"410 gone" in body, (n, status, body[:200])
+        os.unlink(path)
+    kept = d.export / ".kept.png"  # the same bytes inside the folder (hidden: no image of its own): a link taken
+    kept.write_bytes(bait)
+    os.utime(kept, ns=(row["mtime_ns"], row["mtime_ns"]))
+    subprocess.run(f"ln -s .kept.png '{d.export}/.l' && mv -T '{d.export}/.l' '{path}'", shell=True, check=True)
+    assert _get(d.web_port, f"/result/{row['id']}/image.png")[0] == 200
+
+
 def test_the_original_is_never_other_pixels_than_those_scored(daemon):
     """A scored file rewritten in place with other pixels and its mtime put back: the page served the new pixels
     with 200 under the old row. It serves only the bytes whose sha256 the ledger recorded."""
