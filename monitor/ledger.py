@@ -291,6 +291,24 @@ class Ledger:
                 (stored, size, mtime_ns, key, now, now, kind, shown(reason)))
             return self._one("WHERE path = ? AND sha256 = ?", (stored, key)), cur.rowcount == 1
 
+    def retake(self, row: Row, sha256: str) -> tuple[Row, bool]:
+        """The image of ``row``, failed ``permission``, can be read now (its permissions fixed: size and mtime are
+        the same, so no scan takes it as new): a pending row for its content, ``sha256``. That is a new row, the
+        failure staying in the history; when the failed row already has this content (the intake could hash it,
+        the worker was then refused) it is pending again. Returns (row, created)."""
+        stored = db_path(row.path)
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO images (path, size, mtime_ns, sha256, state, seen_at) "
+                "VALUES (?, ?, ?, ?, 'pending', ?)", (stored, row.size, row.mtime_ns, sha256, time.time()))
+            created = cur.rowcount == 1
+            if not created:
+                self._db.execute(
+                    "UPDATE images SET state = 'pending', finished_at = NULL, e2e_seconds = NULL, error_kind = NULL, "
+                    "error = NULL WHERE path = ? AND sha256 = ? AND state = 'failed' AND error_kind = 'permission'",
+                    (stored, sha256))
+            return self._one("WHERE path = ? AND sha256 = ?", (stored, sha256)), created
+
     def label(self, image_id: int, kind: str, who: str, note: str = "", source: str = "cli") -> Label:
         """Record what an operator says of a scored result (``check_label``); the result row is not changed."""
         with self._lock:
@@ -368,6 +386,15 @@ class Ledger:
         with self._lock:
             return self._db.execute("SELECT 1 FROM images WHERE path = ? AND size = ? AND mtime_ns = ? LIMIT 1",
                                     (db_path(path), size, mtime_ns)).fetchone() is not None
+
+    def unreadable(self, path: str | None = None, limit: int = 1000) -> list[Row]:
+        """Rows failed ``permission`` that are the newest row of their path (of ``path`` only, when given), newest
+        first: images that may be taken again once their permissions are fixed."""
+        where = "AND path = ? " if path is not None else ""
+        with self._lock:
+            return self._all("WHERE state = 'failed' AND error_kind = 'permission' " + where +
+                             "AND id = (SELECT MAX(id) FROM images AS newer WHERE newer.path = images.path) "
+                             "ORDER BY id DESC LIMIT ?", (*((db_path(path),) if path is not None else ()), limit))
 
     def totals(self) -> dict:
         """Counts the metrics start from: rows, done by verdict, failed by kind, alarms, budget overruns."""

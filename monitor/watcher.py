@@ -16,6 +16,9 @@ When is a file complete?
 * the start-up scan (backlog) and re-scans after a queue overflow: files whose mtime is ``settle_seconds`` old are
   complete; younger ones are watched until they settle (or, native, until their close event comes).
 
+A file that failed ``permission`` is taken again once it can be read: a ``chmod`` changes neither its size nor its
+mtime, so its attribute event (and every scan) looks at the ledger's ``permission`` failures instead.
+
 The same content seen twice is one ledger row, so a file both scanned and closed is recorded once.
 Files in the export folder are only ever opened for reading.
 """
@@ -44,7 +47,7 @@ from .ledger import Ledger, Row
 
 log = logging.getLogger(__name__)
 
-COMPLETE, CANDIDATE, WRITING, MOVED = "complete", "candidate", "writing", "moved"
+COMPLETE, CANDIDATE, WRITING, MOVED, ATTRIB = "complete", "candidate", "writing", "moved", "attrib"
 EMPTY_SETTLE_FACTOR = 5  # a 0-byte candidate is recorded (and fails "empty") after 5 x settle_seconds unchanged
 FOLDER_CHECK_SECONDS = 1.0  # how often the intake checks that watch.dir is still the folder it watches
 RETRY_SECONDS = 5.0  # after the ledger refused a write (a full disk), the folder is re-scanned this much later
@@ -92,10 +95,15 @@ def _tell_not_taken(name: str, cfg: WatchSection) -> None:
 class _Handler(FileSystemEventHandler):
     """Runs on the observer thread: filter and enqueue, nothing else."""
 
-    def __init__(self, cfg: WatchSection, q: queue.Queue, overflow: threading.Event):
+    def __init__(self, cfg: WatchSection, q: queue.Queue, overflow: threading.Event, root: str):
         self.cfg, self.q, self.overflow = cfg, q, overflow
         self.native = cfg.observer == "native"
         self._writing: set[str] = set()  # native: files being written here (one WRITING event each until closed)
+        self.root = root  # the watched folder, as scheduled
+        # set when the watch itself ended: the watched folder was deleted (inotify IN_DELETE_SELF; polling: the
+        # folder gone at a poll), and watchdog stopped watching it. A new folder made at once under the same name
+        # can get the old inode number back (ext4), so (device, inode) alone cannot tell it from the old one
+        self.ended = threading.Event()
 
     def _put(self, kind: str, path) -> None:
         dest = path[1] if kind == MOVED else path
@@ -128,6 +136,12 @@ class _Handler(FileSystemEventHandler):
 
     def on_deleted(self, event) -> None:
         self._writing.discard(event.src_path)
+        if event.is_directory and os.fsdecode(event.src_path) == self.root:
+            self.ended.set()
+
+    def on_attrib(self, event) -> None:  # a chmod (chown, touch): an image failed ``permission`` may be readable now
+        if not event.is_directory:
+            self._put(ATTRIB, event.src_path)
 
     def on_modified(self, event: FileModifiedEvent) -> None:
         if event.is_directory:
@@ -172,6 +186,7 @@ class Intake(threading.Thread):
         self._halt = threading.Event()
         self._candidates: dict[str, tuple[int, int, float]] = {}  # path -> (size, mtime_ns, unchanged since)
         self.observer = None
+        self._handler: _Handler | None = None  # the observer's handler (its ``ended`` says the watch ended)
         self.on_error = on_error  # called once per file the ledger refused to record (the intake errors metric)
         self.folder_ok = False  # watch.dir exists and is the folder the observer watches
         self._folder_id: tuple[int, int] | None = None
@@ -194,26 +209,37 @@ class Intake(threading.Thread):
         self.start()
 
     def _observe(self) -> None:
-        """(Re)start the observer on watch.dir as it is now."""
+        """(Re)start the observer on watch.dir as it is now. An observer that failed to start (the folder deleted
+        again meanwhile) is not kept: the next folder check, a second later, tries again."""
         if self.observer is not None:
             self.observer.stop()
-            self.observer.join(timeout=10)
+            if self.observer.is_alive():
+                self.observer.join(timeout=10)
+            self.observer = None
         self.folder_ok, self._folder_id = False, None  # until watching: a failure here is tried again in a second
         ident = _folder_id(self.dir)
         obs_cls = Observer if self.cfg.observer == "native" else PollingObserver
-        self.observer = obs_cls(timeout=self.cfg.poll_seconds) if obs_cls is PollingObserver else obs_cls()
-        self.observer.schedule(_Handler(self.cfg, self.q, self.overflow), str(self.dir), recursive=self.cfg.recursive)
-        self.observer.start()
+        observer = obs_cls(timeout=self.cfg.poll_seconds) if obs_cls is PollingObserver else obs_cls()
+        handler = _Handler(self.cfg, self.q, self.overflow, str(self.dir))
+        observer.schedule(handler, str(self.dir), recursive=self.cfg.recursive)
+        observer.start()
+        self.observer, self._handler = observer, handler
         self.folder_ok, self._folder_id = True, ident
 
     def _check_folder(self) -> None:
         """An export folder deleted and made anew (``rm -rf export && mkdir export``, a share re-mounted) leaves the
         observer on the old, deleted folder, blind to every new image: watch the new one and scan it. While there is
-        none, say so (``folder_ok``, the metric ``monitor_watch_folder_ok``)."""
+        none, say so (``folder_ok``, the metric ``monitor_watch_folder_ok``).
+
+        The new folder is told from the old one by its (device, inode), or, when it got the old inode number back
+        (ext4 hands it out again at once), by the end of the watch itself (the handler's ``ended``)."""
         now = time.monotonic()
         if now < self._next_folder_check:
             return
         self._next_folder_check = now + FOLDER_CHECK_SECONDS
+        if self._handler is not None and self._handler.ended.is_set() and self._folder_id is not None:
+            log.warning("the watch on watch.dir %s ended (the folder was deleted)", self.dir)
+            self._folder_id = None  # whatever folder is there now is a new one
         ident = _folder_id(self.dir)
         if ident is not None and ident == self._folder_id:
             return
@@ -259,6 +285,36 @@ class Intake(threading.Thread):
                 n += self._record(path)
             else:
                 self._candidates[path] = (st.st_size, mtime_ns, time.monotonic())
+        return n + self._retake()
+
+    def _retake(self, path: str | None = None) -> int:
+        """Images failed ``permission`` (of ``path`` only, when given) that can be read now are taken again: a
+        ``chmod`` changes neither size nor mtime, so no scan would see them as new. Returns the new rows."""
+        n = 0
+        for row in self.ledger.unreadable(path):
+            if not row.path.startswith(str(self.dir) + os.sep):  # another watch.dir's (before a restart)
+                continue
+            try:
+                st = os.stat(row.path)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (row.size, row.mtime_ns):
+                continue  # gone, or changed: a new file to the scans and events
+            if self.link_problem(row.path):
+                continue
+            try:
+                digest = file_sha256(row.path)
+            except OSError:  # still unreadable: said once already, when it failed
+                continue
+            try:
+                new, created = self.ledger.retake(row, digest)
+            except sqlite3.Error as exc:  # a full disk: the re-scan every RETRY_SECONDS tries again
+                self._refused(row.path, exc)
+                continue
+            if new.state == "pending":
+                log.info("%s: can be read now; taken again (ledger id %d)", shown(row.path), new.id)
+            self.on_recorded(new, created)
+            n += int(created)
         return n
 
     def _entries(self):
@@ -307,6 +363,8 @@ class Intake(threading.Thread):
                     self._candidates.setdefault(path, (-1, -1, time.monotonic()))
                 elif kind == WRITING:  # native: written here, so its close event will come
                     self._candidates.pop(path, None)
+                elif kind == ATTRIB:
+                    self._retake(path)
                 if self.overflow.is_set():
                     self.overflow.clear()
                     log.warning("file events were lost (an event queue overflowed: watch.queue_size=%d or the "
@@ -341,20 +399,7 @@ class Intake(threading.Thread):
 
     def link_problem(self, path: str) -> str | None:
         """Why ``path`` may not be read under ``watch.symlinks``, or None. A link loop is always refused."""
-        if not os.path.islink(path):
-            return None
-        if self.cfg.symlinks == "never":
-            return "a symbolic link (watch.symlinks: never)"
-        try:
-            real = os.path.realpath(path, strict=True)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                return "a symbolic link loop"
-            return None  # dangling or vanished: reported as missing when it is read
-        inside = real.startswith(str(self.dir) + os.sep)
-        if self.cfg.symlinks == "inside" and not inside:
-            return f"a symbolic link out of the export folder, to {real} (watch.symlinks: inside)"
-        return None
+        return link_problem(path, self.cfg.symlinks, self.dir)
 
     def _reject(self, path: str, kind: str, reason: str) -> None:
         try:
@@ -439,6 +484,25 @@ class Intake(threading.Thread):
         self._rescan_at = time.monotonic() + RETRY_SECONDS
         if self.on_error is not None:
             self.on_error()
+
+
+def link_problem(path: str, symlinks: str, folder: str | os.PathLike) -> str | None:
+    """Why ``path`` may not be read under the ``watch.symlinks`` policy ``symlinks`` for the export folder
+    ``folder`` (resolved), or None. A link loop is always refused. The intake's rule, and the results page's."""
+    if not os.path.islink(path):
+        return None
+    if symlinks == "never":
+        return "a symbolic link (watch.symlinks: never)"
+    try:
+        real = os.path.realpath(path, strict=True)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        return None  # dangling or vanished: reported as missing when it is read
+    inside = real.startswith(str(folder) + os.sep)
+    if symlinks == "inside" and not inside:
+        return f"a symbolic link out of the export folder, to {real} (watch.symlinks: inside)"
+    return None
 
 
 def _folder_id(path: Path) -> tuple[int, int] | None:

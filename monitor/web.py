@@ -5,8 +5,9 @@ URLs (GET and HEAD; POST only to label a result; anything else is 405):
     /                           the last results, newest first; filters ?verdict=&since=&until=&limit=
     /result/<id>                one result: verdict, times, coverage vs threshold, overlay, defect table
     /result/<id>/overlay.png    the overlay file named in that ledger row (404 when it is gone or was never written)
-    /result/<id>/image.png      the original image, decoded with ``read_image`` and sent as PNG (410 when the file
-                                is gone or changed since it was scored)
+    /result/<id>/image.png      the original image, decoded with ``read_image`` and sent as PNG: only the bytes that
+                                were scored (their sha256 the ledger's), never through a symbolic link the intake
+                                refuses (``watch.symlinks``); 410 when the file is gone or changed since it was scored
     /result/<id>/label          POST: an operator's label (false alarm / confirmed, name, note), only when
                                 ``web.write_password_hash`` is set; the form carries that password and a CSRF token
     /healthz                    "ok" (no auth)
@@ -53,6 +54,7 @@ from .files import shown
 from .images import ImageError, read_image
 from .ledger import LABEL_KINDS, NOTE_CHARS, VERDICT_FILTERS, WHO_CHARS, Label, LabelError, Ledger, Row
 from .passwords import parse_hash, verify_password
+from .watcher import link_problem
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ MAX_FORM_BYTES = 8192
 LABEL_TEXT = {"false_alarm": "false alarm", "confirmed": "confirmed defect"}
 Labeller = Callable[[int, str, str, str], Label]  # (result id, kind, who, note) -> the label written
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class WebError(RuntimeError):
@@ -699,23 +702,31 @@ class ResultsSite:
         return Response(200, data, "image/png", {"Cache-Control": "private, max-age=600"})
 
     def original_png(self, r: Row) -> Response:
-        """The original, read as the worker reads it (no data-bar crop) and sent as 8-bit gray PNG."""
+        """The original, read as the worker reads it (no data-bar crop) and sent as 8-bit gray PNG. Only what was
+        scored is shown: the file is read once into memory, those bytes are checked against the sha256 the ledger
+        recorded and decoded (nothing can change between the check and what is sent: another file swapped in
+        under the name, pixels rewritten in place with the old mtime put back), and never through a symbolic link
+        the intake refuses (``watch.symlinks``: the page must not follow a link out of the folder either)."""
         gone = text(410, f"410 gone: the original of result {r.id} is no longer in the export folder "
                          "as it was scored (removed, or changed since)")
         if r.state != "done":  # not scored: possibly refused before decoding (too large, a link out of the folder)
             return text(404, f"404 not found: result {r.id} was not scored; its original is not shown")
-        if not self._unchanged(r):
+        if not _SHA256.fullmatch(r.sha256):  # read by the worker, never hashed (unreadable when it was recorded)
+            return text(410, f"410 gone: the original of result {r.id} cannot be shown as it was scored (no content "
+                             "hash was recorded for it)")
+        if not self._unchanged(r):  # cheap first: a file removed or touched is not read
             return gone
-        limits = replace(self.settings().image, crop_bottom=0)
+        settings = self.settings()
+        if link_problem(r.path, settings.watch.symlinks, os.path.realpath(settings.watch.dir)):
+            return gone
+        limits = replace(settings.image, crop_bottom=0)
         with self._decode:
             try:
-                gray = read_image(r.path, limits)
+                gray = read_image(r.path, limits, sha256=r.sha256)
             except ImageError as exc:
-                if exc.kind == "missing":
+                if exc.kind in ("missing", "changed"):
                     return gone
                 return text(422, f"422 the original of result {r.id} cannot be shown: {exc.reason}")
-            if not self._unchanged(r):  # replaced while it was being read
-                return gone
             ok, buf = cv2.imencode(".png", np.rint(gray * 255).astype(np.uint8))
         if not ok:
             return text(500, "500 cannot encode the image as PNG")

@@ -7,6 +7,7 @@ images, one verdict. `pytest -v tests/test_hardening.py` prints one line per cas
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import json
 import os
@@ -19,6 +20,7 @@ import sys
 import threading
 import time
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -555,3 +557,140 @@ def test_a_file_created_empty_and_written_later_is_no_false_empty_failure(daemon
     rows = d.wait_finished(1, timeout=20)
     time.sleep(1)
     assert [(r["state"], r["error_kind"]) for r in d.rows()] == [("done", None)], d.rows()
+
+
+def test_an_export_folder_deleted_and_made_anew_in_one_go_is_watched_again(daemon):
+    """``rm -rf E && mkdir E`` in one shell line: on ext4 the new folder gets the deleted one's inode number back at
+    once, so (device, inode) says "the same folder" while the inotify watch died with the old one. The watch's own
+    end (watchdog's "watched folder deleted") re-arms it; before, a new image waited for the 300 s re-scan."""
+    d = daemon().start()
+    for i in range(3):
+        subprocess.run(f"rm -rf '{d.export}' && mkdir '{d.export}'", shell=True, check=True)
+        write_renamed(d.export, f"after{i}.png", _clean(70 + i))
+        rows = d.wait_finished(i + 1, timeout=10)
+        assert rows[i]["path"].endswith(f"after{i}.png") and rows[i]["state"] == "done", rows
+    assert d.value(d.scrape(), "monitor_watch_folder_ok") == 1
+    log = d.log_text()
+    assert "watch on" in log and "ended" in log and "Traceback" not in log, log
+
+
+def _as_a_normal_user(monkeypatch, folder) -> None:
+    """Refuse to open a file of ``folder`` that has no read permission bit, as the kernel does for the service's
+    user (the tests run as root, whom it lets read anything)."""
+    real_open = os.open
+
+    def fake_open(path, flags, *a, **kw):
+        if str(path).startswith(str(folder) + os.sep) and not os.stat(path).st_mode & 0o444:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *a, **kw)
+
+    monkeypatch.setattr(os, "open", fake_open)
+
+
+@pytest.mark.parametrize("observer, refused, rescan", [
+    ("native", "hashing", 300), ("polling", "hashing", 300), ("native", "scoring", 300), ("polling", "scoring", 1)])
+def test_an_image_that_failed_permission_is_scored_once_it_can_be_read(tmp_path, fitted_model, monkeypatch,
+                                                                      observer, refused, rescan):
+    """A share exported with mode 000, fixed by ``chmod 644``: size and mtime do not change, so a re-scan took the
+    failed row as known and the image was lost. The chmod's event (or the next re-scan: a poll may miss a chmod
+    and its undoing) takes it again; refused by the intake already (``hashing``) it gets a row of its own, refused
+    only by the worker (``scoring``) its row is pending again."""
+    export = tmp_path / "export"
+    export.mkdir()
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    intake = Intake(WatchSection(dir=str(export), settle_seconds=0.2, poll_seconds=0.1, observer=observer,
+                                 rescan_seconds=rescan), ledger, lambda row, new: None)
+    cfg = parse_config({"output": {"dir": str(tmp_path / "out"), "ledger": str(tmp_path / "ledger.sqlite")}})
+    worker = Worker(cfg, ledger, fitted_model, Metrics())
+    _as_a_normal_user(monkeypatch, export)
+    intake.start_watching()
+    try:
+        data = _clean(75)
+        tmp = export / "locked.png.tmp"
+        tmp.write_bytes(data)
+        if refused == "hashing":
+            tmp.chmod(0)
+        os.rename(tmp, export / "locked.png")
+        first = wait_for(lambda: ledger.pending(5), 10, "a pending row")
+        if refused == "scoring":
+            (export / "locked.png").chmod(0)
+        done = worker.process(first)
+        assert [(r.state, r.error_kind) for r in done] == [("failed", "permission")], done
+        (export / "locked.png").chmod(0o644)  # the operator fixes the permissions
+        again = wait_for(lambda: ledger.pending(5), 10, "the image taken again once it can be read")
+        done = worker.process(again)
+        assert [r.state for r in done] == ["done"] and done[0].sha256 == hashlib.sha256(data).hexdigest(), done
+        if refused == "hashing":
+            assert ledger.get(first[0].id).error_kind == "permission"  # the failure stays in the history
+            assert len(ledger.results(limit=10)) == 2
+        else:
+            assert done[0].id == first[0].id and len(ledger.results(limit=10)) == 1
+    finally:
+        monkeypatch.undo()
+        intake.stop()
+        ledger.close()
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    """(status, body) of a GET on the results page."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def _same_size(a: bytes, b: bytes) -> tuple[bytes, bytes]:
+    """Two PNGs padded to one size (trailing bytes after IEND: still PNGs)."""
+    size = max(len(a), len(b))
+    return a.ljust(size, b"\0"), b.ljust(size, b"\0")
+
+
+def test_the_original_is_never_served_through_a_link_swapped_in_for_it(daemon, tmp_path):
+    """The scored bait.png replaced by a symbolic link out of the folder with the same size and mtime: the page
+    checked only size and mtime and followed the link, serving any file the daemon can read. Refused now as the
+    intake refuses it (``watch.symlinks: inside``), even to a file of the very bytes scored; a link inside is
+    followed."""
+    d = daemon().start()
+    bait, secret = _same_size(_clean(76), png_bytes(defective_image(SHAPE, kinds=("film",), seed=77)[0]))
+    path = write_renamed(d.export, "bait.png", bait)
+    row = d.wait_finished(1)[0]
+    assert row["state"] == "done" and _get(d.web_port, f"/result/{row['id']}/image.png")[0] == 200
+    for n, content in enumerate((secret, bait)):  # other pixels; then the very same bytes, but out of the folder
+        target = tmp_path / f"secret{n}.png"
+        target.write_bytes(content)
+        os.utime(target, ns=(row["mtime_ns"], row["mtime_ns"]))
+        subprocess.run(f"ln -s '{target}' '{d.export}/.l' && mv -T '{d.export}/.l' '{path}'", shell=True, check=True)
+        assert (path.stat().st_size, path.stat().st_mtime_ns) == (row["size"], row["mtime_ns"])
+        status, body = _get(d.web_port, f"/result/{row['id']}/image.png")
+        assert status == 410 and b"410 gone" in body, (n, status, body[:200])
+        os.unlink(path)
+    kept = d.export / ".kept.png"  # the same bytes inside the folder (hidden: no image of its own): a link taken
+    kept.write_bytes(bait)
+    os.utime(kept, ns=(row["mtime_ns"], row["mtime_ns"]))
+    subprocess.run(f"ln -s .kept.png '{d.export}/.l' && mv -T '{d.export}/.l' '{path}'", shell=True, check=True)
+    assert _get(d.web_port, f"/result/{row['id']}/image.png")[0] == 200
+
+
+def test_the_original_is_never_other_pixels_than_those_scored(daemon):
+    """A scored file rewritten in place with other pixels and its mtime put back: the page served the new pixels
+    with 200 under the old row. It serves only the bytes whose sha256 the ledger recorded."""
+    d = daemon().start()
+    a, b = _same_size(_clean(78), _clean(79))
+    path = write_renamed(d.export, "x.png", a)
+    row = d.wait_finished(1)[0]
+    with open(path, "r+b") as f:
+        f.write(b)
+        f.flush()
+        os.utime(f.fileno(), ns=(row["mtime_ns"], row["mtime_ns"]))
+    status, body = _get(d.web_port, f"/result/{row['id']}/image.png")
+    assert status == 410 and b"changed since" in body, (status, body[:200])
+    with open(path, "r+b") as f:  # the scored content back: shown again
+        f.write(a)
+        f.flush()
+        os.utime(f.fileno(), ns=(row["mtime_ns"], row["mtime_ns"]))
+    status, body = _get(d.web_port, f"/result/{row['id']}/image.png")
+    served = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert status == 200 and np.array_equal(served, cv2.imdecode(np.frombuffer(a, np.uint8), cv2.IMREAD_UNCHANGED))
