@@ -16,7 +16,10 @@ All rows come from one run, side by side with the unchanged images (``none``). P
   images (``defect`` / ``mismatch``), of ITIA1145 under that model, and of each of ITIA1141-1144 held out (fitted on
   the other three, threshold on ITIA1145, as bench/operating_point.py does).
 
-``--set`` takes JSON overrides of the ``model`` section's ``normalize`` and of the patch-dictionary settings.
+``--set`` takes JSON overrides of ``normalize`` (the ``model`` section's), ``max_defect_area`` and ``peak_margin``
+(``alarm``), ``max_clipped``, ``min_sharpness`` and ``max_noise`` (``mismatch``) and of the patch-dictionary
+settings; the scoring path of 0.3.0 is ``'{"normalize": false, "max_defect_area": 0, "max_clipped": 0,
+"min_sharpness": 0, "max_noise": 0}'``.
 ``--maps DIR`` saves each change's maps (float16 .npz) for studies of the decision.
 """
 
@@ -28,6 +31,7 @@ import json
 import re
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -91,8 +95,11 @@ def main() -> None:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     over = json.loads(a.set)
     normalize = over.pop("normalize", True)
+    alarm = {k: over.pop(k) for k in ("max_defect_area", "peak_margin") if k in over}
+    mism = {k: over.pop(k) for k in ("max_clipped", "min_sharpness", "max_noise") if k in over}
     pd = PatchDictionaryConfig(**over)
     cfg = Config()
+    cfg = replace(cfg, alarm=replace(cfg.alarm, **alarm), mismatch=replace(cfg.mismatch, **mism))
     ds = load_dataset(a.data, "nanotwice")
     train = [read_image(p) for p in ds.train]
     val = [read_image(p) for p in ds.val]

@@ -6,7 +6,10 @@ The protocol has no normal test images, so the normal side is leave-one-out: for
 fitted on the other three (border calibration and threshold on ITIA1145, as ``monitor fit --val`` does) and the
 held-out image is inspected. The anomalous side: a model fitted on all four inspects the 40 test images. For each
 ``threshold.target_fpr`` it prints the defect coverage of each held-out normal image and how many images of each
-kind exceed ``--coverage`` (the daemon's ``alarm.coverage_threshold``, default 0.001).
+kind alarm: coverage over ``--coverage`` (the daemon's ``alarm.coverage_threshold``, default 0.001), or one defect
+over ``--area`` pixels (``alarm.max_defect_area``) whose peak is ``--margin`` (``alarm.peak_margin``) over the
+threshold, as ``defects.decide`` judges it. The images are normalised as the model does (``model.normalize``);
+``--set '{"normalize": false}'`` scores them as 0.3.0 did, ``--area 0`` decides on coverage alone as 0.3.0 did.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from monitor.defects import DefectConfig, find_defects  # noqa: E402
+from monitor.config import AlarmSection  # noqa: E402
+from monitor.defects import DefectConfig, decide, find_defects  # noqa: E402
 from monitor.evaluate import load_dataset  # noqa: E402
 from monitor.images import read_image  # noqa: E402
 from monitor.model import Model  # noqa: E402
@@ -34,37 +38,47 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "nanotwice"))
     ap.add_argument("--fpr", type=float, nargs="+", default=[0.001, 0.0005, 0.0001])
-    ap.add_argument("--coverage", type=float, default=0.001)
+    ap.add_argument("--coverage", type=float, default=AlarmSection.coverage_threshold)
+    ap.add_argument("--area", type=int, default=AlarmSection.max_defect_area)
+    ap.add_argument("--margin", type=float, default=AlarmSection.peak_margin)
     ap.add_argument("--set", default="{}", help="JSON object of PatchDictionaryConfig overrides")
     a = ap.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    cfg = PatchDictionaryConfig(**json.loads(a.set))
+    over = json.loads(a.set)
+    normalize = over.pop("normalize", True)
+    cfg = PatchDictionaryConfig(**over)
     ds = load_dataset(a.data, "nanotwice")
     train = [read_image(p) for p in ds.train]
     val = [read_image(p) for p in ds.val]
     test = [read_image(s.image) for s in ds.test]
 
-    def coverages(model: Model, images) -> dict[float, list[float]]:
-        vres = [model.scorer.score(v) for v in val]
-        maps = [model.scorer.score(im).anomaly_map for im in images]
+    def coverages(model: Model, images) -> dict[float, list[tuple[float, bool]]]:
+        """Per target_fpr: (coverage, alarmed) of each image."""
+        vres = [model.scorer.score(model.prepare(v)) for v in val]
+        maps = [model.scorer.score(model.prepare(im)).anomaly_map for im in images]
         out = {}
         for q in a.fpr:
             th = fit_threshold([r.patch_scores for r in vres], [r.anomaly_map for r in vres],
                                ThresholdConfig(target_fpr=q)).value
-            out[q] = [find_defects(m, th, DefectConfig()).coverage for m in maps]
+            reps = [find_defects(m, th, DefectConfig()) for m in maps]
+            out[q] = [(r.coverage, decide(r, a.coverage, a.area, 0.0, th * (1 + a.margin)) == "defect")
+                      for r in reps]
         return out
 
     normal = {q: [] for q in a.fpr}
     for k in range(len(train)):
-        model = Model.fit("patch_dictionary", cfg, train[:k] + train[k + 1:], val, device="cpu")
+        model = Model.fit("patch_dictionary", cfg, train[:k] + train[k + 1:], val, device="cpu", normalize=normalize)
         for q, cov in coverages(model, [train[k]]).items():
             normal[q] += cov
-    anomalous = coverages(Model.fit("patch_dictionary", cfg, train, val, device="cpu"), test)
+    anomalous = coverages(Model.fit("patch_dictionary", cfg, train, val, device="cpu", normalize=normalize), test)
     for q in a.fpr:
-        print(json.dumps({"target_fpr": q, "held_out_normal_coverage": [round(c, 5) for c in normal[q]],
-                          "normal_alarms": f"{sum(c > a.coverage for c in normal[q])}/{len(normal[q])}",
-                          "anomalous_alarms": f"{sum(c > a.coverage for c in anomalous[q])}/{len(anomalous[q])}",
-                          "anomalous_median_coverage": round(float(np.median(anomalous[q])), 5)}), flush=True)
+        print(json.dumps({"target_fpr": q, "held_out_normal_coverage": [round(c, 5) for c, _ in normal[q]],
+                          "normal_alarms": f"{sum(x for _, x in normal[q])}/{len(normal[q])}",
+                          "anomalous_alarms": f"{sum(x for _, x in anomalous[q])}/{len(anomalous[q])}",
+                          "anomalous_by_coverage_alone": f"{sum(c > a.coverage for c, _ in anomalous[q])}/40",
+                          "missed": [ds.test[i].image.stem for i, (_, x) in enumerate(anomalous[q]) if not x],
+                          "anomalous_median_coverage": round(float(np.median([c for c, _ in anomalous[q]])), 5)}),
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -137,7 +137,7 @@ def _evaluate_job(job: tuple[str, str], args_ns: dict, queue) -> None:
         name = what if kind == "fit" else Path(what).name
 
         def score(p):
-            r = model.scorer.score(read_image(p, cfg.image))
+            r = model.scorer.score(model.prepare(read_image(p, cfg.image)))  # as the daemon scores
             return r.anomaly_map, r.image_score
 
         n = min(args_ns["limit"], len(ds.test)) if args_ns["limit"] else len(ds.test)

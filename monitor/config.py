@@ -34,6 +34,7 @@ class ModelSection:
     device: str = "auto"
     runtime: str = "auto"  # the CPU forward pass: auto (OpenVINO when installed, else torch) | openvino | torch
     normalize: bool = True  # intensities brought to the training images' before the features (quality.normalize)
+    clip: tuple[float, ...] = (0.15, 0.85)  # ... and clipped to these quantiles of theirs ([0, 1]: not clipped)
     patch_dictionary: PatchDictionaryConfig = field(default_factory=PatchDictionaryConfig)
     ssim_autoencoder: SSIMAutoencoderConfig = field(default_factory=SSIMAutoencoderConfig)
     dfr: DFRConfig = field(default_factory=DFRConfig)
@@ -46,6 +47,10 @@ class ModelSection:
             raise ValueError(f"model.device must be auto, cpu or cuda[:N], got {self.device!r}")
         if self.runtime not in RUNTIMES:
             raise ValueError(f"model.runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        object.__setattr__(self, "clip", tuple(self.clip))
+        if len(self.clip) != 2 or not 0 <= self.clip[0] < 0.5 < self.clip[1] <= 1:
+            raise ValueError(f"model.clip must be two quantiles, the first in [0, 0.5), the second in (0.5, 1], "
+                             f"got {list(self.clip)}")
 
     @property
     def method_config(self):
@@ -295,9 +300,10 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             value = str(value)
         ok = isinstance(value, str)
     elif isinstance(default, tuple):
-        kind = type(default[0]) if default else str  # tuples of names, or of sizes
-        ok = isinstance(value, (list, tuple)) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
-        value = tuple(value) if ok else value
+        kind = type(default[0]) if default else str  # tuples of names, of sizes or of levels
+        kinds = (int, float) if kind is float else kind
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, kinds) and not isinstance(v, bool) for v in value)
+        value = tuple(kind(v) for v in value) if ok else value
     else:
         ok = True
     if not ok:

@@ -84,7 +84,7 @@ def fit_model(cfg: Config, normal_paths: Sequence[Path], val_paths: Sequence[Pat
         val = read_images(val_paths, cfg.image, progress, "read val", sha256=sha256) if val_paths else []
         model = Model.fit(cfg.model.method, cfg.model.method_config, normal, val, cfg.threshold, cfg.defects,
                           cfg.model.device, progress, [digest(p) for p in normal_paths], cfg.model.runtime,
-                          cfg.model.normalize)
+                          cfg.model.normalize, cfg.model.clip)
         model.meta["fitted_on"] = fitted_on([im.shape for im in normal], infos)
         model.meta["training_images"] = [str(Path(p).resolve()) for p in normal_paths]
         model.meta["validation_images"] = [str(Path(p).resolve()) for p in val_paths]

@@ -72,11 +72,13 @@ class Model:
     def fit(cls, method: str, method_config, normal: Sequence[np.ndarray], val: Sequence[np.ndarray] = (),
             threshold: ThresholdConfig = ThresholdConfig(), defects: DefectConfig = DefectConfig(),
             device: str = "auto", progress: Progress = QUIET, train_sha256: Sequence[str] = (),
-            runtime: str = "auto", normalize: bool = True) -> "Model":
+            runtime: str = "auto", normalize: bool = True,
+            clip: Sequence[float] = quality.CLIP_LEVELS) -> "Model":
         """Fit ``method`` on the normal images; ``val``: calibration and threshold. ``normalize``: every image's
         intensities are brought to the training images' before the features (``quality.normalize``), so that the
-        SEM's brightness and contrast settings do not move the scores."""
-        ref = quality.reference(normal)
+        SEM's brightness and contrast settings do not move the scores, and clipped to the training images' ``clip``
+        quantiles."""
+        ref = quality.reference(normal, clip)
         if normalize:
             ref["normalize"] = True
             normal = [quality.normalize(im, ref) for im in normal]

@@ -19,7 +19,9 @@ on a 1024x700 image) and each independent of brightness and contrast:
 
 The model records the training images' figures and intensity quantiles at fit (``reference``); ``assess`` compares
 an image's against them, and ``normalize`` maps every image, training images included, onto those intensities
-before the features.
+before the features: only the part of the map beyond the training images' own spread (a dead band: within it the
+intensities differ with the content, not with the SEM's settings), then clipped to the training images' ``clip``
+quantiles (``model.clip``).
 """
 
 from __future__ import annotations
@@ -30,11 +32,11 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-QUALITY_REASONS = ("exposure", "focus", "noise")
-# the normalised image keeps the training images' intensities between these quantiles and clips the rest: the
-# routine envelope clips up to a third of an image at one end, and what a clipped end hides must be hidden in the
-# training images too (15%/85%: -0.002 of pixel AUC on NanoTWICE's unchanged images, see the README)
-CLIP_LEVELS = (0.15, 0.85)  # mismatch reasons of this module (metric label values)
+QUALITY_REASONS = ("exposure", "focus", "noise")  # mismatch reasons of this module (metric label values)
+# by default (``model.clip``) the normalised image keeps the training images' intensities between these quantiles
+# and clips the rest: the routine envelope clips up to a third of an image at one end, and what a clipped end hides
+# must be hidden in the training images too (15%/85%: -0.002 of pixel AUC on NanoTWICE's unchanged images, README)
+CLIP_LEVELS = (0.15, 0.85)
 LEVELS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # the intensity quantiles matched: 5% .. 95%
 HIST_BINS = 4096  # intensities are binned this finely for the quantiles (a histogram: no sort of the pixels)
 _KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)  # Immerkaer 1996; white noise sigma -> 6 sigma
@@ -78,11 +80,20 @@ def intensity_map(image: np.ndarray, reference: Sequence[float]) -> tuple[float,
     return float(gain), float(offset)
 
 
+def _shrink(x: float, tol: float) -> float:
+    """``x`` moved ``tol`` towards 0 (0 within ``tol``): soft thresholding, continuous in ``x``."""
+    return float(np.sign(x) * max(abs(x) - tol, 0.0))
+
+
 def normalize(image: np.ndarray, ref: dict) -> np.ndarray:
     """The image with its intensities brought to the training images' (``intensity_map``), clipped to their
     ``clip`` quantiles and stretched to [0, 1]: brightness and contrast changes cancel, and an end that one image
-    has clipped is clipped in every image alike. Float32, same shape."""
+    has clipped is clipped in every image alike. Only the part of the correction beyond the training images' own
+    spread (``tolerance``) is made: within it the intensities differ with the content (how many fibres an image
+    holds), not with the SEM's settings, and the dictionary already covers that. Float32, same shape."""
     gain, offset = intensity_map(image, ref["quantiles"])
+    tol = ref.get("tolerance") or {"gain": 0.0, "offset": 0.0}
+    gain, offset = 1.0 + _shrink(gain - 1.0, tol["gain"]), _shrink(offset, tol["offset"])
     lo, hi = ref["clip"]
     a = gain / (hi - lo)
     out = np.asarray(image, np.float32) * np.float32(a) + np.float32((offset - lo) / (hi - lo))
@@ -113,19 +124,23 @@ def _gradient_p99(x: np.ndarray) -> float:
     return float(np.partition(mag, k)[k])
 
 
-def reference(images: Sequence[np.ndarray]) -> dict:
-    """What a model records of its training images: their pooled intensity quantiles, and the median of each
-    figure."""
+def reference(images: Sequence[np.ndarray], clip_levels: Sequence[float] = CLIP_LEVELS) -> dict:
+    """What a model records of its training images: their pooled intensity quantiles, the intensities at
+    ``clip_levels`` (``normalize`` clips there; level 0 and 1: the range's ends, no clip), the spread of their own
+    intensity maps (``tolerance``), and the median of each figure."""
     hist = np.zeros(HIST_BINS)
     for im in images:
         hist += np.bincount(np.minimum((im.ravel() * HIST_BINS).astype(np.int32), HIST_BINS - 1),
                             minlength=HIST_BINS)
     cdf = np.cumsum(hist) / hist.sum()
     q = (np.searchsorted(cdf, LEVELS) + 0.5) / HIST_BINS
-    clip = (np.searchsorted(cdf, CLIP_LEVELS) + 0.5) / HIST_BINS
+    clip = [0.0 if c <= 0 else 1.0 if c >= 1 else (np.searchsorted(cdf, c) + 0.5) / HIST_BINS for c in clip_levels]
     figs = [figures(im, q) for im in images]
+    # the training images' own spread of the intensity map: how far content alone moves it (normalize's dead band)
+    tolerance = {"gain": round(max(abs(f["gain"] - 1.0) for f in figs), 4),
+                 "offset": round(max(abs(f["offset"]) for f in figs), 4)}
     return {"levels": list(LEVELS), "quantiles": [round(float(v), 6) for v in q],
-            "clip_levels": list(CLIP_LEVELS), "clip": [round(float(v), 6) for v in clip],
+            "clip_levels": [float(c) for c in clip_levels], "clip": [round(float(v), 6) for v in clip], "tolerance": tolerance,
             **{k: round(float(np.median([f[k] for f in figs])), 5)
                for k in ("clipped_low", "clipped_high", "sharpness", "noise")}}
 
@@ -141,6 +156,10 @@ def check_reference(ref: dict) -> None:
     c = ref.get("clip")
     if not (isinstance(c, list) and len(c) == 2 and all(isinstance(v, (int, float)) for v in c) and 0 <= c[0] < c[1] <= 1):
         raise ValueError(f"the quality reference's clip range is not two increasing values in [0, 1]: {c!r}")
+    t = ref.get("tolerance", {"gain": 0.0, "offset": 0.0})
+    if not (isinstance(t, dict) and set(t) == {"gain", "offset"}
+            and all(isinstance(v, (int, float)) and 0 <= v < 1 for v in t.values())):
+        raise ValueError(f"the quality reference's tolerance is not a gain and an offset in [0, 1): {t!r}")
     for key in ("clipped_low", "clipped_high", "sharpness", "noise"):
         v = ref.get(key)
         if not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:

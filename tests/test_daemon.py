@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from monitor.synth import defective_image, fiber_mat
-from tests.conftest import SHAPE
+from tests.conftest import SHAPE, SYNTH_CLIP
 from tests.daemon import Daemon, png_bytes, wait_for, write_renamed
 
 
@@ -290,7 +290,7 @@ def test_sighup_with_a_new_model_switches_model_id(daemon, clean_png, normal_ima
     write_renamed(daemon.export, "one.png", clean_png[0])
     old = daemon.wait_finished(1)[0]["model_id"]
     new_model = Model.fit("patch_dictionary", PatchDictionaryConfig(k=256), normal_images[:4], val_images,
-                          device="cpu")
+                          device="cpu", clip=SYNTH_CLIP)
     staging = tmp_path / "staging"
     new_id = new_model.save(staging)
     assert new_id != old

@@ -202,7 +202,7 @@ def test_one_verdict_for_coverage_and_defect_size(coverage, largest, max_area, w
 
 def test_monitor_score_and_the_daemon_agree_when_a_defect_is_too_large(daemon, saved_model, tmp_path):
     img, _ = defective_image(SHAPE, kinds=("bead",), seed=11)
-    alarm = {"coverage_threshold": 0.9, "max_defect_area": 20}  # only the size rule can raise it
+    alarm = {"coverage_threshold": 0.9, "max_defect_area": 20, "peak_margin": 0}  # only the size rule can raise it
     d = daemon(alarm=alarm).start()
     write_renamed(d.export, "big.png", png_bytes(img))
     row = d.wait_finished(1)[0]

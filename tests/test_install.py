@@ -18,7 +18,7 @@ import yaml
 from monitor import __version__
 from monitor.model import Model
 from monitor.scorers import PatchDictionaryConfig
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SYNTH_CLIP
 from tests.daemon import Daemon, wait_for
 
 
@@ -135,7 +135,7 @@ def test_install_model_and_rollback_against_a_running_daemon(tmp_path, saved_mod
     first = json.loads((live / "model.json").read_text())["model_id"]
     other = tmp_path / "candidate"
     second = Model.fit("patch_dictionary", PatchDictionaryConfig(k=256), normal_images[:4], val_images,
-                       device="cpu").save(other)
+                       device="cpu", clip=SYNTH_CLIP).save(other)
     assert second != first
     d.start()
     try:

@@ -72,12 +72,27 @@ def test_each_check_can_be_switched_off(ref, clean):
 
 
 def test_normalisation_cancels_brightness_and_contrast(ref, clean):
-    base = quality.normalize(clean, ref)
-    for changed in (clean * 0.8 + 0.1, (clean - 0.5) * 1.1 + 0.45):
-        out = quality.normalize(_8bit(changed), ref)
-        before = np.abs(_8bit(changed) - clean).mean()  # 0.05 to 0.1 of the range
-        assert np.abs(out - base).mean() < min(0.02, before / 3), (np.abs(out - base).mean(), before)
-    assert 0 <= base.min() and base.max() <= 1 and base.dtype == np.float32
+    exact = {**ref, "tolerance": {"gain": 0.0, "offset": 0.0}}  # no dead band: the whole correction is made
+    for r, bound in ((exact, 1 / 3), (ref, 1 / 2)):
+        base = quality.normalize(clean, r)
+        for changed in (clean * 0.8 + 0.1, (clean - 0.5) * 1.1 + 0.45):
+            out = quality.normalize(_8bit(changed), r)
+            before = np.abs(_8bit(changed) - clean).mean()  # 0.04 to 0.1 of the range
+            assert np.abs(out - base).mean() < min(0.02, before * bound), (np.abs(out - base).mean(), before)
+        assert 0 <= base.min() and base.max() <= 1 and base.dtype == np.float32
+
+
+def test_a_correction_within_the_training_images_spread_is_not_made(ref):
+    """The dead band: the training images' own intensity maps differ with their content (how many fibres); each of
+    them lies within that spread, so it is only clipped and stretched, not moved (on these mats the full correction
+    of such small shifts made clean images alarm). A map beyond the spread is corrected by the excess only."""
+    t = ref["tolerance"]
+    assert 0 < t["gain"] < 0.1 and 0 < t["offset"] < 0.05, t
+    lo, hi = ref["clip"]
+    for i in range(4):
+        train = _8bit(fiber_mat(SHAPE, seed=i))
+        assert np.abs(quality.normalize(train, ref) - np.clip((train - lo) / (hi - lo), 0, 1)).max() < 1e-3, i  # to the rounding
+    assert quality._shrink(0.1, 0.03) == pytest.approx(0.07) and quality._shrink(-0.02, 0.03) == 0
 
 
 def test_the_reference_is_stored_in_the_model_and_checked_on_load(fitted_model, saved_model, tmp_path):
