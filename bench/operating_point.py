@@ -9,7 +9,7 @@ held-out image is inspected. The anomalous side: a model fitted on all four insp
 kind alarm: coverage over ``--coverage`` (the daemon's ``alarm.coverage_threshold``, default 0.001), or one defect
 over ``--area`` pixels (``alarm.max_defect_area``) whose peak is ``--margin`` (``alarm.peak_margin``) over the
 threshold, as ``defects.decide`` judges it. The images are normalised as the model does (``model.normalize``);
-``--set '{"normalize": false}'`` scores them as 0.3.0 did, ``--area 0`` decides on coverage alone as 0.3.0 did.
+``--set '{"normalize": false}'`` scores them as 0.3.0 did, ``'{"clip": [0, 1]}'`` clips nothing, ``--area 0`` decides on coverage alone as 0.3.0 did.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from monitor.defects import DefectConfig, decide, find_defects  # noqa: E402
 from monitor.evaluate import load_dataset  # noqa: E402
 from monitor.images import read_image  # noqa: E402
 from monitor.model import Model  # noqa: E402
+from monitor.quality import CLIP_LEVELS  # noqa: E402
 from monitor.scorers import PatchDictionaryConfig  # noqa: E402
 from monitor.threshold import ThresholdConfig, fit_threshold  # noqa: E402
 
@@ -46,6 +47,7 @@ def main() -> None:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     over = json.loads(a.set)
     normalize = over.pop("normalize", True)
+    clip = tuple(over.pop("clip", CLIP_LEVELS))
     cfg = PatchDictionaryConfig(**over)
     ds = load_dataset(a.data, "nanotwice")
     train = [read_image(p) for p in ds.train]
@@ -67,10 +69,10 @@ def main() -> None:
 
     normal = {q: [] for q in a.fpr}
     for k in range(len(train)):
-        model = Model.fit("patch_dictionary", cfg, train[:k] + train[k + 1:], val, device="cpu", normalize=normalize)
+        model = Model.fit("patch_dictionary", cfg, train[:k] + train[k + 1:], val, device="cpu", normalize=normalize, clip=clip)
         for q, cov in coverages(model, [train[k]]).items():
             normal[q] += cov
-    anomalous = coverages(Model.fit("patch_dictionary", cfg, train, val, device="cpu", normalize=normalize), test)
+    anomalous = coverages(Model.fit("patch_dictionary", cfg, train, val, device="cpu", normalize=normalize, clip=clip), test)
     for q in a.fpr:
         print(json.dumps({"target_fpr": q, "held_out_normal_coverage": [round(c, 5) for c, _ in normal[q]],
                           "normal_alarms": f"{sum(x for _, x in normal[q])}/{len(normal[q])}",

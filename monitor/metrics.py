@@ -7,14 +7,17 @@ the ledger's totals, so after a restart they agree with the ledger (and never go
 
 from __future__ import annotations
 
+import importlib.metadata
 import platform
+import ssl
+import threading
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics,
-                               start_http_server)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, MetricsHandler, disable_created_metrics
 from prometheus_client.metrics_core import Metric
 
 from . import __version__
 from .defects import VERDICTS
+from .httpd import GuardedServer
 from .mismatch import MISMATCH_REASONS
 from .images import ERROR_KINDS
 from .ledger import LABEL_KINDS
@@ -25,6 +28,9 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20
 COVERAGE_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 # failures that are not about the file: out of memory, a CUDA/torch error, anything else
 FAILURE_KINDS = ERROR_KINDS + ("crashed", "out_of_memory", "device", "internal")
+
+# a scrape connection: seconds per read or write, and in all (Prometheus' default scrape_timeout is 10 s)
+SCRAPE_TIMEOUT, SCRAPE_DEADLINE = 10.0, 20.0
 
 # name, type, help, labels: the table the README documents
 TABLE = (
@@ -105,11 +111,9 @@ class Metrics:
         self.drift_ratio.set(float("nan"))
         import torch
 
-        try:
-            from openvino import get_version as openvino_version
-
-            ov = openvino_version().split("-")[0]
-        except ImportError:
+        try:  # the installed distribution's version: importing openvino costs a second and more
+            ov = importlib.metadata.version("openvino")
+        except importlib.metadata.PackageNotFoundError:
             ov = ""
         self.build.info({"version": __version__, "python": platform.python_version(), "torch": torch.__version__,
                          "openvino": ov})
@@ -144,8 +148,18 @@ class Metrics:
     def serve(self, address: str, port: int, certfile: str = "", keyfile: str = "") -> int:
         """Start the /metrics endpoint; returns the bound port (useful with port 0)."""
         try:
-            server, _ = start_http_server(port, address, _LineLabelled(self), certfile=certfile or None,
-                                          keyfile=keyfile or None)
+            tls = None
+            if certfile:
+                tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                tls.minimum_version = ssl.TLSVersion.TLSv1_2
+                tls.load_cert_chain(certfile, keyfile or None)
+            handler = type("_Metrics", (MetricsHandler,), {"registry": _LineLabelled(self), "timeout": SCRAPE_TIMEOUT})
+            server = GuardedServer((address, port), handler, tls, name="metrics endpoint", timeout=SCRAPE_TIMEOUT,
+                                   deadline=SCRAPE_DEADLINE, max_connections=32, per_client=8)
+            threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+        except ssl.SSLError as exc:
+            raise MetricsError(f"metrics endpoint: cannot load metrics.certfile {certfile} / metrics.keyfile "
+                               f"{keyfile}: {exc}") from None
         except OSError as exc:
             raise MetricsError(f"metrics endpoint {address}:{port}: {exc.strerror or exc} "
                                "(metrics.address / metrics.port / metrics.certfile)") from None

@@ -2,7 +2,9 @@
 
 The graph is built here, op by op, from the torch module's own weights (batch norms folded into the convolutions),
 not traced or converted: OpenVINO's model converter reports usage over the network by default, and the product
-must not touch the network. TensorFlow's SAME padding is OpenVINO's ``same_upper`` auto-padding, so one graph with
+must not touch the network. Even ``import openvino`` imports the converter, which sends a usage event to Google
+Analytics from a background thread and writes an id under ``~/intel``; ``import_openvino`` imports it with the
+telemetry package blocked, so OpenVINO falls back to its own no-op stub. TensorFlow's SAME padding is OpenVINO's ``same_upper`` auto-padding, so one graph with
 dynamic batch and image size serves every input; OpenVINO compiles kernels per shape as it meets them.
 
 ``OpenVinoLite0`` is built once per backbone and checked against the torch path on its first input (the daemon's
@@ -15,6 +17,7 @@ stays with torch.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 
 import numpy as np
@@ -31,6 +34,15 @@ class RuntimeUnavailable(RuntimeError):
     """OpenVINO cannot be used (not installed, or this backbone has no OpenVINO graph)."""
 
 
+def import_openvino():
+    """``openvino`` without its telemetry: a ``None`` in ``sys.modules`` makes ``import openvino_telemetry`` raise
+    ImportError, and every OpenVINO module that imports it then uses ``openvino.tools.ovc.telemetry_stub``."""
+    sys.modules.setdefault("openvino_telemetry", None)
+    import openvino
+
+    return openvino
+
+
 def _fold(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
     """Weights and bias of ``bn(conv(x))`` as one convolution (inference: the running statistics)."""
     g = bn.weight / torch.sqrt(bn.running_var + bn.eps)
@@ -44,7 +56,7 @@ class OpenVinoLite0:
 
     def __init__(self, backbone, threads: int):
         try:
-            import openvino as ov
+            ov = import_openvino()
             import openvino.opset13 as ops
         except ImportError as exc:
             raise RuntimeUnavailable(f"the openvino package is not installed ({exc})") from None

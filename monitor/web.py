@@ -14,7 +14,8 @@ URLs (GET and HEAD; POST only to label a result; anything else is 405):
 
 Only ledger rows are ever served: a URL names a row id (digits), never a path; everything else is 404. Text from
 the ledger is HTML-escaped. With ``web.username``/``web.password_hash`` every page but /healthz needs HTTP basic
-auth; with ``web.certfile``/``web.keyfile`` the server speaks TLS (the handshake runs in the connection's thread).
+auth; with ``web.certfile``/``web.keyfile`` the server speaks TLS. The server is
+``httpd.GuardedServer``: the handshake in the connection's thread, every connection bounded in time and number.
 Reads go through a read-only ledger connection of their own; a label is written by the daemon's ledger (the
 ``labeller`` callback). Requests are logged at debug level.
 
@@ -41,7 +42,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Callable
 from urllib.parse import parse_qsl, urlsplit
 
@@ -51,6 +52,7 @@ import numpy as np
 from .quality import QUALITY_REASONS
 from .config import RESULTS_MAX, Config, WebSection
 from .files import shown
+from .httpd import GuardedServer
 from .images import ImageError, read_image
 from .ledger import LABEL_KINDS, NOTE_CHARS, VERDICT_FILTERS, WHO_CHARS, Label, LabelError, Ledger, Row
 from .passwords import parse_hash, verify_password
@@ -66,7 +68,8 @@ SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "n
                     # same-origin, not no-referrer: with no-referrer a browser sends "Origin: null" on the label form,
                     # and the origin check needs the real one; other sites still get no referrer
                     "Referrer-Policy": "same-origin"}
-CONNECTION_TIMEOUT = 15.0  # seconds a client may take to send its request (TLS handshake included)
+CONNECTION_TIMEOUT = 15.0  # seconds a client may take over one read or write (the TLS handshake included)
+REQUEST_DEADLINE = 60.0  # seconds a connection may last, the request and the reply together (``httpd``)
 NAME_CHARS = 28  # longer file names are elided in the middle on the list
 _ROUTE = re.compile(r"/result/([1-9][0-9]{0,17})(?:/(overlay|image)\.png)?")
 _LABEL_ROUTE = re.compile(r"/result/([1-9][0-9]{0,17})/label")
@@ -800,34 +803,6 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("results page: %s %s", self.address_string(), format % args)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # a client that stalls does not hold up the daemon's exit (timeout closes it anyway)
-
-    def __init__(self, address: tuple[str, int], site: ResultsSite, tls: ssl.SSLContext | None):
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.site = site
-        self.tls = tls
-        super().__init__(address, _Handler)
-
-    def finish_request(self, request, client_address):
-        """Runs in the connection's thread: the TLS handshake happens here, not in the accepting thread."""
-        request.settimeout(CONNECTION_TIMEOUT)
-        if self.tls is None:
-            return super().finish_request(request, client_address)
-        try:
-            conn = self.tls.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError) as exc:
-            log.debug("results page: TLS handshake with %s failed: %s", client_address[0], exc)
-            return
-        try:
-            _Handler(conn, client_address, self)
-        finally:
-            conn.close()
-
-    def handle_error(self, request, client_address):  # the stdlib prints these to stderr
-        log.debug("results page: connection from %s failed", client_address[0], exc_info=True)
-
-
 class ResultsServer:
     """The results page in a daemon thread; ``start()`` binds and returns the port, ``close()`` stops it."""
 
@@ -835,7 +810,7 @@ class ResultsServer:
                  labeller: Labeller | None = None):
         self.cfg = cfg
         self.site = ResultsSite(cfg, ledger, settings, labeller)
-        self._server: _Server | None = None
+        self._server: GuardedServer | None = None
         self._thread: threading.Thread | None = None
         self.port: int | None = None
 
@@ -851,7 +826,9 @@ class ResultsServer:
                 raise WebError(f"results page: cannot load web.certfile {cfg.certfile} / web.keyfile {cfg.keyfile}: "
                                f"{getattr(exc, 'strerror', None) or exc}") from None
         try:
-            self._server = _Server((cfg.address, cfg.port), self.site, tls)
+            self._server = GuardedServer((cfg.address, cfg.port), _Handler, tls, name="results page",
+                                         timeout=CONNECTION_TIMEOUT, deadline=REQUEST_DEADLINE)
+            self._server.site = self.site
         except OSError as exc:
             raise WebError(f"results page {cfg.address}:{cfg.port}: {exc.strerror or exc} "
                            "(web.address / web.port)") from None

@@ -1,6 +1,7 @@
 """The fit: dictionary build, progress per phase, fit time on a folder of images, and the OpenVINO backbone."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ import torch
 from monitor.backbones import BackboneError, build_backbone
 from monitor.images import list_images, read_image
 from monitor.model import Model
-from monitor.openvino_backbone import TOLERANCE, max_relative_difference
+from monitor.openvino_backbone import TOLERANCE, import_openvino, max_relative_difference
 from monitor.scorers import PatchDictionaryConfig
 from monitor.scorers.base import Progress
 from monitor.scorers.patch_dictionary import coreset_picks, greedy_coreset
@@ -20,7 +21,7 @@ from monitor.synth import fiber_mat, to_uint8
 
 from tests.conftest import NANOTWICE, ROOT, SMALL
 
-pytest.importorskip("openvino")
+import_openvino()  # a dependency: its absence fails here (and without its telemetry, see below)
 
 
 def _rows(n: int, d: int = 147, seed: int = 0) -> torch.Tensor:
@@ -191,3 +192,26 @@ def test_a_failed_check_against_torch_falls_back_to_torch(monkeypatch, caplog):
     assert bb.accelerated.verified is False and "the backbone runs on torch" in caplog.text
     assert torch.equal(out["stage3"], bb.torch_forward(x)["stage3"])  # the torch path's own result
     assert torch.equal(bb(x)["stage3"], out["stage3"])
+
+
+def test_openvino_sends_no_telemetry_and_writes_nothing_in_the_home_folder(tmp_path):
+    """Importing openvino imports its model converter, which by default sends a usage event over the network from
+    a background thread and writes a client id under ~/intel. The monitor's OpenVINO path (and its metrics' build
+    info) must do neither: no network at run time, nothing written outside its own folders."""
+    code = """
+import threading
+import torch
+from monitor.backbones import build_backbone
+from monitor.metrics import Metrics
+bb = build_backbone("efficientnet_lite0", ["stage3"])
+assert bb.use_runtime("openvino") == "openvino"
+bb(torch.zeros(1, 3, 64, 64))
+Metrics()
+print("threads", sorted(t.name for t in threading.enumerate()))
+"""
+    env = {**os.environ, "HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "threads ['MainThread']" in proc.stdout, proc.stdout
+    assert list(tmp_path.iterdir()) == []

@@ -2,7 +2,7 @@
 SQLite ledger): file names that are not UTF-8, files moved in from another folder, content replaced or rewritten
 between recording and scoring, an export folder made anew, a full ledger, symbolic links, damaged ledgers, names of
 255 bytes, empty files under the polling observer, two daemons on one ledger, images far larger than the training
-images, one verdict. `pytest -v tests/test_hardening.py` prints one line per case (README, "Reliability")."""
+images, one verdict, and HTTP clients that stall (the bounds of the results page's and the metrics' server). `pytest -v tests/test_hardening.py` prints one line per case (README, "Reliability")."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import struct
 import subprocess
@@ -694,3 +695,97 @@ def test_the_original_is_never_other_pixels_than_those_scored(daemon):
     status, body = _get(d.web_port, f"/result/{row['id']}/image.png")
     served = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_UNCHANGED)
     assert status == 200 and np.array_equal(served, cv2.imdecode(np.frombuffer(a, np.uint8), cv2.IMREAD_UNCHANGED))
+
+
+@pytest.fixture
+def guarded():
+    """A GuardedServer (the results page's and the metrics endpoint's) answering "ok", with short bounds."""
+    from http.server import BaseHTTPRequestHandler
+
+    from monitor.httpd import GuardedServer
+
+    class Ok(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    servers = []
+
+    def make(**bounds) -> int:
+        server = GuardedServer(("127.0.0.1", 0), Ok, name="test", **bounds)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server.server_address[1]
+
+    yield make
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def _get_ok(port: int, source: str = "127.0.0.1") -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5, source_address=(source, 0))
+    try:
+        conn.request("GET", "/")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_a_client_that_trickles_its_request_is_cut_off_at_the_deadline(guarded):
+    """A per-read timeout alone lets a client that sends a byte a second hold a connection (and its thread) for
+    ever: the connection is closed at its deadline, whatever it is doing."""
+    port = guarded(timeout=5, deadline=2)
+    s = socket.create_connection(("127.0.0.1", port))
+    start, closed = time.monotonic(), None
+    try:
+        for ch in b"GET / HTTP/1.1\r\nX-Slow: " + b"a" * 40:
+            try:
+                s.sendall(bytes([ch]))
+                if s.recv(1, socket.MSG_DONTWAIT) == b"":
+                    closed = time.monotonic() - start
+                    break
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed = time.monotonic() - start
+                break
+            time.sleep(0.25)
+    finally:
+        s.close()
+    assert closed is not None and 1.5 < closed < 4, closed
+    assert _get_ok(port) == 200
+
+
+def test_one_address_cannot_take_every_connection(guarded):
+    """Connections from one address beyond ``per_client`` are closed at once; another address is still served,
+    and once the first address's connections end it is served again."""
+    port = guarded(timeout=30, deadline=60, per_client=3, max_connections=10)
+    idle = [socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0)) for _ in range(6)]
+    try:
+        wait_for(lambda: sum(map(_closed_by_peer, idle)) == 3, 5, "3 of the 6 connections closed by the server")
+        assert _get_ok(port) == 200  # another address: served at once
+        assert _try_get(port, "127.0.0.2") is None  # the full address: closed unanswered
+    finally:
+        for s in idle:
+            s.close()
+    wait_for(lambda: _try_get(port, "127.0.0.2") == 200, 5, "the address served again")
+
+
+def _closed_by_peer(s: socket.socket) -> bool:
+    try:
+        return s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+
+
+def _try_get(port: int, source: str) -> int | None:
+    try:
+        return _get_ok(port, source)
+    except OSError:
+        return None

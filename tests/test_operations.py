@@ -8,7 +8,9 @@ import contextlib
 import json
 import re
 import shutil
+import socket
 import subprocess
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from monitor.metrics import Metrics
 from monitor.synth import defective_image, fiber_mat
 from tests.conftest import SHAPE
 from tests.daemon import Daemon, free_port, png_bytes, wait_for, write_renamed
@@ -243,12 +246,13 @@ def test_dashboard_quality_panels_match_the_alerts():
 def prometheus(tmp_path):
     binary = _needs("prometheus")
 
-    def start(target_port: int, scrape_interval: str = "1s"):
+    def start(target_port: int, scrape_interval: str = "1s", ca_file: str = ""):
         port = free_port()
+        job = {"job_name": "sem-monitor", "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}]}
+        if ca_file:  # the endpoint speaks TLS with this (self-signed) certificate
+            job.update(scheme="https", tls_config={"ca_file": ca_file}, scrape_timeout="1s")
         cfg = {"global": {"scrape_interval": scrape_interval, "evaluation_interval": "1s"},
-               "rule_files": [str(RULES)],
-               "scrape_configs": [{"job_name": "sem-monitor", "static_configs": [
-                   {"targets": [f"127.0.0.1:{target_port}"]}]}]}  # the monitor sets `line` (service.line)
+               "rule_files": [str(RULES)], "scrape_configs": [job]}  # the monitor sets `line` (service.line)
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
         proc = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
                                  f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
@@ -362,3 +366,33 @@ def test_a_defect_image_cleared_before_the_next_scrape_still_fires_the_defect_al
         print("monitor_alarm as scraped, max over 5 min:", seen[0]["value"][1] if seen else None)
     finally:
         assert d.stop() == 0
+
+
+def test_idle_connections_do_not_blind_a_real_prometheus_scraping_the_tls_endpoint(tmp_path, prometheus):
+    """Clients on the line's network that connect and send nothing (no TLS handshake, no request) must not stop
+    the scrapes: the handshake runs in each connection's thread, and one address gets a few connections only."""
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl not installed (Debian package openssl)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    metrics = Metrics(line="tls-line")
+    port = metrics.serve("127.0.0.1", 0, str(cert), str(key))
+    idle = []
+    try:
+        for _ in range(20):  # from another address than Prometheus' (one address may hold 8, the rest are closed)
+            idle.append(socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0)))
+        base = prometheus(port, ca_file=str(cert))
+
+        def scraped():
+            r = _query(base, 'up{job="sem-monitor"}')
+            return r and r[0]["value"][1] == "1" and _query(base, 'monitor_images_received_total{line="tls-line"}')
+        wait_for(scraped, 30, "a successful scrape while 20 idle connections are open")
+        for _ in range(3):  # and it goes on succeeding: every scrape, not a lucky one
+            time.sleep(1.2)
+            assert _query(base, 'up{job="sem-monitor"}')[0]["value"][1] == "1"
+    finally:
+        for s in idle:
+            s.close()
+        metrics.close()

@@ -1,0 +1,114 @@
+"""The HTTP(S) server of the results page and of the metrics endpoint, bounded against clients that stall.
+
+Both endpoints may be reachable from the line's network, where a client that sends nothing (or one byte every
+few seconds) must not stop the page or blind the defect alerts. ``GuardedServer`` is the stdlib's threading
+server with four bounds:
+
+* the TLS handshake runs in the connection's thread, never in the accepting one, so one silent client cannot hold
+  up the accept loop (prometheus-client's own server wraps the listening socket and handshakes while accepting);
+* every read and write of a connection times out after ``timeout`` seconds;
+* every connection is closed ``deadline`` seconds after it was accepted, whatever it is doing (a client trickling
+  a byte at a time renews a per-read timeout forever): one reaper thread shuts the socket down, so the blocked
+  read in the connection's thread returns;
+* at most ``max_connections`` connections at a time, and ``per_client`` from one address: further ones are
+  closed at once, so a client on one address cannot take every connection from the scraper on another.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import time
+from http.server import ThreadingHTTPServer
+
+log = logging.getLogger(__name__)
+
+
+class GuardedServer(ThreadingHTTPServer):
+    daemon_threads = True  # a client that stalls does not hold up the daemon's exit (the deadline closes it anyway)
+
+    def __init__(self, address: tuple[str, int], handler, tls: ssl.SSLContext | None = None, *, name: str,
+                 timeout: float = 10.0, deadline: float = 30.0, max_connections: int = 64, per_client: int = 16):
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.tls = tls
+        self.name = name  # in log lines: "results page", "metrics endpoint"
+        self.conn_timeout = timeout
+        self.deadline = deadline
+        self.max_connections = max_connections
+        self.per_client = per_client
+        # accepted socket -> [client address, deadline, the socket read from now (TLS: the wrapped one)]
+        self._open: dict[socket.socket, list] = {}
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self.refused = 0  # connections closed at once because of the bounds
+        super().__init__(address, handler)
+        self._reaper = threading.Thread(target=self._reap, name=f"{name} reaper", daemon=True)
+        self._reaper.start()
+
+    # ----------------------------------------------------------------------------------------- the bounds
+    def process_request(self, request, client_address):
+        host = client_address[0]
+        with self._lock:
+            total = len(self._open)
+            mine = sum(1 for h, _, _ in self._open.values() if h == host)
+            if total >= self.max_connections or mine >= self.per_client:
+                self.refused += 1
+                full = True
+            else:
+                self._open[request] = [host, time.monotonic() + self.deadline, request]
+                full = False
+        if full:
+            log.debug("%s: connection from %s refused (%d open, %d from it)", self.name, host, total, mine)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._lock:
+                self._open.pop(request, None)
+
+    def _reap(self) -> None:
+        while not self._closing.wait(0.5):
+            now = time.monotonic()
+            with self._lock:
+                late = [s for _, end, s in self._open.values() if end <= now]
+            for s in late:
+                try:  # the plain socket's shutdown (an SSLSocket's own would drop its TLS state under the reader)
+                    socket.socket.shutdown(s, socket.SHUT_RDWR)  # the blocked read or write in its thread returns
+                except OSError:
+                    pass
+
+    def finish_request(self, request, client_address):
+        """Runs in the connection's thread: the TLS handshake happens here, not in the accepting thread."""
+        request.settimeout(self.conn_timeout)
+        if self.tls is None:
+            return super().finish_request(request, client_address)
+        try:
+            conn = self.tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+            with self._lock:
+                if request in self._open:
+                    self._open[request][2] = conn  # the reaper reaches the handshake and the request through it
+            conn.do_handshake()
+        except (ssl.SSLError, OSError) as exc:
+            log.debug("%s: TLS handshake with %s failed: %s", self.name, client_address[0], exc)
+            return
+        try:
+            self.RequestHandlerClass(conn, client_address, self)
+        finally:
+            conn.close()
+
+    def handle_error(self, request, client_address):  # the stdlib prints these to stderr
+        log.debug("%s: connection from %s failed", self.name, client_address[0], exc_info=True)
+
+    def open_connections(self) -> int:
+        with self._lock:
+            return len(self._open)
+
+    def server_close(self):
+        self._closing.set()
+        super().server_close()
