@@ -191,8 +191,12 @@ class WebSection:
     external_url: str = ""  # the URL operators reach the page at; the alerts link there ("" = no link)
     results: int = 50  # rows on the list page by default
     write_password_hash: str = ""  # operators label results on the page with this password ("" = labelling off)
+    # host names the page answers to besides IP addresses, localhost, this PC's names and external_url's host
+    # (a request naming another Host is refused: DNS rebinding)
+    allowed_hosts: tuple[str, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "allowed_hosts", tuple(h.lower().rstrip(".") for h in self.allowed_hosts))
         if not 0 <= self.port <= 65535:
             raise ValueError(f"web.port must be in 0..65535, got {self.port}")
         if bool(self.certfile) != bool(self.keyfile):

@@ -54,12 +54,19 @@ class FileTooLarge(OSError):
 
 
 _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+# C1 controls, and the invisible characters that reorder or hide text (bidirectional overrides and isolates, zero
+# widths, line and paragraph separators, the byte order mark): a name such as "report\u202egnp.exe" would read as
+# another name on the page and in the log. As \uXXXX (\xNN stays for bytes that are not UTF-8).
+_CONTROLS.update({c: f"\\u{c:04x}" for c in (*range(0x80, 0xA0), 0x061C, *range(0x200B, 0x2010), 0x2028, 0x2029,
+                                               *range(0x202A, 0x202F), *range(0x2060, 0x2065), *range(0x2066, 0x206A),
+                                               0xFEFF)})
 
 
 def shown(text: str) -> str:
     """``text`` (a path or name) printable on one line: bytes that are not UTF-8 (kept by Python as surrogates)
     and control characters (a newline would forge a log line, an escape sequence recolour a terminal) as
-    ``\\xNN``. The path itself stays as it is for opening the file."""
+    ``\\xNN``, C1 controls and bidirectional or invisible format characters as ``\\uXXXX``. The path itself stays
+    as it is for opening the file."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").translate(_CONTROLS)
 
 

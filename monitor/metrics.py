@@ -55,6 +55,8 @@ TABLE = (
     ("watch_folder_ok", Gauge, "1 while watch.dir exists and is watched, else 0", ()),
     ("ledger_errors_total", Counter, "Ledger writes refused (a full disk): images re-scanned, results retried", ()),
     ("labels_total", Counter, "Operator labels recorded (web page or monitor label), by kind", ("kind",)),
+    ("web_auth_failures_total", Counter, "Wrong passwords sent to the results page, by kind (basic auth, write)",
+     ("kind",)),
     ("mismatches_total", Counter, "Images that do not fit the model (verdict mismatch), by reason", ("reason",)),
     ("drift_ratio", Gauge, "Score level of the recent clean images over that of the validation images (1 = as "
      "fitted; NaN until drift.min_images)", ()),
@@ -108,6 +110,8 @@ class Metrics:
             self.labels_total.labels(kind=k)
         for k in MISMATCH_REASONS:
             self.mismatches_total.labels(reason=k)
+        for k in ("basic", "write"):  # web.AUTH_KINDS (not imported: the metrics do not depend on the page)
+            self.web_auth_failures_total.labels(kind=k)
         self.drift_ratio.set(float("nan"))
         import torch
 

@@ -19,6 +19,7 @@ ITERATIONS = 600_000  # OWASP's 2023 figure for PBKDF2-HMAC-SHA256; about 0.15 s
 MIN_ITERATIONS = 100_000  # weaker hashes are refused at configuration load
 SALT_BYTES = 16
 MIN_HASH_BYTES = 16
+MIN_PASSWORD_CHARS = 8  # `monitor hash-password` refuses shorter ones (the page is throttled, not unguessable)
 FORM = f"{ALGORITHM}$<iterations>$<salt base64>$<hash base64>, as `monitor hash-password` prints it"
 
 
@@ -52,8 +53,8 @@ def parse_hash(text: str) -> PasswordHash:
 
 
 def hash_password(password: str, iterations: int = ITERATIONS, salt: bytes | None = None) -> str:
-    if not password:
-        raise ValueError("the password must not be empty")
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise ValueError(f"the password must have at least {MIN_PASSWORD_CHARS} characters")
     if iterations < MIN_ITERATIONS:
         raise ValueError(f"iterations must be >= {MIN_ITERATIONS}, got {iterations}")
     salt = os.urandom(SALT_BYTES) if salt is None else salt

@@ -161,7 +161,8 @@ class Service:
     def _start_web(self, cfg: Config) -> None:
         """The results page; one that cannot start (its port taken by another line's monitor, a bad certificate)
         is logged and left off: the line's monitoring does not depend on it."""
-        web = ResultsServer(cfg.web, self.ledger.reader(), lambda: self.cfg, self._label)
+        web = ResultsServer(cfg.web, self.ledger.reader(), lambda: self.cfg, self._label,
+                            lambda kind: self.metrics.web_auth_failures_total.labels(kind=kind).inc())
         try:
             self.web_port = web.start()
         except WebError as exc:

@@ -30,8 +30,10 @@ import base64
 import binascii
 import hmac
 import html
+import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -104,6 +106,39 @@ class Response:
 
 def text(status: int, message: str, **headers) -> Response:
     return Response(status, (message + "\n").encode(), "text/plain; charset=utf-8", headers)
+
+
+def exposure_warnings(cfg: WebSection) -> list[str]:
+    """What is open to the network about a page bound to a non-loopback address (logged at start)."""
+    try:
+        local = cfg.address == "localhost" or ipaddress.ip_address(cfg.address).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        local = False
+    if local:
+        return []
+    out = []
+    if not cfg.username:
+        out.append(f"it listens on {cfg.address} without basic auth: anyone on that network can read the results; "
+                   "set web.username and web.password_hash")
+    if not cfg.certfile:
+        if cfg.username:
+            out.append("basic auth without TLS sends the password in clear text; set web.certfile and web.keyfile")
+        if cfg.write_password_hash:
+            out.append("the write password of labels travels in clear text without TLS; set web.certfile and "
+                       "web.keyfile")
+    return out
+
+
+def _own_names() -> set[str]:
+    """This PC's host name and its short form (no resolver call: a line PC's DNS may be slow or absent)."""
+    name = socket.gethostname().lower().rstrip(".")
+    return {name, name.partition(".")[0]} - {""}
+
+
+def _too_many(exc: "Locked") -> Response:
+    wait = math.ceil(exc.seconds)
+    return text(429, f"429 too many wrong passwords from your address: try again in {wait} s",
+                **{"Retry-After": str(wait)})
 
 
 # ------------------------------------------------------------------------------------------------------- filters
@@ -323,27 +358,104 @@ def page(title: str, body: str, line: str) -> bytes:
 
 
 # ----------------------------------------------------------------------------------------------------------- auth
-KDF_LOCK = threading.Lock()  # one PBKDF2 at a time in the process (basic auth and the write password)
+AUTH_KINDS = ("basic", "write")  # the passwords of the page: basic auth, the write password of labels
+FREE_GUESSES = 5  # wrong passwords a client address may send before it is locked out
+MAX_LOCKOUT = 300.0  # seconds; the lockout doubles with every wrong password after the free ones, up to this
+
+
+class Locked(Exception):
+    def __init__(self, seconds: float):
+        super().__init__(f"locked for {seconds:.0f} s")
+        self.seconds = seconds
+
+
+class Guesses:
+    """Wrong passwords per client address. After ``FREE_GUESSES`` wrong ones in a row an address is locked out for
+    1 s, then 2, 4, ... up to ``MAX_LOCKOUT`` after each further wrong one; while locked, its passwords are not
+    even checked (no PBKDF2: a guesser costs nothing). A right password clears the address. At most ``remember``
+    addresses are kept (the oldest forgotten first), so a flood of addresses cannot fill the memory."""
+
+    def __init__(self, remember: int = 4096, clock: Callable[[], float] = time.monotonic):
+        self._failed: OrderedDict[str, list] = OrderedDict()  # address -> [wrong in a row, locked until]
+        self._remember = remember
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    def check(self, client: str) -> None:
+        """Raises Locked while ``client`` is locked out."""
+        with self._lock:
+            entry = self._failed.get(client)
+            left = entry[1] - self._clock() if entry else 0.0
+        if left > 0:
+            raise Locked(left)
+
+    def wrong(self, client: str) -> tuple[int, float]:
+        """Count a wrong password; returns (wrong in a row, seconds now locked out)."""
+        with self._lock:
+            entry = self._failed.pop(client, [0, 0.0])
+            entry[0] += 1
+            lockout = 0.0 if entry[0] <= FREE_GUESSES else min(MAX_LOCKOUT, 2.0 ** (entry[0] - FREE_GUESSES - 1))
+            entry[1] = self._clock() + lockout
+            self._failed[client] = entry
+            while len(self._failed) > self._remember:
+                self._failed.popitem(last=False)
+            return entry[0], lockout
+
+    def right(self, client: str) -> None:
+        with self._lock:
+            self._failed.pop(client, None)
+
+
+class Password:
+    """One password of the page (``kind`` in AUTH_KINDS) checked against its PBKDF2 hash: at most one PBKDF2 of it
+    at a time (a flood of guesses takes one core at most from the scoring), each kind with its own lock (guessers
+    at the basic auth do not delay an operator's label), wrong ones throttled per client address and logged at
+    WARNING, and ``on_failure(kind)`` called for each (the metric ``monitor_web_auth_failures_total``)."""
+
+    def __init__(self, kind: str, stored: str, on_failure: Callable[[str], None] | None = None):
+        self.kind = kind
+        self.hash = parse_hash(stored)
+        self.guesses = Guesses()
+        self.on_failure = on_failure
+        self._kdf = threading.Lock()
+
+    def verify(self, password: str, client: str, who: str = "") -> bool:
+        """True for the right password; raises Locked, without checking it, while ``client`` is locked out."""
+        self.guesses.check(client)
+        with self._kdf:
+            self.guesses.check(client)  # locked while this request waited for the lock
+            ok = bool(password) and verify_password(password, self.hash)
+        if ok:
+            self.guesses.right(client)
+            return True
+        n, lockout = self.guesses.wrong(client)
+        what = "password" if self.kind == "basic" else "write password"
+        log.warning("results page: wrong %s%s from %s (%d in a row%s)", what, f" for user {shown(who[:64])}" if who
+                    else "", shown(client), n, f"; locked out for {lockout:.0f} s" if lockout else "")
+        if self.on_failure is not None:
+            self.on_failure(self.kind)
+        return False
 
 
 class BasicAuth:
-    """HTTP basic auth against one user and a PBKDF2 hash. Verified credentials are remembered (as an HMAC under a
-    key of this process, at most ``remember`` of them) so that a page with its images costs one PBKDF2, not three;
-    a wrong password is never remembered, and only one PBKDF2 runs at a time (a flood of guesses takes one core
-    at most from the scoring)."""
+    """HTTP basic auth against one user and a PBKDF2 hash (``Password``). Verified credentials are remembered (as
+    an HMAC under a key of this process, at most ``remember`` of them) so that a page with its images costs one
+    PBKDF2, not three, and an operator already signed in is not locked out by a guesser on the same address; a
+    wrong password is never remembered."""
 
-    def __init__(self, username: str, password_hash: str, remember: int = 32):
+    def __init__(self, username: str, password_hash: str, remember: int = 32,
+                 on_failure: Callable[[str], None] | None = None):
         self.username = username.encode("utf-8")
-        self.hash = parse_hash(password_hash)
+        self.password = Password("basic", password_hash, on_failure)
         self._key = os.urandom(32)
         self._good: OrderedDict[bytes, None] = OrderedDict()
         self._remember = remember
         self._lock = threading.Lock()  # the remembered credentials
-        self._kdf = KDF_LOCK
 
-    def check(self, header: str | None) -> bool:
+    def check(self, header: str | None, client: str = "") -> bool:
+        """True for the right credentials; raises Locked while ``client`` is locked out."""
         if not header:
-            return False
+            return False  # a browser's first request: not a wrong password
         scheme, _, token = header.strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "basic" or not token:
@@ -359,9 +471,8 @@ class BasicAuth:
             return False
         if not sep:
             return False
-        with self._kdf:
-            password_ok = verify_password(password, self.hash)
-        if not (hmac.compare_digest(user.encode("utf-8"), self.username) and password_ok):
+        user_ok = hmac.compare_digest(user.encode("utf-8"), self.username)
+        if not self.password.verify(password if user_ok else "", client, user):
             return False
         with self._lock:
             self._good[tag] = None
@@ -375,18 +486,23 @@ class ResultsSite:
     """The pages, as a function of the request: ``handle(method, target, authorization) -> Response``."""
 
     def __init__(self, cfg: WebSection, ledger: Ledger, settings: Callable[[], Config],
-                 labeller: Labeller | None = None):
+                 labeller: Labeller | None = None, on_auth_failure: Callable[[str], None] | None = None):
         self.cfg = cfg
         self.ledger = ledger
         self.settings = settings  # the daemon's configuration now (SIGHUP may change alarm and image settings)
-        self.auth = BasicAuth(cfg.username, cfg.password_hash) if cfg.username else None
-        # labelling from the page: the write password (checked like basic auth: PBKDF2, one at a time)
-        self.writer = parse_hash(cfg.write_password_hash) if cfg.write_password_hash and labeller is not None else None
+        self.auth = BasicAuth(cfg.username, cfg.password_hash, on_failure=on_auth_failure) if cfg.username else None
+        # labelling from the page: the write password (checked like basic auth, throttled on its own)
+        self.writer = (Password("write", cfg.write_password_hash, on_auth_failure)
+                       if cfg.write_password_hash and labeller is not None else None)
         self.labeller = labeller
         self._csrf_key = os.urandom(32)
+        self._hosts = {"localhost", *cfg.allowed_hosts, *_own_names()}
+        if cfg.external_url:
+            self._hosts.add((urlsplit(cfg.external_url).hostname or "").rstrip("."))
         self._decode = threading.Semaphore(1)  # one original image decoded at a time (up to 64 MP as float32)
 
-    def handle(self, method: str, target: str, authorization: str | None, headers=None, body: bytes = b"") -> Response:
+    def handle(self, method: str, target: str, authorization: str | None, headers=None, body: bytes = b"",
+               client: str = "") -> Response:
         path, _, query = target.partition("?")
         query = query.partition("#")[0]
         label_route = _LABEL_ROUTE.fullmatch(path)
@@ -397,11 +513,17 @@ class ResultsSite:
             return text(405, "405 method not allowed: a label is sent by POST", Allow="POST")
         if path == "/healthz":
             return text(200, "ok")
-        if self.auth is not None and not self.auth.check(authorization):
-            return text(401, "401 unauthorized: this page needs the line monitor's user name and password",
-                        **{"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'})
+        if not self.host_allowed((headers or {}).get("Host")):
+            return text(400, "400 bad request: this results page does not answer to that host name (the Host "
+                             "header); add the name to web.allowed_hosts if operators reach the page by it")
+        try:
+            if self.auth is not None and not self.auth.check(authorization, client):
+                return text(401, "401 unauthorized: this page needs the line monitor's user name and password",
+                            **{"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'})
+        except Locked as exc:
+            return _too_many(exc)
         if label_route is not None:
-            return self.post_label(int(label_route.group(1)), headers or {}, body)
+            return self.post_label(int(label_route.group(1)), headers or {}, body, client)
         if path == "/":
             return self.list_page(query)
         m = _ROUTE.fullmatch(path)
@@ -415,6 +537,25 @@ class ResultsSite:
         if m.group(2) == "image":
             return self.original_png(row)
         return self.result_page(row, query=query)
+
+    def host_allowed(self, host: str | None) -> bool:
+        """The Host a request names: an IP address (any), localhost, this PC's names, ``web.external_url``'s host
+        or one of ``web.allowed_hosts``. Any other name is a page reached through someone else's DNS name (DNS
+        rebinding: a web site whose name resolves to this PC would read the page with its visitor's browser)."""
+        if host is None:  # HTTP/1.0 without Host: not a browser's request
+            return True
+        name = host.strip().lower()
+        if name.startswith("["):  # [IPv6]:port
+            name = name[1:].partition("]")[0]
+        elif name.count(":") == 1:
+            name = name.partition(":")[0]
+        name = name.rstrip(".")
+        try:
+            ipaddress.ip_address(name)
+            return True
+        except ValueError:
+            pass
+        return name in self._hosts
 
     @property
     def line(self) -> str:
@@ -594,7 +735,7 @@ class ResultsSite:
         return (hmac.compare_digest(mac.encode(), self._csrf_mac(row_id, issued).encode())
                 and 0 <= time.time() - int(issued) <= CSRF_SECONDS)
 
-    def post_label(self, row_id: int, headers, body: bytes) -> Response:
+    def post_label(self, row_id: int, headers, body: bytes, client: str = "") -> Response:
         """A label from the result page's form: checks, then the daemon's ledger writes it; 303 back to the page."""
         if self.writer is None:
             return text(403, "403 forbidden: labelling from the results page is off (set web.write_password_hash)")
@@ -624,9 +765,13 @@ class ResultsSite:
         if not self._csrf_ok(row_id, form.get("csrf", "")):
             return again(403, "This form has expired or did not come from this page (CSRF check). The page is "
                               "reloaded with a new form: enter the label again.")
-        password = form.get("password", "")
-        with KDF_LOCK:
-            password_ok = bool(password) and verify_password(password, self.writer)
+        try:
+            password_ok = self.writer.verify(form.get("password", ""), client)
+        except Locked as exc:
+            resp = again(429, f"Too many wrong write passwords from your address: try again in "
+                              f"{math.ceil(exc.seconds)} s. The label was not saved.")
+            resp.headers["Retry-After"] = str(math.ceil(exc.seconds))
+            return resp
         if not password_ok:
             log.warning("results page: a label for result %d was refused: wrong write password", row_id)
             return again(403, "Wrong write password: the label was not saved.")
@@ -776,7 +921,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = self.rfile.read(int(length))
         try:
             resp = self.server.site.handle(self.command, self.path, self.headers.get("Authorization"), self.headers,
-                                           body)
+                                           body, self.client_address[0])
         except Exception:
             log.exception("results page: %s %s failed", self.command, self.path[:200])
             resp = text(500, "500 internal error (see the daemon's log)")
@@ -807,9 +952,9 @@ class ResultsServer:
     """The results page in a daemon thread; ``start()`` binds and returns the port, ``close()`` stops it."""
 
     def __init__(self, cfg: WebSection, ledger: Ledger, settings: Callable[[], Config],
-                 labeller: Labeller | None = None):
+                 labeller: Labeller | None = None, on_auth_failure: Callable[[str], None] | None = None):
         self.cfg = cfg
-        self.site = ResultsSite(cfg, ledger, settings, labeller)
+        self.site = ResultsSite(cfg, ledger, settings, labeller, on_auth_failure)
         self._server: GuardedServer | None = None
         self._thread: threading.Thread | None = None
         self.port: int | None = None
@@ -835,9 +980,8 @@ class ResultsServer:
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="web", daemon=True)
         self._thread.start()
-        if cfg.username and not cfg.certfile and cfg.address not in ("127.0.0.1", "::1", "localhost"):
-            log.warning("results page: basic auth without TLS sends the password in clear text; "
-                        "set web.certfile and web.keyfile")
+        for warning in exposure_warnings(cfg):
+            log.warning("results page: %s", warning)
         return self.port
 
     @property

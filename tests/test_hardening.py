@@ -789,3 +789,59 @@ def _try_get(port: int, source: str) -> int | None:
         return _get_ok(port, source)
     except OSError:
         return None
+
+
+def _page(port: int, path: str, host: str | None = None) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest("GET", path, skip_host=host is not None)
+        if host is not None:
+            conn.putheader("Host", host)
+        conn.endheaders()
+        r = conn.getresponse()
+        return r.status, r.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
+def test_a_name_with_a_bidirectional_override_reads_as_it_is_on_the_page_and_in_the_log(daemon):
+    """U+202E (right-to-left override) makes "invoice\\u202egnp.exe" display as "invoiceexe.png"; such characters
+    (and C1 controls, zero widths, the BOM) are shown as \\uXXXX on the page and in the log."""
+    d = daemon().start()
+    name = "mat\u202egnp.\u200bgood\u0085.png"
+    write_renamed(d.export, name, _clean(52))
+    d.wait_finished(1)
+    log = d.log_text()
+    assert "mat\\u202egnp.\\u200bgood\\u0085.png" in log and "\u202e" not in log and "\u0085" not in log
+    status, body = _page(d.web_port, "/")
+    assert status == 200 and "mat\\u202egnp.\\u200bgood\\u0085.png" in body and "\u202e" not in body
+    status, body = _page(d.web_port, f"/result/{d.rows()[0]['id']}")
+    assert status == 200 and "\u202e" not in body and "\u200b" not in body
+
+
+def test_the_results_page_answers_only_to_its_own_host_names(daemon):
+    """DNS rebinding: a web site whose name is made to resolve to the line PC would read the page through its
+    visitor's browser (no auth on a line network). Requests naming another Host are refused; IP addresses,
+    localhost, this PC's name and web.allowed_hosts are served."""
+    d = daemon(web={"allowed_hosts": ["linepc-3.plant.example"]}).start()
+    for host in ("127.0.0.1", f"127.0.0.1:{d.web_port}", f"localhost:{d.web_port}", "[::1]:9880",
+                 f"{socket.gethostname()}:{d.web_port}", "LinePC-3.plant.example.", "10.1.2.3"):
+        assert _page(d.web_port, "/", host)[0] == 200, host
+    for host in ("evil.example", f"evil.example:{d.web_port}", "linepc-3.plant.example.evil.example", ""):
+        status, body = _page(d.web_port, "/", host)
+        assert status == 400 and "web.allowed_hosts" in body, host
+    assert _page(d.web_port, "/healthz", "evil.example")[0] == 200  # the health check says nothing
+
+
+def test_a_page_open_to_the_network_says_so_at_start():
+    from monitor.config import WebSection
+    from monitor.passwords import MIN_ITERATIONS, hash_password
+    from monitor.web import exposure_warnings
+
+    h = hash_password("a long password", MIN_ITERATIONS)
+    assert exposure_warnings(WebSection()) == []  # loopback, the default
+    assert exposure_warnings(WebSection(address="::1", write_password_hash=h)) == []
+    open_page = exposure_warnings(WebSection(address="0.0.0.0", write_password_hash=h))
+    assert len(open_page) == 2 and "without basic auth" in open_page[0] and "write password" in open_page[1]
+    assert exposure_warnings(WebSection(address="0.0.0.0", username="op", password_hash=h, certfile="c",
+                                        keyfile="k", write_password_hash=h)) == []

@@ -49,11 +49,12 @@ def test_security_exposure_stays_low(rendered, unit):
     assert float(m.group(1)) <= 2.5
 
 
-def test_units_say_what_the_issue_asks():
+def test_units_carry_the_required_settings():
     for unit in UNITS:
         text = (ROOT / "systemd" / unit).read_text()
         for key in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "User=sem-monitor", "StateDirectory=",
                     "ReadOnlyPaths=", "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes",
-                    "PrivateTmp=yes", "RestrictAddressFamilies=", "DeviceAllow=char-nvidia-frontend rw"):
+                    "PrivateTmp=yes", "RestrictAddressFamilies=", "DeviceAllow=char-nvidia-frontend rw",
+                    "LimitNOFILE=4096"):
             assert key in text, (unit, key)
     assert "%i.yaml" in (ROOT / "systemd" / "monitor@.service").read_text()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import io
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +26,7 @@ import cv2
 import numpy as np
 import pytest
 
+from monitor.ledger import Ledger
 from monitor.passwords import verify_password
 from monitor.synth import defective_image, fiber_mat
 from tests import browser
@@ -71,10 +74,11 @@ class Page(HTMLParser):
 
 
 def get(port: int, path: str, method: str = "GET", headers: dict | None = None, tls: ssl.SSLContext | None = None,
-        body: bytes | None = None):
-    """(status, headers, body) for a raw request target: http.client sends the path exactly as given."""
-    conn = (http.client.HTTPSConnection("127.0.0.1", port, context=tls, timeout=10) if tls else
-            http.client.HTTPConnection("127.0.0.1", port, timeout=10))
+        body: bytes | None = None, source: str = "127.0.0.1"):
+    """(status, headers, body) for a raw request target: http.client sends the path exactly as given. ``source``:
+    the client's address (any of 127.0.0.0/8; wrong passwords are throttled per address)."""
+    conn = (http.client.HTTPSConnection("127.0.0.1", port, context=tls, timeout=10, source_address=(source, 0))
+            if tls else http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0)))
     try:
         conn.request(method, path, body=body, headers=headers or {})
         r = conn.getresponse()
@@ -426,7 +430,8 @@ def test_auth_no_credentials_wrong_ones_and_the_right_ones(secured):
     for creds in (basic("operator", "wrong"), basic("admin", PASSWORD), basic("operator", PASSWORD + "x"),
                   basic("operator", ""), {"Authorization": "Basic !!!"}, {"Authorization": "Bearer abc"},
                   {"Authorization": "Basic " + base64.b64encode(PASSWORD.encode()).decode()}):
-        assert get(port, "/", headers=creds, tls=tls)[0] == 401, creds
+        # from an address of their own: five wrong passwords in a row lock an address out (tested below)
+        assert get(port, "/", headers=creds, tls=tls, source="127.0.1.1")[0] == 401, creds
     ok = basic("operator", PASSWORD)
     status, _, body = get(port, "/", headers=ok, tls=tls)
     assert status == 200 and b"a.png" in body
@@ -498,3 +503,77 @@ def test_a_real_browser_lists_the_images_clicks_through_and_sees_the_overlay(lin
     for shot in ("list.png", "result.png"):
         pic = cv2.imread(str(tmp_path / shot))
         assert pic is not None and pic.shape[:2] == (900, 1280) and pic.std() > 10
+
+
+def test_wrong_passwords_are_throttled_per_address_logged_and_counted(secured):
+    """Five wrong passwords in a row from one address are answered 401; after that the address is locked out
+    (429 with Retry-After, its passwords not even checked, so guessing costs the monitor nothing) for 1 s, then 2,
+    4, ... after each further wrong one; another address is served at once; the right password clears the address.
+    Each wrong one is a WARNING line and counts in monitor_web_auth_failures_total{kind="basic"}."""
+    port, tls = secured.web_port, secured.tls
+    before = Daemon.value(secured.scrape(), "monitor_web_auth_failures_total", kind="basic")
+    guesser, operator = "127.0.2.1", "127.0.2.2"
+    wrong = basic("operator", "guess")
+    for _ in range(6):  # the 6th is still checked (401), and locks the address out for 1 s
+        assert get(port, "/", headers=wrong, tls=tls, source=guesser)[0] == 401
+    t0 = time.monotonic()
+    status, headers, body = get(port, "/", headers=basic("operator", "guess again"), tls=tls, source=guesser)
+    assert status == 429 and headers["Retry-After"] == "1" and b"too many wrong passwords" in body
+    assert time.monotonic() - t0 < 0.1  # refused without a PBKDF2
+    assert get(port, "/", headers=basic("operator", PASSWORD), tls=tls, source=operator)[0] == 200
+    time.sleep(1.1)
+    assert get(port, "/", headers=wrong, tls=tls, source=guesser)[0] == 401  # the 7th: locked for 2 s now
+    assert get(port, "/", headers=wrong, tls=tls, source=guesser)[0] == 429
+    time.sleep(2.1)
+    assert get(port, "/", headers=basic("operator", PASSWORD), tls=tls, source=guesser)[0] == 200
+    assert get(port, "/", headers=wrong, tls=tls, source=guesser)[0] == 401  # cleared: free guesses again
+    assert Daemon.value(secured.scrape(), "monitor_web_auth_failures_total", kind="basic") == before + 8
+    log = secured.log_text()
+    assert re.search(r"WARNING monitor\.web: results page: wrong password for user operator from 127\.0\.2\.1 "
+                     r"\(6 in a row; locked out for 1 s\)", log), log[-2000:]
+
+
+def test_guessers_at_the_basic_auth_do_not_delay_a_label(tmp_path):
+    """Basic auth and the write password each have their own PBKDF2 lock: while a basic-auth check runs (held
+    here), the write password is checked at once."""
+    from monitor.config import WebSection
+    from monitor.passwords import MIN_ITERATIONS, hash_password
+    from monitor.web import ResultsSite
+
+    h = hash_password("a long password", MIN_ITERATIONS)
+    site = ResultsSite(WebSection(username="operator", password_hash=h, write_password_hash=h), Ledger(tmp_path / "l"),
+                       lambda: None, labeller=lambda *a: None)
+    with site.auth.password._kdf:  # a basic-auth PBKDF2 in progress
+        done = threading.Event()
+        threading.Thread(target=lambda: (site.writer.verify("a long password", "127.0.0.9"), done.set())).start()
+        assert done.wait(5)
+
+
+def test_the_lockout_doubles_up_to_five_minutes_and_a_right_password_clears_it():
+    from monitor.web import MAX_LOCKOUT, Guesses, Locked
+
+    now = [0.0]
+    g = Guesses(remember=3, clock=lambda: now[0])
+    got = [g.wrong("a")[1] for _ in range(16)]
+    assert got[:5] == [0.0] * 5 and got[5:10] == [1.0, 2.0, 4.0, 8.0, 16.0] and got[-1] == MAX_LOCKOUT == 300.0
+    with pytest.raises(Locked):
+        g.check("a")
+    g.check("b")  # per address
+    now[0] += 299.0
+    with pytest.raises(Locked):
+        g.check("a")
+    now[0] += 1.0
+    g.check("a")
+    g.right("a")
+    assert g.wrong("a") == (1, 0.0)
+    for addr in "bcde":  # a flood of addresses: the oldest are forgotten, the memory stays bounded
+        g.wrong(addr)
+    assert len(g._failed) == 3
+
+
+def test_hash_password_refuses_a_short_password(monkeypatch, capsys):
+    from monitor.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("seven77\n"))
+    assert main(["hash-password"]) == 2
+    assert "at least 8 characters" in capsys.readouterr().err
