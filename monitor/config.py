@@ -106,6 +106,9 @@ class WatchSection:
     queue_size: int = 10000  # events waiting to be recorded; on overflow the folder is re-scanned
     symlinks: str = "inside"  # symbolic links: inside (followed when they stay in watch.dir) | never | any
     rescan_seconds: float = 300.0  # a full re-scan this often catches images whose events were lost (0 = off)
+    # images already in the folder when the ledger is new (first start, a lost ledger): all (scored) | new (none
+    # scored) | a duration (those modified within it before the first start are scored, older ones not)
+    backlog: str = "24h"
 
     def __post_init__(self):
         object.__setattr__(self, "patterns", tuple(self.patterns))
@@ -122,6 +125,23 @@ class WatchSection:
             raise ValueError(f"watch.rescan_seconds must be >= 0, got {self.rescan_seconds}")
         if self.symlinks not in SYMLINKS:
             raise ValueError(f"watch.symlinks must be one of {', '.join(SYMLINKS)}, got {self.symlinks!r}")
+        self.backlog_seconds  # checked here, at load
+
+    @property
+    def backlog_seconds(self) -> float | None:
+        """``watch.backlog`` in seconds: None = all, 0 = new."""
+        text = str(self.backlog).strip()
+        if text == "all":
+            return None
+        if text == "new":
+            return 0.0
+        try:
+            seconds = parse_duration(text, "watch.backlog")
+        except ValueError:
+            seconds = 0.0
+        if not seconds:
+            raise ValueError(f"watch.backlog must be all, new or a duration such as 24h or 7d, got {self.backlog!r}")
+        return seconds
 
 
 @dataclass(frozen=True)

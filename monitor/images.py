@@ -65,6 +65,18 @@ class ImageLimits:
         if self.crop_bottom < 0:
             raise ValueError(f"crop_bottom must be >= 0, got {self.crop_bottom}")
 
+    @property
+    def max_file_bytes(self) -> int:
+        """The most bytes a file of an image within ``max_pixels`` can take: larger files are refused unread."""
+        return self.max_pixels * BYTES_PER_PIXEL + (1 << 20)
+
+    def too_large(self, size: int) -> str | None:
+        """Why a file of ``size`` bytes is refused unread, or None."""
+        if size <= self.max_file_bytes:
+            return None
+        return (f"file of {size} bytes exceeds the {self.max_file_bytes} bytes an image of at most "
+                f"{self.max_pixels} pixels ({self.pixels_why}) can take; refused unread")
+
     def for_model(self, training_pixels: int | None) -> "ImageLimits":
         """These limits with ``max_pixels`` bounded by ``max_training_ratio`` x the model's largest training image
         (``training_pixels``, None for models saved before it was recorded: no bound but ``max_pixels``)."""
@@ -123,7 +135,7 @@ def read_image(path: str | os.PathLike, limits: ImageLimits = ImageLimits(), sha
         # read once, into memory: never a FIFO (it would block), never more than an image within the pixel limit
         # can take (BYTES_PER_PIXEL: 16-bit RGBA or float64, uncompressed), and, with ``sha256``, exactly the
         # content that was recorded
-        data = read_regular(path, limits.max_pixels * BYTES_PER_PIXEL + (1 << 20))
+        data = read_regular(path, limits.max_file_bytes)
         if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
             raise ImageError(path, "the file changed after it was recorded (another content under the same "
                              "name); that content is recorded as an image of its own", "changed")
@@ -146,9 +158,7 @@ def read_image(path: str | os.PathLike, limits: ImageLimits = ImageLimits(), sha
     except NotRegularFile:
         raise ImageError(path, "not a regular file (a FIFO, socket or device)", "unreadable") from None
     except FileTooLarge as exc:
-        raise ImageError(path, f"file of {exc.size} bytes exceeds the {exc.limit} bytes an image of at most "
-                         f"{limits.max_pixels} pixels ({limits.pixels_why}) can take; refused unread", "too_large") \
-            from None
+        raise ImageError(path, limits.too_large(exc.size), "too_large") from None
     except PermissionError:
         raise ImageError(path, "permission denied", "permission") from None
     except FileNotFoundError:

@@ -20,7 +20,9 @@ from pathlib import Path
 
 from .files import shown
 
-SCHEMA_VERSION = 2  # 2: operator labels (the labels table); a version-1 ledger is upgraded in place
+# 2: operator labels (the labels table); 3: the meta table (watch.backlog's moment); older ledgers are upgraded in
+# place
+SCHEMA_VERSION = 3
 STATES = ("pending", "done", "failed")
 LABEL_KINDS = ("false_alarm", "confirmed")  # what an operator says of a result (Ledger.label)
 VERDICT_FILTERS = ("ok", "defect", "mismatch", "no-threshold", "failed", "pending")  # Ledger.results(verdict=...)
@@ -56,6 +58,12 @@ CREATE INDEX IF NOT EXISTS images_state ON images (state, id);
 CREATE INDEX IF NOT EXISTS images_finished ON images (finished_at);
 CREATE INDEX IF NOT EXISTS images_seen ON images (seen_at);
 CREATE INDEX IF NOT EXISTS images_verdict ON images (state, verdict, id);
+-- a year of images is half a million rows: what the daemon reads at start (the alarm counter, the drift window of
+-- the model in use, retention's files) and `monitor history --alarms` find their rows here instead of reading the
+-- table (bench/year.py); the partial ones hold only the rows they name. Made at the next open of an older ledger.
+CREATE INDEX IF NOT EXISTS images_alarm ON images (id) WHERE alarm = 1;
+CREATE INDEX IF NOT EXISTS images_overlay ON images (id) WHERE overlay IS NOT NULL;
+CREATE INDEX IF NOT EXISTS images_model ON images (model_id, state, verdict, id);
 -- what operators said of a result; a result row is never changed by a label, and a newer label of the same image
 -- supersedes an older one (both are kept)
 CREATE TABLE IF NOT EXISTS labels (
@@ -68,6 +76,12 @@ CREATE TABLE IF NOT EXISTS labels (
     at        REAL    NOT NULL                         -- unix time
 );
 CREATE INDEX IF NOT EXISTS labels_image ON labels (image_id, id);
+-- facts about the ledger itself: backlog_before = unix time; images already in the export folder when this ledger
+-- was new, modified before it, are not scored (watch.backlog)
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 _COLUMNS = ("id", "path", "size", "mtime_ns", "sha256", "state", "seen_at", "started_at", "finished_at", "attempts",
@@ -168,7 +182,12 @@ def _row(values) -> Row:
 
 
 class Ledger:
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, check: bool = True):
+        """Open (or make) the ledger at ``path``. ``check``: read every page first (``PRAGMA quick_check``, about
+        0.7 s for a year of images on a 2-core VM), as the daemon does at each start. Without it (the commands that
+        read or add a few rows: `monitor history`, `monitor label`) the full check is still made whenever opening
+        changes the file (an older schema to upgrade, a journal not yet WAL); damage a query meets later is a
+        ``sqlite3.DatabaseError``."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and self.path.stat().st_size == 0:
@@ -179,14 +198,15 @@ class Ledger:
         try:
             self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
             version = self._db.execute("PRAGMA user_version").fetchone()[0]  # checked before anything is changed
-            if version not in (0, 1, SCHEMA_VERSION):
+            if version not in (0, 1, 2, SCHEMA_VERSION):
                 self._db.close()
                 raise LedgerError(f"{self.path}: ledger schema {version}, this version reads {SCHEMA_VERSION}")
-            check = self._db.execute("PRAGMA quick_check").fetchall()
-            if check != [("ok",)]:
-                self._db.close()
-                raise LedgerError(f"{self.path}: the ledger is damaged ({'; '.join(r[0] for r in check[:3])}); "
-                                  "restore it from a backup (sqlite3 .recover can save what is left)")
+            if check or version != SCHEMA_VERSION or self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                damage = self._db.execute("PRAGMA quick_check").fetchall()
+                if damage != [("ok",)]:
+                    self._db.close()
+                    raise LedgerError(f"{self.path}: the ledger is damaged ({'; '.join(r[0] for r in damage[:3])}); "
+                                      "restore it from a backup (sqlite3 .recover can save what is left)")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a done row survives a power cut, not only a crash
             st = os.stat(self.path)
@@ -329,6 +349,9 @@ class Ledger:
         """The latest label of each labelled result (of ``image_ids``; None = all)."""
         sql = f"SELECT {_LABEL_COLUMNS} FROM labels WHERE id IN (SELECT MAX(id) FROM labels GROUP BY image_id)"
         args: tuple = ()
+        if image_ids is not None and len(image_ids) > 500:  # `monitor history` of weeks: more ids than SQLite takes
+            wanted = set(image_ids)                          # as parameters; the labels are far fewer than the rows
+            return {i: lab for i, lab in self.current_labels().items() if i in wanted}
         if image_ids is not None:
             if not image_ids:
                 return {}
@@ -357,16 +380,19 @@ class Ledger:
                 if row is not None:
                     return row
             name = os.path.basename(image)
-            rows = [r for r in self._all("WHERE path LIKE ? ESCAPE '!' ORDER BY id DESC",
-                                         ("%" + name.replace("!", "!!").replace("%", "!%").replace("_", "!_"),))
-                    if os.path.basename(r.path) == name]
-        folders = sorted({os.path.dirname(r.path) for r in rows})
-        if not rows:
+            # (id, path) only: read from the (path, sha256) index, a tenth of the table's size
+            found = [(i, os.fsdecode(p) if isinstance(p, bytes) else p) for i, p in self._db.execute(
+                "SELECT id, path FROM images WHERE path LIKE ? ESCAPE '!'",
+                ("%" + name.replace("!", "!!").replace("%", "!%").replace("_", "!_"),))]
+            found = sorted(((i, p) for i, p in found if os.path.basename(p) == name), reverse=True)
+            newest = self._one("WHERE id = ?", (found[0][0],)) if found else None
+        folders = sorted({os.path.dirname(p) for _, p in found})
+        if newest is None:
             raise LookupError(f"no result for {image} in the ledger (give its path as recorded, its file name or its "
                               "ledger id: monitor history)")
         if len(folders) > 1:
             raise LookupError(f"{name} is in several folders ({', '.join(folders[:3])}); give the path or the ledger id")
-        return rows[0]
+        return newest
 
     def get(self, row_id: int) -> Row | None:
         with self._lock:
@@ -380,6 +406,21 @@ class Ledger:
     def pending_count(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM images WHERE state = 'pending'").fetchone()[0]
+
+    def backlog_before(self, backlog_seconds: float | None, now: float | None = None) -> tuple[float, bool]:
+        """The moment before which images already in the export folder are not scored, and whether it was set just
+        now. Set once, when the ledger is new (no image yet): ``now - backlog_seconds`` (``None``: every image is
+        scored, the moment is 0), and kept, so that a restart skips the same images. A ledger that already holds
+        images (one upgraded from before 0.5.0) scores every image, as it did."""
+        with self._lock:  # one daemon writes a ledger (service.lock_ledger)
+            r = self._db.execute("SELECT value FROM meta WHERE key = 'backlog_before'").fetchone()
+            if r is not None:
+                return float(r[0]), False
+            new = self._db.execute("SELECT 1 FROM images LIMIT 1").fetchone() is None
+            before = (time.time() if now is None else now) - backlog_seconds if new and backlog_seconds is not None \
+                else 0.0
+            self._db.execute("INSERT INTO meta (key, value) VALUES ('backlog_before', ?)", (repr(before),))
+            return before, new and before > 0
 
     def known(self, path: str, size: int, mtime_ns: int) -> bool:
         """True when a row exists for this path with this size and mtime (lets a re-scan skip hashing)."""
@@ -404,7 +445,8 @@ class Ledger:
                 "received": q("SELECT COUNT(*) FROM images").fetchone()[0],
                 "done": dict(q("SELECT verdict, COUNT(*) FROM images WHERE state = 'done' GROUP BY verdict")),
                 "failed": dict(q("SELECT error_kind, COUNT(*) FROM images WHERE state = 'failed' GROUP BY error_kind")),
-                "alarms": q("SELECT COUNT(*) FROM images WHERE state = 'done' AND alarm = 1").fetchone()[0],
+                # +state: counted from the small images_alarm index, not by reading every done row
+                "alarms": q("SELECT COUNT(*) FROM images WHERE +state = 'done' AND alarm = 1").fetchone()[0],
                 "mismatches": dict(q("SELECT json_extract(result_json, '$.mismatch_reason'), COUNT(*) FROM images "
                                      "WHERE state = 'done' AND verdict = 'mismatch' GROUP BY 1")),
                 "pending": q("SELECT COUNT(*) FROM images WHERE state = 'pending'").fetchone()[0],
@@ -426,15 +468,31 @@ class Ledger:
                 raise ValueError(f"verdict must be one of {', '.join(VERDICT_FILTERS)}, got {verdict!r}")
             where.append("state = 'done' AND verdict = ?")
             args.append(verdict)
+        window, window_args = [], []
         if since is not None:
-            where.append("seen_at >= ?")
-            args.append(since)
+            window.append("seen_at >= ?")
+            window_args.append(since)
         if until is not None:
-            where.append("seen_at < ?")
-            args.append(until)
-        sql = (f"WHERE {' AND '.join(where)} " if where else "") + "ORDER BY id DESC LIMIT ?"
+            window.append("seen_at < ?")
+            window_args.append(until)
         with self._lock:
+            if window:
+                ids = self._window_ids(window, window_args)
+                if ids is None:
+                    return []
+                where += [*window, "id BETWEEN ? AND ?"]
+                args += [*window_args, *ids]
+            sql = (f"WHERE {' AND '.join(where)} " if where else "") + "ORDER BY id DESC LIMIT ?"
             return self._all(sql, (*args, limit))
+
+    def _window_ids(self, window: list[str], args: list) -> tuple[int, int] | None:
+        """(first, last) id of the rows whose seen_at meets ``window``, None when there are none; read from the
+        index on seen_at alone. Ids grow with arrival and seen_at with them (but for a clock set back), so a scan
+        in id order bounded by these starts and stops at the window instead of reading every row newer (or older)
+        than it: the rows of half a year ago, newest first, read 50 rows, not the quarter of a million since."""
+        lo, hi = self._db.execute(f"SELECT MIN(id), MAX(id) FROM images WHERE {' AND '.join(window)}",
+                                  args).fetchone()
+        return None if lo is None else (lo, hi)
 
     def outputs(self, after_id: int = 0) -> list[tuple[int, float, str]]:
         """(id, finished_at, overlay path) of the rows after ``after_id`` for which the daemon wrote files, in id
@@ -469,17 +527,20 @@ class Ledger:
     def history(self, since: float | None = None, alarms_only: bool = False, limit: int | None = None) -> list[Row]:
         """Rows seen since ``since`` (unix time), oldest first; ``alarms_only`` keeps the images that raised it."""
         where, args = ["1 = 1"], []
-        if since is not None:
-            where.append("seen_at >= ?")
-            args.append(since)
         if alarms_only:
             where.append("alarm = 1")
-        sql = f"WHERE {' AND '.join(where)} ORDER BY id"
-        if limit:
-            sql = (f"WHERE id IN (SELECT id FROM images WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?) "
-                   "ORDER BY id")
-            args.append(limit)
         with self._lock:
+            if since is not None:
+                ids = self._window_ids(["seen_at >= ?"], [since])
+                if ids is None:
+                    return []
+                where += ["seen_at >= ?", "id BETWEEN ? AND ?"]
+                args += [since, *ids]
+            sql = f"WHERE {' AND '.join(where)} ORDER BY id"
+            if limit:
+                sql = (f"WHERE id IN (SELECT id FROM images WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?) "
+                       "ORDER BY id")
+                args.append(limit)
             return self._all(sql, args)
 
 

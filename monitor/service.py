@@ -150,7 +150,8 @@ class Service:
             log.info("model %s has no drift reference (no validation images, or fitted before 0.3.0): "
                      "monitor_drift_ratio stays NaN; refit to get one", model.model_id)
         self.worker.start()
-        self.intake = Intake(cfg.watch, self.ledger, self._recorded, self._rejected, m.ledger_errors_total.inc)
+        self.intake = Intake(cfg.watch, self.ledger, self._recorded, self._rejected, m.ledger_errors_total.inc,
+                             self.worker.limits)
         self.intake.start_watching()
         m.watch_folder_ok.set(1)
         m.worker_healthy.set(1)  # until the first check of the serve loop

@@ -41,8 +41,9 @@ from watchdog.events import FileClosedEvent, FileCreatedEvent, FileModifiedEvent
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from .files import file_sha256, shown
 from .config import WatchSection
+from .files import file_sha256, shown
+from .images import ImageLimits
 from .ledger import Ledger, Row
 
 log = logging.getLogger(__name__)
@@ -173,9 +174,13 @@ class Intake(threading.Thread):
     """Records complete files in the ledger and wakes the worker. Owns the observer."""
 
     def __init__(self, cfg: WatchSection, ledger: Ledger, on_recorded: Callable[[Row, bool], None],
-                 on_rejected: Callable[..., None] | None = None, on_error: Callable[[], None] | None = None):
+                 on_rejected: Callable[..., None] | None = None, on_error: Callable[[], None] | None = None,
+                 limits: Callable[[], ImageLimits] | None = None):
         super().__init__(name="intake", daemon=True)
         self.cfg = cfg
+        # the worker's image limits now (they follow the model): a file larger than any image within them is
+        # refused before it is hashed, so that a huge file cannot hold up the images behind it
+        self.limits = limits
         self.dir = Path(cfg.dir).resolve()  # the ledger keeps absolute paths
         self.native = cfg.observer == "native"
         self.ledger = ledger
@@ -195,6 +200,8 @@ class Intake(threading.Thread):
         self._next_rescan = time.monotonic() + cfg.rescan_seconds if cfg.rescan_seconds else None
         self._spy = _OverflowSpy(self.overflow)
         self._blocked: set[str] = set()  # paths that could not be stat'ed for a moment (logged once)
+        self._backlog_before = 0.0  # unix time: older files the scans do not take (watch.backlog, Ledger.backlog_before)
+        self._skipped: list | None = []  # (mtime_ns, path) skipped by the first scan, said once; then None
 
     # ------------------------------------------------------------------------------------------------ lifecycle
     def start_watching(self) -> None:
@@ -204,9 +211,23 @@ class Intake(threading.Thread):
         for name in _OverflowSpy.LOGGERS:
             logging.getLogger(name).addFilter(self._spy)
         self._observe()
+        self._backlog_before, first = self.ledger.backlog_before(self.cfg.backlog_seconds)
         n = self.scan()
+        if first:
+            self._tell_backlog()
+        self._skipped = None  # later scans skip the same files without a word
         log.info("watching %s (%s observer); backlog scan recorded %d new image(s)", self.dir, self.cfg.observer, n)
         self.start()
+
+    def _tell_backlog(self) -> None:
+        """Say, once, at the first start of a new ledger, which images already in the folder are not scored."""
+        if not self._skipped:
+            return
+        old = sorted(self._skipped)
+        log.warning("new ledger: %d image(s) already in %s, modified before %s (watch.backlog: %s), are not scored, "
+                    "from %s (%s) to %s (%s); `monitor score FILE` judges one of them",
+                    len(old), self.dir, _when(self._backlog_before), self.cfg.backlog, shown(old[0][1]),
+                    _when(old[0][0] / 1e9), shown(old[-1][1]), _when(old[-1][0] / 1e9))
 
     def _observe(self) -> None:
         """(Re)start the observer on watch.dir as it is now. An observer that failed to start (the folder deleted
@@ -279,6 +300,10 @@ class Intake(threading.Thread):
         files.sort()
         now, n = time.time(), 0
         for mtime_ns, path, st in files:
+            if mtime_ns < self._backlog_before * 1e9:  # in the folder before this ledger was new (watch.backlog)
+                if self._skipped is not None:
+                    self._skipped.append((mtime_ns, path))
+                continue
             if self.ledger.known(path, st.st_size, mtime_ns):
                 continue
             if now - mtime_ns / 1e9 >= self.cfg.settle_seconds:
@@ -439,6 +464,10 @@ class Intake(threading.Thread):
             if not stat.S_ISDIR(st.st_mode):
                 self._reject(path, "unreadable", "not a regular file (a FIFO, socket or device)")
             return 0
+        too_large = self.limits is not None and self.limits().too_large(st.st_size)
+        if too_large:
+            self._reject(path, "too_large", too_large)
+            return 0
         # always hashed, never skipped for a known size and mtime: an event says the content may have changed
         # (`cp -p` rewrites a file and puts its old mtime back); the start-up and re-scans skip known files
         try:
@@ -484,6 +513,10 @@ class Intake(threading.Thread):
         self._rescan_at = time.monotonic() + RETRY_SECONDS
         if self.on_error is not None:
             self.on_error()
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
 def link_problem(path: str, symlinks: str, folder: str | os.PathLike) -> str | None:

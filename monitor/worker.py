@@ -22,7 +22,7 @@ import torch
 from .alarm import AlarmState, local_time, write_outputs
 from .config import Config
 from .files import fitting_stem, shown
-from .images import ImageError, pixel_size_um, read_image
+from .images import ImageError, ImageLimits, pixel_size_um, read_image
 from .ledger import Ledger, Row
 from .metrics import Metrics
 from .mismatch import misfit
@@ -115,12 +115,19 @@ class Worker(threading.Thread):
                 log.info("the ledger takes writes again")
                 refused = False
 
+    def limits(self, model=None, cfg=None) -> ImageLimits:
+        """The image limits of the model and configuration now (``image``, bounded by the training images)."""
+        if model is None:
+            with self._lock:
+                model, cfg = self._model, self.cfg
+        return cfg.image.for_model(model.meta.get("training_pixels"))
+
     def process(self, rows: list[Row]) -> list[Row]:
         """Score ``rows`` (oldest first): read each, then one batched inspection; failures stay per image."""
         with self._lock:
             model, cfg = self._model, self.cfg
         done, ready = [], []  # ready: (row, image, seconds spent reading, quality figures)
-        limits = cfg.image.for_model(model.meta.get("training_pixels"))  # bounded before any pixel is decoded
+        limits = self.limits(model, cfg)  # bounded before any pixel is decoded
         for row in rows:
             if row.id not in self._in_hand:  # attempts count the processes that died scoring it, not retries here
                 if row.attempts >= cfg.service.max_attempts:

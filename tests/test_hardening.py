@@ -11,6 +11,7 @@ import http.client
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -845,3 +846,49 @@ def test_a_page_open_to_the_network_says_so_at_start():
     assert len(open_page) == 2 and "without basic auth" in open_page[0] and "write password" in open_page[1]
     assert exposure_warnings(WebSection(address="0.0.0.0", username="op", password_hash=h, certfile="c",
                                         keyfile="k", write_password_hash=h)) == []
+
+
+def test_a_huge_file_is_refused_before_it_is_hashed_and_holds_up_no_image(daemon):
+    """A 4 GB (sparse) file took the intake about 11 s to hash before the worker's size bound refused it, and
+    every image behind it waited; its size alone now refuses it at the intake."""
+    d = daemon().start()
+    with open(d.export / "huge.tif.part", "wb") as f:
+        f.truncate(4 << 30)
+    t0 = time.monotonic()
+    os.rename(d.export / "huge.tif.part", d.export / "huge.tif")
+    write_renamed(d.export, "next.png", _clean(53))
+    rows = {os.path.basename(r["path"]): r for r in d.wait_finished(2, timeout=30)}
+    assert time.monotonic() - t0 < 5, "the image behind the huge file waited"
+    assert rows["huge.tif"]["state"] == "failed" and rows["huge.tif"]["error_kind"] == "too_large"
+    assert "refused unread" in rows["huge.tif"]["error"] and not re.fullmatch("[0-9a-f]{64}", rows["huge.tif"]["sha256"])
+    assert rows["next.png"]["state"] == "done"
+
+
+@pytest.mark.parametrize("backlog, scored", [("24h", ["day.png", "hour.png"]), ("new", []),
+                                              ("all", ["month.png", "week.png", "day.png", "hour.png"])])
+def test_a_new_ledger_scores_only_the_backlog_asked_for_and_a_restart_skips_the_same(daemon, backlog, scored):
+    """A PC whose export folder holds months of images: a new ledger (first start, or a lost one) scored and
+    alarmed every one of them. watch.backlog says how far back; the moment is kept in the ledger, so that a
+    restart skips the same images, and the skipped ones are named in the log."""
+    d = daemon(watch={"backlog": backlog})
+    now = time.time()
+    for name, age in (("month.png", 30 * 86400), ("week.png", 7 * 86400), ("day.png", 20 * 3600),
+                      ("hour.png", 3600)):
+        p = d.export / name
+        p.write_bytes(_clean(60 + len(name)))
+        os.utime(p, (now - age, now - age))
+    d.start()
+    write_renamed(d.export, "new.png", _clean(70))  # an image arriving now is always scored
+    d.wait_finished(len(scored) + 1)
+    names = lambda: sorted(os.path.basename(r["path"]) for r in d.rows())  # noqa: E731
+    assert names() == sorted(scored + ["new.png"])
+    skipped = 4 - len(scored)
+    if skipped:
+        assert f"new ledger: {skipped} image(s) already in" in d.log_text()
+        assert "month.png" in d.log_text() or backlog != "24h"
+    assert d.stop() == 0
+    d.start()
+    write_renamed(d.export, "after.png", _clean(71))
+    d.wait_finished(len(scored) + 2)
+    assert names() == sorted(scored + ["new.png", "after.png"])  # the skipped ones stay skipped
+    assert d.log_text().count("new ledger:") == (1 if skipped else 0)
