@@ -143,7 +143,8 @@ def main() -> None:
             maps.append(ins.result.anomaly_map if ins is not None else protocol.inspect(x).result.anomaly_map)
         s = summarize(maps, masks)
         cv, cins = judge(clean_model, change(val[0], spec, 99))
-        cmap = cins.result.anomaly_map if cins is not None else clean_model.inspect(change(val[0], spec, 99)).result.anomaly_map
+        cmap = (cins.result.anomaly_map if cins is not None
+                else clean_model.inspect(change(val[0], spec, 99)).result.anomaly_map)
         cmask = cmap > clean_model.threshold.value
         flagged = float(cins.report.mask.mean()) if cins is not None else float(cmask.mean())
         held = [judge(m, change(train[k], spec, 50 + k))[0] for k, m in enumerate(held_out)]

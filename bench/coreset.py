@@ -63,7 +63,8 @@ def main() -> None:
         print(f"n={n} k={args.k} d={args.dim}: " + ", ".join(f"{k} {' / '.join(f'{t:.2f}' for t in v)} s"
                                                         for k, v in times.items()), end="")
         if "allocating" in picks:
-            print(f"; one pass picks what allocating picks: {bool(torch.equal(picks['allocating'], picks['one pass']))}",
+            same = bool(torch.equal(picks['allocating'], picks['one pass']))
+            print(f"; one pass picks what allocating picks: {same}",
                   end="")
         for name, idx in picks.items():
             d = torch.cdist(q, x[idx]).min(1).values

@@ -9,7 +9,8 @@ held-out image is inspected. The anomalous side: a model fitted on all four insp
 kind alarm: coverage over ``--coverage`` (the daemon's ``alarm.coverage_threshold``, default 0.001), or one defect
 over ``--area`` pixels (``alarm.max_defect_area``) whose peak is ``--margin`` (``alarm.peak_margin``) over the
 threshold, as ``defects.decide`` judges it. The images are normalised as the model does (``model.normalize``);
-``--set '{"normalize": false}'`` scores them as 0.3.0 did, ``'{"clip": [0, 1]}'`` clips nothing, ``--area 0`` decides on coverage alone as 0.3.0 did.
+``--set '{"normalize": false}'`` scores them as 0.3.0 did, ``'{"clip": [0, 1]}'`` clips nothing, ``--area 0``
+decides on coverage alone as 0.3.0 did.
 """
 
 from __future__ import annotations
@@ -69,10 +70,12 @@ def main() -> None:
 
     normal = {q: [] for q in a.fpr}
     for k in range(len(train)):
-        model = Model.fit("patch_dictionary", cfg, train[:k] + train[k + 1:], val, device="cpu", normalize=normalize, clip=clip)
+        model = Model.fit("patch_dictionary", cfg, train[:k] + train[k + 1:], val, device="cpu", normalize=normalize,
+                          clip=clip)
         for q, cov in coverages(model, [train[k]]).items():
             normal[q] += cov
-    anomalous = coverages(Model.fit("patch_dictionary", cfg, train, val, device="cpu", normalize=normalize, clip=clip), test)
+    full = Model.fit("patch_dictionary", cfg, train, val, device="cpu", normalize=normalize, clip=clip)
+    anomalous = coverages(full, test)
     for q in a.fpr:
         print(json.dumps({"target_fpr": q, "held_out_normal_coverage": [round(c, 5) for c, _ in normal[q]],
                           "normal_alarms": f"{sum(x for _, x in normal[q])}/{len(normal[q])}",

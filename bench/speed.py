@@ -1,6 +1,7 @@
 """Time per image of dense mode (measured on whole images) against crop mode (the paper), in one run.
 
-    .venv/bin/python bench/speed.py --model models/dense --images ../shared/data/nanotwice/Dataset/SEM_Data/Anomalous/images
+    .venv/bin/python bench/speed.py --model models/dense \
+        --images ../shared/data/nanotwice/Dataset/SEM_Data/Anomalous/images
 
 Dense: load + score of each whole image, model loaded once; p50/p95 over the images (after one warm-up).
 Crop:  the same backbone, patch 32, stride 8, input 224, avgpool, run on a strip of ``--crop-rows`` image rows;

@@ -82,7 +82,8 @@ def main() -> None:
         print(json.dumps(overrides), json.dumps({
             "auc40": round(a["pixel_auroc"], 4), "auc35": round(b["pixel_auroc"], 4),
             "pro": round(a["pro_auc_30"], 3),
-            "cov": round(a["coverage_at_5pct_fpr"]["median"], 3), "cov35": round(b["coverage_at_5pct_fpr"]["median"], 3),
+            "cov": round(a["coverage_at_5pct_fpr"]["median"], 3),
+            "cov35": round(b["coverage_at_5pct_fpr"]["median"], 3),
             "p50": round(float(np.median(times)), 3), "fit": round(fit, 1), "dim": int(pd.words.shape[1]),
             "defects": comps, "at_border": touch, "at_border_false": false}), flush=True)
 

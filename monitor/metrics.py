@@ -12,7 +12,8 @@ import platform
 import ssl
 import threading
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, MetricsHandler, disable_created_metrics
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info, MetricsHandler,
+                               disable_created_metrics)
 from prometheus_client.metrics_core import Metric
 
 from . import __version__

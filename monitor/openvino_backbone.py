@@ -4,8 +4,9 @@ The graph is built here, op by op, from the torch module's own weights (batch no
 not traced or converted: OpenVINO's model converter reports usage over the network by default, and the product
 must not touch the network. Even ``import openvino`` imports the converter, which sends a usage event to Google
 Analytics from a background thread and writes an id under ``~/intel``; ``import_openvino`` imports it with the
-telemetry package blocked, so OpenVINO falls back to its own no-op stub. TensorFlow's SAME padding is OpenVINO's ``same_upper`` auto-padding, so one graph with
-dynamic batch and image size serves every input; OpenVINO compiles kernels per shape as it meets them.
+telemetry package blocked, so OpenVINO falls back to its own no-op stub. TensorFlow's SAME padding is OpenVINO's
+``same_upper`` auto-padding, so one graph with dynamic batch and image size serves every input; OpenVINO compiles
+kernels per shape as it meets them.
 
 ``OpenVinoLite0`` is built once per backbone and checked against the torch path on its first input (the daemon's
 warm-up image, ``Model.warm_up``): the features must agree within ``TOLERANCE`` of their largest magnitude, else

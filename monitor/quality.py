@@ -140,7 +140,8 @@ def reference(images: Sequence[np.ndarray], clip_levels: Sequence[float] = CLIP_
     tolerance = {"gain": round(max(abs(f["gain"] - 1.0) for f in figs), 4),
                  "offset": round(max(abs(f["offset"]) for f in figs), 4)}
     return {"levels": list(LEVELS), "quantiles": [round(float(v), 6) for v in q],
-            "clip_levels": [float(c) for c in clip_levels], "clip": [round(float(v), 6) for v in clip], "tolerance": tolerance,
+            "clip_levels": [float(c) for c in clip_levels], "clip": [round(float(v), 6) for v in clip],
+            "tolerance": tolerance,
             **{k: round(float(np.median([f[k] for f in figs])), 5)
                for k in ("clipped_low", "clipped_high", "sharpness", "noise")}}
 
@@ -154,7 +155,8 @@ def check_reference(ref: dict) -> None:
             and all(0 <= a <= b <= 1 for a, b in zip(q, q[1:]))):
         raise ValueError("the quality reference's intensity quantiles are not increasing values in [0, 1]")
     c = ref.get("clip")
-    if not (isinstance(c, list) and len(c) == 2 and all(isinstance(v, (int, float)) for v in c) and 0 <= c[0] < c[1] <= 1):
+    if not (isinstance(c, list) and len(c) == 2 and all(isinstance(v, (int, float)) for v in c)
+            and 0 <= c[0] < c[1] <= 1):
         raise ValueError(f"the quality reference's clip range is not two increasing values in [0, 1]: {c!r}")
     t = ref.get("tolerance", {"gain": 0.0, "offset": 0.0})
     if not (isinstance(t, dict) and set(t) == {"gain", "offset"}

@@ -200,7 +200,7 @@ class Intake(threading.Thread):
         self._next_rescan = time.monotonic() + cfg.rescan_seconds if cfg.rescan_seconds else None
         self._spy = _OverflowSpy(self.overflow)
         self._blocked: set[str] = set()  # paths that could not be stat'ed for a moment (logged once)
-        self._backlog_before = 0.0  # unix time: older files the scans do not take (watch.backlog, Ledger.backlog_before)
+        self._backlog_before = 0.0  # unix time: older files the scans do not take (watch.backlog)
         self._skipped: list | None = []  # (mtime_ns, path) skipped by the first scan, said once; then None
 
     # ------------------------------------------------------------------------------------------------ lifecycle

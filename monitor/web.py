@@ -677,8 +677,9 @@ class ResultsSite:
                    ("SHA-256", esc(r.sha256 if len(r.sha256) == 64 else "–")), ("Ledger id", str(r.id))]
         q = result.get("quality")
         if isinstance(q, dict):  # the acquisition-quality figures (monitor/quality.py)
-            details.append(("Acquisition", esc(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in q.items()
-                                                         if k in ("clipped_low", "clipped_high", "sharpness", "noise")))))
+            shown_q = (f"{k.replace('_', ' ')} {v}" for k, v in q.items()
+                       if k in ("clipped_low", "clipped_high", "sharpness", "noise"))
+            details.append(("Acquisition", esc(", ".join(shown_q))))
         if r.state == "failed":
             details.append(("Error", f"{esc(r.error_kind or '?')}: {esc(r.error or '')}"))
         body.append("<h2>Details</h2><dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in details) + "</dl>")
@@ -806,8 +807,8 @@ class ResultsSite:
             return (f'<figure><a href="{src}"><img src="{src}" alt="{esc(name)} as acquired, not judged" '
                     f'></a><figcaption>The image as acquired, not judged (tap to open full size)</figcaption></figure>')
         return (f'<figure><a href="{src}"><img src="{src}" alt="Overlay of {esc(name)}: defects outlined and numbered" '
-                f'></a><figcaption>Overlay: heat map of the anomaly score, defects outlined in white and numbered as in the table '
-                f'(tap to open full size)</figcaption></figure>')
+                f'></a><figcaption>Overlay: heat map of the anomaly score, defects outlined in white and numbered as '
+                f'in the table (tap to open full size)</figcaption></figure>')
 
     @staticmethod
     def _defect_table(r: Row, result: dict) -> str:

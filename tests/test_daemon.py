@@ -256,7 +256,8 @@ def test_metrics_show_counts_alarm_on_and_off_and_histograms(make_daemon, clean_
         assert dict(info[1])["runtime"] == "openvino"  # the default runtime, installed with the package
         # a scrape asking for some series only (?name[]=, as prometheus-client serves it) keeps the line label
         body = urllib.request.urlopen(f"http://127.0.0.1:{d.port}/metrics?name[]=monitor_alarm", timeout=5).read()
-        assert [ln for ln in body.decode().splitlines() if not ln.startswith("#")] == ['monitor_alarm{line="line1"} 0.0']
+        samples = [ln for ln in body.decode().splitlines() if not ln.startswith("#")]
+        assert samples == ['monitor_alarm{line="line1"} 0.0']
         assert sorted(os.listdir(d.export)) == ["clean.png", "defect.png"]  # nothing written into the export folder
     finally:
         d.stop()

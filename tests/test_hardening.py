@@ -2,7 +2,8 @@
 SQLite ledger): file names that are not UTF-8, files moved in from another folder, content replaced or rewritten
 between recording and scoring, an export folder made anew, a full ledger, symbolic links, damaged ledgers, names of
 255 bytes, empty files under the polling observer, two daemons on one ledger, images far larger than the training
-images, one verdict, and HTTP clients that stall (the bounds of the results page's and the metrics' server). `pytest -v tests/test_hardening.py` prints one line per case (README, "Reliability")."""
+images, one verdict, and HTTP clients that stall (the bounds of the results page's and the metrics' server).
+`pytest -v tests/test_hardening.py` prints one line per case (README, "Reliability")."""
 
 from __future__ import annotations
 
@@ -556,7 +557,7 @@ def test_a_file_created_empty_and_written_later_is_no_false_empty_failure(daemon
         f.flush()
         time.sleep(3.5)  # the microscope opened the file, then acquires the image
         f.write(_clean(61))
-    rows = d.wait_finished(1, timeout=20)
+    d.wait_finished(1, timeout=20)
     time.sleep(1)
     assert [(r["state"], r["error_kind"]) for r in d.rows()] == [("done", None)], d.rows()
 
@@ -860,7 +861,8 @@ def test_a_huge_file_is_refused_before_it_is_hashed_and_holds_up_no_image(daemon
     rows = {os.path.basename(r["path"]): r for r in d.wait_finished(2, timeout=30)}
     assert time.monotonic() - t0 < 5, "the image behind the huge file waited"
     assert rows["huge.tif"]["state"] == "failed" and rows["huge.tif"]["error_kind"] == "too_large"
-    assert "refused unread" in rows["huge.tif"]["error"] and not re.fullmatch("[0-9a-f]{64}", rows["huge.tif"]["sha256"])
+    assert "refused unread" in rows["huge.tif"]["error"]
+    assert not re.fullmatch("[0-9a-f]{64}", rows["huge.tif"]["sha256"])  # not hashed
     assert rows["next.png"]["state"] == "done"
 
 

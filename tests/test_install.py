@@ -192,7 +192,8 @@ def test_install_service_into_a_scratch_root(tmp_path, saved_model):
     `monitor --version` runs; uninstall removes the code and the units and keeps configuration and state."""
     root = tmp_path / "root"
     prefix, export = "/opt/sem-line-monitor", "/srv/sem-export"
-    r = _make_install(root, f"PREFIX={prefix}", f"EXPORT={export}", "LINES=line1 line2", f"DEPS_FROM={_site_packages()}")
+    r = _make_install(root, f"PREFIX={prefix}", f"EXPORT={export}", "LINES=line1 line2",
+                      f"DEPS_FROM={_site_packages()}")
     assert r.returncode == 0, r.stdout + r.stderr
     venv_monitor = root / prefix.lstrip("/") / ".venv" / "bin" / "monitor"
     v = subprocess.run([str(venv_monitor), "--version"], capture_output=True, text=True, timeout=120)

@@ -22,7 +22,8 @@ L = {"job": "sem-monitor", "instance": "127.0.0.1:9808", "line": "line1"}
 def _needs(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:  # the project's setup (make test) installs it; its absence is a failure, not a skip
-        pytest.fail(f"{tool} not installed: run `make tools` (unpacks Debian packages prometheus, prometheus-alertmanager into .tools/)")
+        pytest.fail(f"{tool} not installed: run `make tools` (unpacks Debian packages prometheus, "
+                    "prometheus-alertmanager into .tools/)")
     return path
 
 
@@ -249,14 +250,18 @@ def test_unit_tests_catch_a_broken_rule(tmp_path):
 
 # one breakage of each threshold, window and duration of the changeover and drift alerts: a case must notice it
 BROKEN = [
-    ("SemImageMismatch", 'monitor_mismatches_total{reason=~"size|bit_depth|pixel_size"}[5m]', 'monitor_mismatches_total{reason=~"size|bit_depth|pixel_size"}[1m]'),
-    ("SemImageMismatch", 'monitor_mismatches_total{reason=~"size|bit_depth|pixel_size"}[5m]', 'monitor_mismatches_total{reason=~"size|bit_depth|pixel_size"}[15m]'),
+    ("SemImageMismatch", 'monitor_mismatches_total{reason=~"size|bit_depth|pixel_size"}[5m]',
+     'monitor_mismatches_total{reason=~"size|bit_depth|pixel_size"}[1m]'),
+    ("SemImageMismatch", 'monitor_mismatches_total{reason=~"size|bit_depth|pixel_size"}[5m]',
+     'monitor_mismatches_total{reason=~"size|bit_depth|pixel_size"}[15m]'),
     ("SemImageMismatch", 'sum by (line, reason) (increase(monitor_mismatches_total{reason=~"size',
      'sum by (line) (increase(monitor_mismatches_total{reason=~"size'),
     ("SemAcquisitionProblem", 'sum by (line, reason) (increase(monitor_mismatches_total{reason=~"exposure',
      'sum by (line) (increase(monitor_mismatches_total{reason=~"exposure'),
-    ("SemImageMismatch", '{reason=~"size|bit_depth|pixel_size"}[5m])) > 0', '{reason=~"size|bit_depth|pixel_size"}[5m])) >= 0'),
-    ("SemImageMismatch", 'monitor_mismatches_total{reason=~"size|bit_depth|pixel_size"}[5m]', "monitor_mismatches_total[5m]"),
+    ("SemImageMismatch", '{reason=~"size|bit_depth|pixel_size"}[5m])) > 0',
+     '{reason=~"size|bit_depth|pixel_size"}[5m])) >= 0'),
+    ("SemImageMismatch", 'monitor_mismatches_total{reason=~"size|bit_depth|pixel_size"}[5m]',
+     "monitor_mismatches_total[5m]"),
     ("SemImageMismatch", '{reason=~"size|bit_depth|pixel_size"}[5m]', '{reason!="coverage"}[5m]'),
     ("SemAcquisitionProblem", '{reason=~"exposure|focus|noise"}[5m]', '{reason=~"exposure|noise"}[5m]'),
     ("SemAcquisitionProblem", '{reason=~"exposure|focus|noise"}[5m]', '{reason=~"exposure|focus|noise"}[1m]'),

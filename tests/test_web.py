@@ -16,8 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from datetime import datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -31,7 +29,7 @@ from monitor.passwords import verify_password
 from monitor.synth import defective_image, fiber_mat
 from tests import browser
 from tests.conftest import ROOT, SHAPE
-from tests.daemon import Daemon, png_bytes, wait_for, write_renamed
+from tests.daemon import Daemon, png_bytes, write_renamed
 
 SCRIPT_NAME = "<script>x.png"
 LONG_NAME = "sample_" + "0123456789" * 7 + "_end.png"
