@@ -16,6 +16,7 @@ demo: $(BIN)/.installed
 	$(BIN)/monitor demo --workdir demo-run --images 12
 
 test: $(BIN)/.installed tools
+	$(BIN)/ruff check monitor tests bench
 	$(BIN)/python -m pytest -q
 
 # The real Prometheus, promtool, Alertmanager and amtool the tests run against: Debian's packages unpacked into

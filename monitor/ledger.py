@@ -333,7 +333,8 @@ class Ledger:
         """Record what an operator says of a scored result (``check_label``); the result row is not changed."""
         with self._lock:
             check_label(self._one("WHERE id = ?", (image_id,)), kind, who, note)
-            cur = self._db.execute("INSERT INTO labels (image_id, kind, note, who, source, at) VALUES (?, ?, ?, ?, ?, ?)",
+            cur = self._db.execute("INSERT INTO labels (image_id, kind, note, who, source, at) "
+                                   "VALUES (?, ?, ?, ?, ?, ?)",
                                    (image_id, kind, note.strip(), who.strip(), source, time.time()))
             return Label(*self._db.execute(f"SELECT {_LABEL_COLUMNS} FROM labels WHERE id = ?",
                                            (cur.lastrowid,)).fetchone())
@@ -391,7 +392,8 @@ class Ledger:
             raise LookupError(f"no result for {image} in the ledger (give its path as recorded, its file name or its "
                               "ledger id: monitor history)")
         if len(folders) > 1:
-            raise LookupError(f"{name} is in several folders ({', '.join(folders[:3])}); give the path or the ledger id")
+            raise LookupError(f"{name} is in several folders ({', '.join(folders[:3])}); give the path or the "
+                              "ledger id")
         return newest
 
     def get(self, row_id: int) -> Row | None:

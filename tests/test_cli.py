@@ -103,3 +103,30 @@ def test_output_that_cannot_be_written_is_an_error_not_a_silent_success(tmp_path
             r = subprocess.run([sys.executable, "-m", "monitor", "history", "--ledger", str(tmp_path / "l.sqlite"),
                                 "--json", *extra], stdout=full, stderr=subprocess.PIPE, text=True, env=env)
         assert r.returncode == 120 and "No space left on device" in r.stderr, (extra, r.returncode, r.stderr)
+
+
+def test_history_and_label_of_a_damaged_ledger_are_a_clear_error(tmp_path):
+    """The commands open the ledger without reading every page first (the daemon does, at each start): damage that
+    a query meets is still `monitor: error: ... damaged`, exit 2, not a traceback."""
+    import sqlite3
+
+    from monitor.ledger import Ledger
+
+    path = tmp_path / "l.sqlite"
+    lg = Ledger(path)
+    for i in range(400):  # several pages of rows
+        r, _ = lg.record(f"/export/img{i:04d}_{'x' * 100}.tif", 1, i, f"{i:064d}")
+        lg.finish(r.id, verdict="ok", alarm=False, coverage=0.0, n_defects=0, largest_area=0, max_score=1.0,
+                  score_seconds=0.1, model_id="m")
+    lg.close()
+    assert monitor("history", "--ledger", path, "--json").stdout.count("\n") == 400
+    with sqlite3.connect(path) as db:
+        page = db.execute("SELECT MAX(pageno) FROM dbstat WHERE name = 'images' AND pagetype = 'leaf'").fetchone()[0]
+        size = db.execute("PRAGMA page_size").fetchone()[0]
+    data = bytearray(path.read_bytes())
+    data[(page - 1) * size:(page - 1) * size + 12] = b"\xff" * 12
+    path.write_bytes(bytes(data))
+    for args in (("history",), ("label", "img0399_" + "x" * 100 + ".tif", "--confirmed", "--by", "ana")):
+        r = monitor(*args, "--ledger", path, check=False)
+        assert r.returncode == 2 and "monitor: error:" in r.stderr and "damaged" in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr
