@@ -25,18 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .files import file_sha256
+from .methods import RUNTIMES, BackboneError  # noqa: F401 (torch-free, re-exported)
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-RUNTIMES = ("auto", "openvino", "torch")  # where the CPU forward pass runs (see openvino_backbone.py)
-
-
-class BackboneError(RuntimeError):
-    """A backbone cannot be built: unknown name or layer, missing or mismatching weights."""
 
 
 # --------------------------------------------------------------------------------------------------------------------

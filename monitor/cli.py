@@ -21,7 +21,6 @@ import numpy as np
 
 from . import __version__
 from .artifact import ArtifactError
-from .backbones import BackboneError
 from .files import shown
 from .fit import bar, fit_model
 from .config import Config, ConfigError, in_export, load_config
@@ -30,7 +29,7 @@ from .install import InstallError
 from .ledger import LedgerError
 from .metrics import MetricsError
 from .passwords import ITERATIONS
-from .scorers import METHODS
+from .methods import METHOD_NAMES, BackboneError
 
 log = logging.getLogger(__name__)
 
@@ -441,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--normal", nargs="+", required=True, help="defect-free images or folders (the dictionary)")
     sp.add_argument("--val", nargs="+", help="held-out defect-free images or folders (the threshold)")
     sp.add_argument("--out", required=True, help="model directory to write")
-    sp.add_argument("--method", choices=sorted(METHODS), help="scoring method (default: model.method)")
+    sp.add_argument("--method", choices=sorted(METHOD_NAMES), help="scoring method (default: model.method)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=cmd_fit)
 
@@ -458,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", required=True)
     sp.add_argument("--layout", choices=("nanotwice", "mvtec"), default="nanotwice")
     sp.add_argument("--model", action="append", help="model directory (repeat to compare)")
-    sp.add_argument("--fit", action="append", choices=sorted(METHODS),
+    sp.add_argument("--fit", action="append", choices=sorted(METHOD_NAMES),
                     help="fit this method on the data set's normal split, then evaluate it (repeat to compare)")
     sp.add_argument("--out", default="evaluation", help="folder for evaluation.json/.md and ROC plots")
     sp.add_argument("--limit", type=int, help="only the first N test images")

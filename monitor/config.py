@@ -17,9 +17,8 @@ import yaml
 from .defects import DefectConfig
 from .images import ImageLimits
 from .mismatch import MismatchConfig
-from .backbones import RUNTIMES
 from .passwords import parse_hash
-from .scorers import METHODS, DFRConfig, PatchDictionaryConfig, PIADEConfig, SSIMAutoencoderConfig
+from .methods import METHOD_NAMES, RUNTIMES, DFRConfig, PatchDictionaryConfig, PIADEConfig, SSIMAutoencoderConfig
 from .threshold import ThresholdConfig
 
 
@@ -41,8 +40,8 @@ class ModelSection:
     piade: PIADEConfig = field(default_factory=PIADEConfig)
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"model.method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method not in METHOD_NAMES:
+            raise ValueError(f"model.method must be one of {', '.join(METHOD_NAMES)}, got {self.method!r}")
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
             raise ValueError(f"model.device must be auto, cpu or cuda[:N], got {self.device!r}")
         if self.runtime not in RUNTIMES:

@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .backbones import Backbone
-
-MODES = ("dense", "crop")
+from .methods import MODES  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ import numpy as np
 from .artifact import ArtifactError, load_artifact, save_artifact
 from . import quality
 from .defects import DefectConfig, DefectReport, decide, find_defects
-from .scorers import METHODS, ScoreResult
+from . import scorers
+from .methods import METHOD_NAMES
+from .scorers import ScoreResult
 from .scorers.base import QUIET, Progress
 from .threshold import Threshold, ThresholdConfig, fit_threshold
 
@@ -83,7 +85,7 @@ class Model:
             ref["normalize"] = True
             normal = [quality.normalize(im, ref) for im in normal]
             val = [quality.normalize(im, ref) for im in val]
-        scorer_cls, _ = METHODS[method]
+        scorer_cls, _ = scorers.METHODS[method]
         scorer = scorer_cls(method_config, device)
         runtime = scorer.use_runtime(runtime)
         t0 = time.perf_counter()
@@ -195,7 +197,7 @@ class Model:
         ``runtime``: where the CPU forward pass runs (``Backbone.use_runtime``)."""
         meta, arrays = load_artifact(directory)
         method = meta.get("method")
-        if method not in METHODS:
+        if method not in METHOD_NAMES:
             raise ArtifactError(f"{directory}: unknown method {method!r}")
         if meta.get("quality") is not None:
             try:
@@ -207,7 +209,7 @@ class Model:
             if key in cfg and cfg[key] != want:
                 raise ArtifactError(f"{directory}: model was made with {key}={cfg[key]!r}, "
                                     f"the configuration asks for {key}={want!r}; refit or change the configuration")
-        scorer_cls, _ = METHODS[method]
+        scorer_cls, _ = scorers.METHODS[method]
         try:
             scorer = scorer_cls.from_state(meta["scorer"], arrays, device)
         except (KeyError, TypeError, ValueError) as exc:

@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from monitor.synth import defective_image, fiber_mat, to_uint8
-from tests.conftest import NANOTWICE, SHAPE
+from tests.conftest import NANOTWICE, ROOT, SHAPE
 
 
 def monitor(*args, check=True):
@@ -130,3 +130,15 @@ def test_history_and_label_of_a_damaged_ledger_are_a_clear_error(tmp_path):
         r = monitor(*args, "--ledger", path, check=False)
         assert r.returncode == 2 and "monitor: error:" in r.stderr and "damaged" in r.stderr, (args, r.stderr)
         assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args", [["--version"], ["history", "--help"], ["label", "--help"],
+                                  ["hash-password", "--help"], ["check-config", "--help"]])
+def test_commands_that_never_score_do_not_import_torch(args):
+    """torch costs about 1.5 s of every start; the method configurations live in a module of their own
+    (monitor/methods.py) and the scorers are imported when first named."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "monitor", *args], capture_output=True, text=True,
+                       cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "monitor.cli" in imported and "torch" not in imported and "openvino" not in imported

@@ -15,7 +15,7 @@ offline. Features are standardised per channel (training mean and std) before th
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Sequence
 
 import numpy as np
@@ -24,33 +24,10 @@ from torch import nn
 
 from ..backbones import build_backbone
 from ..features import DenseExtractor, grid_to_map
+from ..methods import DFRConfig
 from .base import QUIET, Progress, Scorer, ScoreResult
 from .patch_dictionary import resolve_device
 from .training import load_module_arrays, module_arrays, optimizer_step, seeded
-
-
-@dataclass(frozen=True)
-class DFRConfig:
-    backbone: str = "efficientnet_lite0"
-    weights: str = "package"
-    layers: tuple[str, ...] = ("stage2", "stage3", "stage4", "stage5")
-    scale: float = 1.0  # image resize before the network (0.5: AUC 0.878 instead of 0.960 on NanoTWICE)
-    aggregate: int = 3  # mean filter over aggregate x aggregate cells (DFR's regional features)
-    pad: int = 32
-    pca_variance: float = 0.9  # the latent size c keeps this fraction of the variance (the paper: 90%)
-    epochs: int = 60
-    batch_size: int = 2048  # feature vectors per step
-    lr: float = 1e-3
-    sigma: float = 4.0
-    seed: int = 0
-
-    def __post_init__(self):
-        object.__setattr__(self, "layers", tuple(self.layers))
-        if not 0 < self.pca_variance <= 1:
-            raise ValueError(f"pca_variance must be in (0, 1], got {self.pca_variance}")
-        for key in ("epochs", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
 
 
 class FeatureAutoencoder(nn.Module):

@@ -16,64 +16,18 @@ calibrate (on normal validation images, before the threshold): the outer ``borde
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..backbones import build_backbone
-from ..features import MODES, CropExtractor, DenseExtractor, FeatureGrid, grid_to_map
+from ..features import CropExtractor, DenseExtractor, FeatureGrid, grid_to_map
+from ..methods import PatchDictionaryConfig
 from .base import QUIET, Progress, Scorer, ScoreResult, Tick
 
-DICTIONARIES = ("kmeans", "coreset")
 STATE_ARRAYS = ("mean", "components", "scale", "words", "border_offset", "border_gain")
-
-
-@dataclass(frozen=True)
-class PatchDictionaryConfig:
-    backbone: str = "efficientnet_lite0"
-    weights: str = "package"  # efficientnet_lite0: "package"; resnet18: a checkpoint file; "none": random (tests)
-    mode: str = "dense"
-    layers: tuple[str, ...] = ("stage3", "stage5")
-    # dense mode
-    scale: float = 1.0
-    aggregate: int = 1
-    pad: int = 32
-    # crop mode (the paper)
-    patch_size: int = 32
-    stride: int = 8
-    input_size: int = 224
-    batch_size: int = 64
-    # dictionary
-    pca_variance: float = 0.999
-    whiten: bool = True
-    dictionary: str = "coreset"
-    k: int = 4096
-    m: int = 1
-    n_init: int = 10
-    max_fit_patches: int = 200_000
-    sigma: float = 4.0
-    border_rings: int = 2  # outer grid rings whose scores get a gain and offset per side and corner (--val; 0 = none)
-    seed: int = 0
-
-    def __post_init__(self):
-        object.__setattr__(self, "layers", tuple(self.layers))
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.dictionary not in DICTIONARIES:
-            raise ValueError(f"dictionary must be one of {', '.join(DICTIONARIES)}, got {self.dictionary!r}")
-        if not 0 < self.pca_variance <= 1:
-            raise ValueError(f"pca_variance must be in (0, 1], got {self.pca_variance}")
-        if self.border_rings < 0:
-            raise ValueError(f"border_rings must be >= 0, got {self.border_rings}")
-        for key in ("k", "m", "n_init", "max_fit_patches"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.m > self.k:
-            raise ValueError(f"m ({self.m}) cannot exceed k ({self.k})")
-        if self.sigma < 0:
-            raise ValueError(f"sigma must be >= 0, got {self.sigma}")
 
 
 def resolve_device(device: str) -> torch.device:

@@ -18,7 +18,7 @@ image: PIADE has no patches).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Sequence
 
 import numpy as np
@@ -27,36 +27,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import build_backbone
+from ..methods import PIADEConfig
 from .base import QUIET, Progress, Scorer, ScoreResult
 from .patch_dictionary import resolve_device
 from .ssim import residual_map, ssim_map
 from .training import load_module_arrays, module_arrays, optimizer_step, seeded
 
 PYRAMID = (8, 4, 2, 1)
-
-
-@dataclass(frozen=True)
-class PIADEConfig:
-    backbone: str = "efficientnet_lite0"
-    weights: str = "package"
-    encoder_layer: str = "stage7"
-    perceptual_layer: str = "stage3"
-    size: tuple[int, ...] = (192, 256)  # (H, W) every image is resized to
-    capsule_dim: int = 16  # size of each of the two instantiation vectors
-    routing_iterations: int = 3
-    steps: int = 400
-    batch_size: int = 4
-    lr: float = 1e-3
-    sigma: float = 2.0
-    seed: int = 0
-
-    def __post_init__(self):
-        object.__setattr__(self, "size", tuple(int(v) for v in self.size))
-        if len(self.size) != 2 or min(self.size) < 32:
-            raise ValueError(f"size must be (H, W) with both >= 32, got {self.size}")
-        for key in ("capsule_dim", "routing_iterations", "steps", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
 
 
 def squash(s: torch.Tensor, dim: int = -1) -> torch.Tensor:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Sequence
 
 import numpy as np
@@ -26,39 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..features import _positions
+from ..methods import SSIMAutoencoderConfig
 from .base import QUIET, Progress, Scorer, ScoreResult
 from .patch_dictionary import resolve_device
 from .ssim import residual_map, ssim_map
 from .training import load_module_arrays, module_arrays, optimizer_step, seeded
-
-
-@dataclass(frozen=True)
-class SSIMAutoencoderConfig:
-    latent: int = 500  # d, the paper's value for the nanofiber data
-    patch_size: int = 128
-    downscale: float = 1.0  # image resize before cropping and scoring (0.25 = the paper's 256 for textures)
-    steps: int = 2000  # training steps (batches of random crops): about 14 min on 2 CPU cores
-    batch_size: int = 16
-    lr: float = 5e-4  # the paper: 2e-4 over far more steps; a shorter CPU schedule needs a larger rate
-    warmup: int = 100  # steps of linear learning-rate warm-up before the cosine decay
-    weight_decay: float = 1e-5
-    stride: int = 30  # inference stride on the resized image (the paper: 30)
-    window: int = 11  # SSIM window
-    sigma: float = 2.0  # Gaussian blur of the full-size map, pixels (0 = none)
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.patch_size != 128:
-            raise ValueError("patch_size is fixed at 128 by the paper's layer table")
-        for key in ("latent", "steps", "batch_size", "stride"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.warmup < 0:
-            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
-        if not 0.05 <= self.downscale <= 1:
-            raise ValueError(f"downscale must be within [0.05, 1], got {self.downscale}")
-        if self.window % 2 == 0 or self.window < 3:
-            raise ValueError(f"window must be odd and >= 3, got {self.window}")
 
 
 def _conv(cin, cout, k, s, p):
