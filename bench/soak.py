@@ -157,6 +157,7 @@ def main() -> int:
                             stdout=log, stderr=subprocess.STDOUT)
     while b"READY=1" not in sock.recv(4096):
         pass
+    sock.close()
     scraper = Scraper(mport, wport, ledger)
     scraper.start()
     db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=30)

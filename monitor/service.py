@@ -35,9 +35,12 @@ log = logging.getLogger(__name__)
 
 
 class Notifier:
-    """sd_notify(3) over the NOTIFY_SOCKET datagram socket; a no-op outside systemd."""
+    """sd_notify(3) over the NOTIFY_SOCKET datagram socket; a no-op outside systemd. A send waits at most
+    ``timeout`` seconds: a socket whose reader does not read (a manager that hangs) fills after a few messages, and
+    a blocking send would then hold the serve loop, and the stop, for as long."""
 
-    def __init__(self, address: str | None = None):
+    def __init__(self, address: str | None = None, timeout: float = 2.0):
+        self.timeout = timeout
         self.address = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
         usec = os.environ.get("WATCHDOG_USEC", "")
         pid = os.environ.get("WATCHDOG_PID", "")
@@ -52,6 +55,7 @@ class Notifier:
             addr = "\0" + addr[1:]
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+                s.settimeout(self.timeout)
                 s.connect(addr)
                 s.sendall("\n".join(lines).encode())
         except OSError as exc:

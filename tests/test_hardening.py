@@ -894,3 +894,18 @@ def test_a_new_ledger_scores_only_the_backlog_asked_for_and_a_restart_skips_the_
     d.wait_finished(len(scored) + 2)
     assert names() == sorted(scored + ["new.png", "after.png"])  # the skipped ones stay skipped
     assert d.log_text().count("new ledger:") == (1 if skipped else 0)
+
+
+def test_a_notify_socket_nobody_reads_does_not_hold_the_daemon(tmp_path, caplog):
+    """A datagram socket holds a few messages; with a reader that does not read (a service manager that hangs),
+    a blocking sd_notify held the serve loop, and a SIGTERM's stop, for as long (60 s in a soak)."""
+    from monitor.service import Notifier
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as deaf:
+        deaf.bind(str(tmp_path / "notify.sock"))  # bound, never read
+        notify = Notifier(str(tmp_path / "notify.sock"), timeout=0.2)
+        sender = threading.Thread(target=lambda: [notify("WATCHDOG=1") for _ in range(20)], daemon=True)
+        sender.start()
+        sender.join(20 * 0.2 + 5)  # a blocking send would never return
+        assert not sender.is_alive()
+    assert "sd_notify to" in caplog.text and "timed out" in caplog.text
