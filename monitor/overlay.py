@@ -131,6 +131,9 @@ def _banner(c: Caption, width: int) -> Image.Image:
     return im
 
 
+MIN_BAR = 32  # pixels: a narrower colour bar between its two labels says nothing
+
+
 def _legend(width: int, lo: float, hi: float, thresholded: bool) -> Image.Image:
     _, _, small_px, m = _sizes(width)
     small = _font(small_px)
@@ -142,6 +145,9 @@ def _legend(width: int, lo: float, hi: float, thresholded: bool) -> Image.Image:
     one_row = lab_w + bar_w + _width("  " + right, small) + 2 * m <= width
     if not one_row:  # narrow image: the bar on a row of its own
         bar_w = int(width - 2 * m - _width(left + "  " + "  " + right, small))
+    stacked = not one_row and bar_w < MIN_BAR  # too narrow even for that (crops): label, bar, label on three rows
+    if stacked:
+        return _stacked_legend(width, left, right, outline)
     height = m + small_px + m + (small_px + m) * (1 + (not one_row))
     im = Image.new("RGB", (width, height), LEGEND_BG)
     d = ImageDraw.Draw(im)
@@ -159,6 +165,27 @@ def _legend(width: int, lo: float, hi: float, thresholded: bool) -> Image.Image:
         d.line([(x + i, y + 2), (x + i, y + small_px)], fill=(int(r), int(g), int(b)))
     d.text((x + bar_w + _width("  ", small), y), right, font=small, fill="white")
     y += small_px + m
+    d.rectangle([m, y + 2, m + small_px - 3, y + small_px - 1], outline="white", width=2)
+    d.text((m + small_px + 4, y), elide_middle(outline, small, width - 3 * m - small_px), font=small, fill="white")
+    return im
+
+
+def _stacked_legend(width: int, left: str, right: str, outline: str) -> Image.Image:
+    """The legend of a very narrow picture: every part on a row of its own, each elided to the width."""
+    _, _, small_px, m = _sizes(width)
+    small = _font(small_px)
+    texts = ["anomaly score", left, None, right]  # None: the colour bar
+    im = Image.new("RGB", (width, m + (len(texts) + 1) * (small_px + m)), LEGEND_BG)
+    d = ImageDraw.Draw(im)
+    y, bar_w = m, max(2, width - 2 * m)
+    for t in texts:
+        if t is None:
+            ramp = cv2.applyColorMap(np.linspace(0, 255, bar_w).astype(np.uint8)[None], cv2.COLORMAP_JET)[0]
+            for i, (b, g, r) in enumerate(ramp):
+                d.line([(m + i, y + 2), (m + i, y + small_px)], fill=(int(r), int(g), int(b)))
+        else:
+            d.text((m, y), elide_middle(t, small, width - 2 * m), font=small, fill="white")
+        y += small_px + m
     d.rectangle([m, y + 2, m + small_px - 3, y + small_px - 1], outline="white", width=2)
     d.text((m + small_px + 4, y), elide_middle(outline, small, width - 3 * m - small_px), font=small, fill="white")
     return im

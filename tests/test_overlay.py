@@ -112,3 +112,28 @@ def test_pixel_size_comes_from_sem_tags_only(tmp_path, tag, text, um):
 def test_pixel_size_of_a_non_tiff_or_broken_file_is_unknown(tmp_path):
     (tmp_path / "x.tif").write_bytes(b"not an image")
     assert pixel_size_um(tmp_path / "x.tif") is None and pixel_size_um(tmp_path / "missing.tif") is None
+
+
+@pytest.mark.parametrize("width", [64, 128, 200, 320, 512, 1024])
+def test_legend_labels_never_overlap_nor_leave_the_picture(width, monkeypatch):
+    """Down to the smallest image (64 px, crops): each text of the legend inside the width, no two on one row
+    overlapping (at 128 px "typical" and "pixel threshold" were drawn over each other)."""
+    from PIL import ImageDraw
+
+    from monitor.overlay import _legend
+
+    drawn = []
+    original = ImageDraw.ImageDraw.text
+
+    def text(self, xy, t, font=None, **kw):
+        drawn.append((xy[0], xy[1], xy[0] + font.getlength(t)))
+        return original(self, xy, t, font=font, **kw)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", text)
+    im = _legend(width, 14.9, 18.0, True)
+    assert im.width == width and drawn
+    assert all(0 <= x0 and x1 <= width for x0, _, x1 in drawn), drawn
+    for a in drawn:
+        for b in drawn:
+            if a is not b and a[1] == b[1]:
+                assert a[2] <= b[0] or b[2] <= a[0], (a, b)
