@@ -87,6 +87,7 @@ def test_monitor_fit_shows_each_phase_with_time_left(tmp_path, normal_images, va
         assert lines and "100%" in lines[-1] and "<" in lines[-1], (phase, proc.stderr[-2000:])  # elapsed<left
 
 
+@pytest.mark.slow
 def test_fit_on_a_folder_of_20_images_within_its_bound(tmp_path):
     """The default model on 20 synthetic 700x1024 images, `monitor fit` as a process. Measured 22-28 s on a 2-core
     VM (process start and imports included); the bound is the product's budget for 50 images, 90 s, so the test

@@ -39,7 +39,7 @@ from monitor.watcher import Intake
 from monitor import worker as worker_module
 from monitor.worker import Worker
 from tests.conftest import SHAPE
-from tests.daemon import Daemon, png_bytes, wait_for, write_renamed
+from tests.daemon import Daemon, InProcessDaemon, png_bytes, wait_for, write_renamed
 
 LATIN1_NAME = os.fsdecode(b"lat\xe4n.png")  # "latän" written by a Windows-1252 microscope PC: not UTF-8
 
@@ -52,20 +52,22 @@ def _clean(seed: int) -> bytes:
 def daemon(tmp_path, saved_model):
     started = []
 
-    def make(**sections) -> Daemon:
-        d = Daemon(tmp_path / f"d{len(started)}", saved_model, **sections)
+    def make(process: bool = False, **sections) -> Daemon:
+        """In this process unless the test is about the process (signals, exit codes, a second process)."""
+        d = (Daemon if process else InProcessDaemon)(tmp_path / f"d{len(started)}", saved_model, **sections)
         started.append(d)
         return d
 
     yield make
     for d in started:
-        if d.proc is not None and d.proc.poll() is None:
+        if d.alive():
             d.stop()
 
 
 def test_a_name_that_is_not_utf8_is_scored_and_shown_losslessly(daemon):
     d = daemon(output={"overlays": "all"})
     (d.export / LATIN1_NAME).write_bytes(_clean(1))  # in the backlog: the start-up scan meets it
+    os.utime(d.export / LATIN1_NAME, (time.time() - 5, time.time() - 5))  # settled before the start
     d.start()
     write_renamed(d.export, os.fsdecode(b"r\xe9sultat.png"), _clean(2))  # and while running
     rows = d.wait_finished(2)
@@ -135,7 +137,7 @@ def test_symbolic_links_out_of_the_folder_and_loops_are_refused_with_a_reason(da
 
 @pytest.mark.parametrize("damage", ["empty", "schema 99", "corrupt page"])
 def test_a_damaged_ledger_is_a_clear_error_and_is_left_as_it_was(daemon, damage):
-    d = daemon()
+    d = daemon(process=True)
     d.ledger_path.parent.mkdir(parents=True, exist_ok=True)
     if damage == "empty":
         d.ledger_path.write_bytes(b"")
@@ -184,8 +186,8 @@ def test_the_polling_observer_records_an_empty_file_as_failed(daemon):
 
 
 def test_two_daemons_on_one_ledger_the_second_refuses_to_start(daemon):
-    first = daemon().start()
-    second = daemon(output={"ledger": str(first.ledger_path)})
+    first = daemon(process=True).start()
+    second = daemon(process=True, output={"ledger": str(first.ledger_path)})
     second.start(wait_ready=False)
     assert second.proc.wait(60) == 2
     assert f"another monitor (pid {first.proc.pid})" in second.log_text()
@@ -398,7 +400,7 @@ def test_a_floating_point_image_outside_0_1_is_refused_not_clipped(tmp_path):
 def test_images_whose_events_the_kernel_dropped_are_found_by_a_re_scan(daemon):
     """SIGSTOP the daemon while 4,000 files arrive: the kernel's inotify queue (16,384 events) overflows and
     watchdog drops events; its overflow warning makes the intake re-scan, and every file gets its row."""
-    d = daemon(watch={"queue_size": 100000}).start()
+    d = daemon(process=True, watch={"queue_size": 100000}).start()
     os.kill(d.proc.pid, signal.SIGSTOP)
     try:
         for i in range(4000):
@@ -504,7 +506,7 @@ def test_a_file_name_cannot_forge_a_log_line(daemon):
 
 
 def test_a_ledger_deleted_while_running_stops_the_monitor_loudly(daemon):
-    d = daemon().start()
+    d = daemon(process=True).start()
     write_renamed(d.export, "a.png", _clean(52))
     d.wait_finished(1)
     shutil.rmtree(d.ledger_path.parent)  # rm -rf state
