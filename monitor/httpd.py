@@ -67,7 +67,12 @@ class GuardedServer(ThreadingHTTPServer):
             log.debug("%s: connection from %s refused (%d open, %d from it)", self.name, host, total, mine)
             self.shutdown_request(request)
             return
-        super().process_request(request, client_address)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread for it (threads or memory exhausted): its place is free again
+            with self._lock:
+                self._open.pop(request, None)
+            raise
 
     def process_request_thread(self, request, client_address):
         try:
@@ -92,6 +97,7 @@ class GuardedServer(ThreadingHTTPServer):
         request.settimeout(self.conn_timeout)
         if self.tls is None:
             return super().finish_request(request, client_address)
+        conn = None
         try:
             conn = self.tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
             with self._lock:
@@ -100,6 +106,8 @@ class GuardedServer(ThreadingHTTPServer):
             conn.do_handshake()
         except (ssl.SSLError, OSError) as exc:
             log.debug("%s: TLS handshake with %s failed: %s", self.name, client_address[0], exc)
+            if conn is not None:
+                conn.close()
             return
         try:
             self.RequestHandlerClass(conn, client_address, self)
@@ -117,5 +125,13 @@ class GuardedServer(ThreadingHTTPServer):
         super().serve_forever(poll_interval)
 
     def server_close(self):
+        """Stop accepting, and end the connections still open (their threads return at once)."""
         self._closing.set()
         super().server_close()
+        with self._lock:
+            still = [s for _, _, s in self._open.values()]
+        for s in still:
+            try:
+                socket.socket.shutdown(s, socket.SHUT_RDWR)
+            except OSError:
+                pass

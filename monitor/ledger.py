@@ -76,8 +76,9 @@ CREATE TABLE IF NOT EXISTS labels (
     at        REAL    NOT NULL                         -- unix time
 );
 CREATE INDEX IF NOT EXISTS labels_image ON labels (image_id, id);
--- facts about the ledger itself: backlog_before = unix time; images already in the export folder when this ledger
--- was new, modified before it, are not scored (watch.backlog)
+-- facts about the ledger itself: backlog_at = unix time of its first start, backlog_before = unix time; images
+-- already in the export folder at backlog_at (their ctime not later), modified before backlog_before, are not
+-- scored (watch.backlog)
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -409,20 +410,23 @@ class Ledger:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM images WHERE state = 'pending'").fetchone()[0]
 
-    def backlog_before(self, backlog_seconds: float | None, now: float | None = None) -> tuple[float, bool]:
-        """The moment before which images already in the export folder are not scored, and whether it was set just
-        now. Set once, when the ledger is new (no image yet): ``now - backlog_seconds`` (``None``: every image is
-        scored, the moment is 0), and kept, so that a restart skips the same images. A ledger that already holds
-        images (one upgraded from before 0.5.0) scores every image, as it did."""
+    def backlog_before(self, backlog_seconds: float | None, now: float | None = None
+                       ) -> tuple[float, float, bool]:
+        """(before, at, just set): images modified before ``before`` that were already in the export folder at
+        ``at`` (the ledger's first start) are not scored. Set once, when the ledger is new (no image yet):
+        ``at`` = now, ``before`` = ``at - backlog_seconds`` (``None``: every image is scored, ``before`` = 0), and
+        kept, so that a restart skips the same images. A ledger that already holds images (one upgraded from
+        before 0.5.0) scores every image, as it did."""
         with self._lock:  # one daemon writes a ledger (service.lock_ledger)
-            r = self._db.execute("SELECT value FROM meta WHERE key = 'backlog_before'").fetchone()
-            if r is not None:
-                return float(r[0]), False
+            got = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN ('backlog_before', 'backlog_at')"))
+            if "backlog_before" in got:
+                return float(got["backlog_before"]), float(got.get("backlog_at", "0")), False
             new = self._db.execute("SELECT 1 FROM images LIMIT 1").fetchone() is None
-            before = (time.time() if now is None else now) - backlog_seconds if new and backlog_seconds is not None \
-                else 0.0
-            self._db.execute("INSERT INTO meta (key, value) VALUES ('backlog_before', ?)", (repr(before),))
-            return before, new and before > 0
+            at = time.time() if now is None else now
+            before = at - backlog_seconds if new and backlog_seconds is not None else 0.0
+            self._db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
+                                 (("backlog_before", repr(before)), ("backlog_at", repr(at))))
+            return before, at, new and before > 0
 
     def known(self, path: str, size: int, mtime_ns: int) -> bool:
         """True when a row exists for this path with this size and mtime (lets a re-scan skip hashing)."""

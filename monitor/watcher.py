@@ -200,7 +200,8 @@ class Intake(threading.Thread):
         self._next_rescan = time.monotonic() + cfg.rescan_seconds if cfg.rescan_seconds else None
         self._spy = _OverflowSpy(self.overflow)
         self._blocked: set[str] = set()  # paths that could not be stat'ed for a moment (logged once)
-        self._backlog_before = 0.0  # unix time: older files the scans do not take (watch.backlog)
+        # unix times: files modified before the first, already here at the second, are not taken (watch.backlog)
+        self._backlog_before = self._backlog_at = 0.0
         self._skipped: list | None = []  # (mtime_ns, path) skipped by the first scan, said once; then None
 
     # ------------------------------------------------------------------------------------------------ lifecycle
@@ -211,7 +212,7 @@ class Intake(threading.Thread):
         for name in _OverflowSpy.LOGGERS:
             logging.getLogger(name).addFilter(self._spy)
         self._observe()
-        self._backlog_before, first = self.ledger.backlog_before(self.cfg.backlog_seconds)
+        self._backlog_before, self._backlog_at, first = self.ledger.backlog_before(self.cfg.backlog_seconds)
         n = self.scan()
         if first:
             self._tell_backlog()
@@ -300,7 +301,9 @@ class Intake(threading.Thread):
         files.sort()
         now, n = time.time(), 0
         for mtime_ns, path, st in files:
-            if mtime_ns < self._backlog_before * 1e9:  # in the folder before this ledger was new (watch.backlog)
+            # old, and in the folder when this ledger was new (watch.backlog); its ctime, which no copy carries
+            # over, tells an old image copied in later (rsync -t, a bulk copy found by a re-scan): that one is taken
+            if mtime_ns < self._backlog_before * 1e9 and st.st_ctime_ns <= self._backlog_at * 1e9:
                 if self._skipped is not None:
                     self._skipped.append((mtime_ns, path))
                 continue

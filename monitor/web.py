@@ -394,7 +394,8 @@ class Guesses:
         with self._lock:
             entry = self._failed.pop(client, [0, 0.0])
             entry[0] += 1
-            lockout = 0.0 if entry[0] <= FREE_GUESSES else min(MAX_LOCKOUT, 2.0 ** (entry[0] - FREE_GUESSES - 1))
+            lockout = (0.0 if entry[0] <= FREE_GUESSES
+                       else min(MAX_LOCKOUT, 2.0 ** min(entry[0] - FREE_GUESSES - 1, 16)))
             entry[1] = self._clock() + lockout
             self._failed[client] = entry
             while len(self._failed) > self._remember:
@@ -419,12 +420,13 @@ class Password:
         self.on_failure = on_failure
         self._kdf = threading.Lock()
 
-    def verify(self, password: str, client: str, who: str = "") -> bool:
-        """True for the right password; raises Locked, without checking it, while ``client`` is locked out."""
+    def verify(self, password: str, client: str, who: str = "", also: bool = True) -> bool:
+        """True for the right password (and ``also``: basic auth's user name); raises Locked, without checking
+        it, while ``client`` is locked out. The PBKDF2 always runs, so that the time says nothing of ``also``."""
         self.guesses.check(client)
         with self._kdf:
             self.guesses.check(client)  # locked while this request waited for the lock
-            ok = bool(password) and verify_password(password, self.hash)
+            ok = verify_password(password, self.hash) and bool(password) and also
         if ok:
             self.guesses.right(client)
             return True
@@ -472,7 +474,7 @@ class BasicAuth:
         if not sep:
             return False
         user_ok = hmac.compare_digest(user.encode("utf-8"), self.username)
-        if not self.password.verify(password if user_ok else "", client, user):
+        if not self.password.verify(password, client, user, also=user_ok):
             return False
         with self._lock:
             self._good[tag] = None

@@ -194,24 +194,37 @@ class InProcessDaemon(Daemon):
         from monitor.config import load_config
         from monitor.service import Service
 
+        # as the process logs: every logger (watchdog's too) at INFO into the log file, and an exception that ends
+        # any thread (the process prints it to stderr, which is the log file) as an ERROR line with its traceback
         self._handler = logging.FileHandler(self.log)
         self._handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        self._logger = logging.getLogger("monitor")
+        self._logger = logging.getLogger()
         self._level = self._logger.level
         self._logger.setLevel(logging.INFO)
         self._logger.addHandler(self._handler)
+        self._hook = threading.excepthook
+        self.crashes: list[BaseException] = []
+
+        def crashed(args):
+            self.crashes.append(args.exc_value)
+            logging.getLogger("thread").error("thread %s died", args.thread.name if args.thread else "?",
+                                              exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+        threading.excepthook = crashed
         self.service = Service(load_config(self.config), self.config, notifier=_Messages(self.messages))
         try:
             self.service.start()
         except BaseException:
-            self.service.stop(quiet=True)
-            self._unhook()
+            try:
+                self.service.stop(quiet=True)
+            finally:
+                self._unhook()
             raise
         self._thread = threading.Thread(target=self.service.serve, name="in-process daemon", daemon=True)
         self._thread.start()
         return self
 
     def _unhook(self) -> None:
+        threading.excepthook = self._hook
         self._logger.removeHandler(self._handler)
         self._logger.setLevel(self._level)
         self._handler.close()
@@ -230,9 +243,14 @@ class InProcessDaemon(Daemon):
             return None
         self.send(sig)
         self._thread.join(timeout)
-        self.service.stop()
-        self._unhook()
+        try:
+            assert not self._thread.is_alive(), f"the serve loop did not stop within {timeout} s"
+            self.service.stop()
+        finally:
+            self._unhook()
         code, self.service = self.service.exit_code, None
+        if self.crashes:  # a thread of the daemon died: the process would have said so in its log, and failed
+            raise AssertionError(f"a daemon thread died: {self.crashes[0]!r}\n{self.log_text()[-3000:]}")
         return code
 
     def alive(self) -> bool:

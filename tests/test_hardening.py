@@ -726,6 +726,7 @@ def guarded():
         servers.append(server)
         return server.server_address[1]
 
+    make.servers = servers
     yield make
     for s in servers:
         s.shutdown()
@@ -891,10 +892,13 @@ def test_a_new_ledger_scores_only_the_backlog_asked_for_and_a_restart_skips_the_
         assert f"new ledger: {skipped} image(s) already in" in d.log_text()
         assert "month.png" in d.log_text() or backlog != "24h"
     assert d.stop() == 0
+    copied = d.export / "copied.png"  # copied in while stopped, its old mtime kept (rsync -t): not backlog
+    copied.write_bytes(_clean(72))
+    os.utime(copied, (now - 40 * 86400, now - 40 * 86400))
     d.start()
     write_renamed(d.export, "after.png", _clean(71))
-    d.wait_finished(len(scored) + 2)
-    assert names() == sorted(scored + ["new.png", "after.png"])  # the skipped ones stay skipped
+    d.wait_finished(len(scored) + 3)
+    assert names() == sorted(scored + ["new.png", "after.png", "copied.png"])  # the skipped ones stay skipped
     assert d.log_text().count("new ledger:") == (1 if skipped else 0)
 
 
@@ -911,3 +915,38 @@ def test_a_notify_socket_nobody_reads_does_not_hold_the_daemon(tmp_path, caplog)
         sender.join(20 * 0.2 + 5)  # a blocking send would never return
         assert not sender.is_alive()
     assert "sd_notify to" in caplog.text and "timed out" in caplog.text
+
+
+def test_a_connection_that_gets_no_thread_gives_its_place_back(guarded, monkeypatch):
+    """Threads or memory exhausted for a moment: a connection whose thread cannot start must not keep its place
+    in the bounds, else a few such moments leave the endpoint refusing everyone for good."""
+    import socketserver
+
+    port = guarded(timeout=5, deadline=10, max_connections=2, per_client=2)
+    real = socketserver.ThreadingMixIn.process_request
+    failing = [3]
+
+    def no_thread(self, request, client_address):
+        if failing[0]:
+            failing[0] -= 1
+            raise RuntimeError("can't start new thread")
+        return real(self, request, client_address)
+
+    monkeypatch.setattr(socketserver.ThreadingMixIn, "process_request", no_thread)
+    for _ in range(3):
+        assert _try_get(port, "127.0.0.1") is None
+    assert _get_ok(port) == 200
+
+
+def test_closing_the_server_ends_its_open_connections(guarded):
+    port = guarded(timeout=30, deadline=60)
+    server = guarded.servers[-1]
+    s = socket.create_connection(("127.0.0.1", port))
+    try:
+        wait_for(server.open_connections, 5, "the connection open")
+        server.shutdown()
+        server.server_close()
+        s.settimeout(5)
+        assert s.recv(1) == b""  # closed by the server at once, not after the 60 s deadline
+    finally:
+        s.close()

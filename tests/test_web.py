@@ -575,3 +575,20 @@ def test_hash_password_refuses_a_short_password(monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO("seven77\n"))
     assert main(["hash-password"]) == 2
     assert "at least 8 characters" in capsys.readouterr().err
+
+
+def test_a_wrong_user_name_costs_the_same_pbkdf2_as_a_wrong_password(monkeypatch):
+    """No timing oracle on the user name: the password is always checked."""
+    import monitor.web as web
+    from monitor.passwords import MIN_ITERATIONS, hash_password
+
+    calls = []
+    real = web.verify_password
+    monkeypatch.setattr(web, "verify_password", lambda p, h: calls.append(p) or real(p, h))
+    auth = web.BasicAuth("operator", hash_password("a long password", MIN_ITERATIONS))
+    for user, password in (("admin", "a long password"), ("operator", ""), ("operator", "wrong")):
+        assert not auth.check(basic(user, password)["Authorization"], "127.0.3.1")
+    assert calls == ["a long password", "", "wrong"]
+    g = web.Guesses()
+    for _ in range(1100):  # days of guessing: the lockout stays at its bound, no overflow
+        assert g.wrong("a")[1] <= web.MAX_LOCKOUT
