@@ -16,7 +16,7 @@ from monitor.scorers.piade import DynamicRouting, PIADENet, squash
 from monitor.scorers.ssim import ssim_map
 from monitor.synth import fiber_mat
 from tests.conftest import SHAPE
-from tests.daemon import Daemon, png_bytes, write_renamed
+from tests.daemon import Daemon, InProcessDaemon, png_bytes, write_renamed
 
 # tiny, quickly trained versions of each method (the real settings are the config defaults)
 TINY = {
@@ -102,7 +102,7 @@ def test_save_load_round_trip_per_method(tiny_models, method):
 @pytest.mark.parametrize("method", sorted(TINY))
 def test_the_daemon_runs_each_method_unchanged(tiny_models, method, tmp_path):
     _, model_dir = tiny_models[method]
-    d = Daemon(tmp_path, model_dir, model={"method": method})
+    d = InProcessDaemon(tmp_path, model_dir, model={"method": method})
     try:
         d.start()
         write_renamed(d.export, "a.png", png_bytes(fiber_mat(SHAPE, seed=500)))
@@ -113,8 +113,8 @@ def test_the_daemon_runs_each_method_unchanged(tiny_models, method, tmp_path):
         assert info["method"] == method
         assert d.stop() == 0
     finally:
-        if d.proc is not None and d.proc.poll() is None:
-            d.kill()
+        if d.alive():
+            d.stop()
     assert os.listdir(d.export) == ["a.png"]
 
 

@@ -13,7 +13,7 @@ from monitor.ledger import Ledger
 from monitor.retention import Retention
 from monitor.synth import fiber_mat
 from tests.conftest import SHAPE
-from tests.daemon import Daemon, png_bytes, wait_for, write_renamed
+from tests.daemon import Daemon, InProcessDaemon, png_bytes, wait_for, write_renamed
 
 
 def _scored(ledger: Ledger, out, name: str, size: int, finished_at: float | None = None) -> int:
@@ -82,7 +82,8 @@ def test_max_age_must_be_a_duration(value, ok):
 
 
 def test_the_daemon_keeps_output_within_max_bytes(tmp_path, saved_model):
-    d = Daemon(tmp_path / "d", saved_model, output={"overlays": "all", "max_bytes": 1}, web={"enabled": False})
+    d = InProcessDaemon(tmp_path / "d", saved_model, output={"overlays": "all", "max_bytes": 1},
+                        web={"enabled": False})
     d.start()
     try:
         for i in range(4):
