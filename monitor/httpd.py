@@ -81,16 +81,31 @@ class GuardedServer(ThreadingHTTPServer):
             with self._lock:
                 self._open.pop(request, None)
 
+    def _close(self, request, sock) -> None:
+        """Forget a connection, then close its socket: a socket the reaper can still see is never closed (its
+        file descriptor number could otherwise be reused by a new connection under the reaper's hands)."""
+        with self._lock:
+            self._open.pop(request, None)
+        sock.close()
+
+    def shutdown_request(self, request):
+        with self._lock:
+            self._open.pop(request, None)
+        super().shutdown_request(request)
+
+    def _shut(self, expired_before: float | None) -> None:
+        """Shut down the connections past their deadline (all: ``None``), under the lock (see ``_close``)."""
+        with self._lock:
+            for _, end, s in self._open.values():
+                if expired_before is None or end <= expired_before:
+                    try:  # the plain socket's shutdown (an SSLSocket's own would drop its TLS state under the reader)
+                        socket.socket.shutdown(s, socket.SHUT_RDWR)  # the blocked read or write in its thread returns
+                    except OSError:
+                        pass
+
     def _reap(self) -> None:
         while not self._closing.wait(0.5):
-            now = time.monotonic()
-            with self._lock:
-                late = [s for _, end, s in self._open.values() if end <= now]
-            for s in late:
-                try:  # the plain socket's shutdown (an SSLSocket's own would drop its TLS state under the reader)
-                    socket.socket.shutdown(s, socket.SHUT_RDWR)  # the blocked read or write in its thread returns
-                except OSError:
-                    pass
+            self._shut(time.monotonic())
 
     def finish_request(self, request, client_address):
         """Runs in the connection's thread: the TLS handshake happens here, not in the accepting thread."""
@@ -107,12 +122,12 @@ class GuardedServer(ThreadingHTTPServer):
         except (ssl.SSLError, OSError) as exc:
             log.debug("%s: TLS handshake with %s failed: %s", self.name, client_address[0], exc)
             if conn is not None:
-                conn.close()
+                self._close(request, conn)
             return
         try:
             self.RequestHandlerClass(conn, client_address, self)
         finally:
-            conn.close()
+            self._close(request, conn)
 
     def handle_error(self, request, client_address):  # the stdlib prints these to stderr
         log.debug("%s: connection from %s failed", self.name, client_address[0], exc_info=True)
@@ -128,10 +143,4 @@ class GuardedServer(ThreadingHTTPServer):
         """Stop accepting, and end the connections still open (their threads return at once)."""
         self._closing.set()
         super().server_close()
-        with self._lock:
-            still = [s for _, _, s in self._open.values()]
-        for s in still:
-            try:
-                socket.socket.shutdown(s, socket.SHUT_RDWR)
-            except OSError:
-                pass
+        self._shut(None)
