@@ -30,6 +30,14 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.1
 
 
+def server_tls(certfile: str, keyfile: str = "") -> ssl.SSLContext:
+    """The TLS context of an endpoint: TLS 1.2 or newer, this certificate (OSError or ssl.SSLError if unreadable)."""
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.minimum_version = ssl.TLSVersion.TLSv1_2
+    tls.load_cert_chain(certfile, keyfile or None)
+    return tls
+
+
 class GuardedServer(ThreadingHTTPServer):
     daemon_threads = True  # a client that stalls does not hold up the daemon's exit (the deadline closes it anyway)
 
@@ -46,7 +54,6 @@ class GuardedServer(ThreadingHTTPServer):
         self._open: dict[socket.socket, list] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
-        self.refused = 0  # connections closed at once because of the bounds
         super().__init__(address, handler)
         self._reaper = threading.Thread(target=self._reap, name=f"{name} reaper", daemon=True)
         self._reaper.start()
@@ -58,7 +65,6 @@ class GuardedServer(ThreadingHTTPServer):
             total = len(self._open)
             mine = sum(1 for h, _, _ in self._open.values() if h == host)
             if total >= self.max_connections or mine >= self.per_client:
-                self.refused += 1
                 full = True
             else:
                 self._open[request] = [host, time.monotonic() + self.deadline, request]
@@ -67,19 +73,7 @@ class GuardedServer(ThreadingHTTPServer):
             log.debug("%s: connection from %s refused (%d open, %d from it)", self.name, host, total, mine)
             self.shutdown_request(request)
             return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:  # no thread for it (threads or memory exhausted): its place is free again
-            with self._lock:
-                self._open.pop(request, None)
-            raise
-
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            with self._lock:
-                self._open.pop(request, None)
+        super().process_request(request, client_address)
 
     def _close(self, request, sock) -> None:
         """Forget a connection, then close its socket: a socket the reaper can still see is never closed (its
@@ -89,6 +83,8 @@ class GuardedServer(ThreadingHTTPServer):
         sock.close()
 
     def shutdown_request(self, request):
+        """Every connection ends here, served or not (the stdlib calls it after the request, and when no thread
+        could be started for it): its place in the bounds is free again."""
         with self._lock:
             self._open.pop(request, None)
         super().shutdown_request(request)

@@ -175,11 +175,13 @@ def db_path(path: str) -> str | bytes:
         return os.fsencode(path)
 
 
+def _from_db(path: str | bytes) -> str:
+    """A stored path as Python's path (the inverse of ``db_path``)."""
+    return os.fsdecode(path) if isinstance(path, bytes) else path
+
+
 def _row(values) -> Row:
-    path = values[1]
-    if isinstance(path, bytes):
-        values = (values[0], os.fsdecode(path), *values[2:])
-    return Row(*values)
+    return Row(values[0], _from_db(values[1]), *values[2:])
 
 
 class Ledger:
@@ -383,7 +385,7 @@ class Ledger:
                     return row
             name = os.path.basename(image)
             # (id, path) only: read from the (path, sha256) index, a tenth of the table's size
-            found = [(i, os.fsdecode(p) if isinstance(p, bytes) else p) for i, p in self._db.execute(
+            found = [(i, _from_db(p)) for i, p in self._db.execute(
                 "SELECT id, path FROM images WHERE path LIKE ? ESCAPE '!'",
                 ("%" + name.replace("!", "!!").replace("%", "!%").replace("_", "!_"),))]
             found = sorted(((i, p) for i, p in found if os.path.basename(p) == name), reverse=True)

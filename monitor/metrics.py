@@ -18,7 +18,7 @@ from prometheus_client.metrics_core import Metric
 
 from . import __version__
 from .defects import VERDICTS
-from .httpd import GuardedServer
+from .httpd import GuardedServer, server_tls
 from .mismatch import MISMATCH_REASONS
 from .images import ERROR_KINDS
 from .ledger import LABEL_KINDS
@@ -153,11 +153,7 @@ class Metrics:
     def serve(self, address: str, port: int, certfile: str = "", keyfile: str = "") -> int:
         """Start the /metrics endpoint; returns the bound port (useful with port 0)."""
         try:
-            tls = None
-            if certfile:
-                tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-                tls.minimum_version = ssl.TLSVersion.TLSv1_2
-                tls.load_cert_chain(certfile, keyfile or None)
+            tls = server_tls(certfile, keyfile) if certfile else None
             handler = type("_Metrics", (MetricsHandler,), {"registry": _LineLabelled(self), "timeout": SCRAPE_TIMEOUT})
             server = GuardedServer((address, port), handler, tls, name="metrics endpoint", timeout=SCRAPE_TIMEOUT,
                                    deadline=SCRAPE_DEADLINE, max_connections=32, per_client=8)

@@ -160,14 +160,23 @@ def _legend(width: int, lo: float, hi: float, thresholded: bool) -> Image.Image:
         y += small_px + m
         d.text((x, y), left + "  ", font=small, fill="white")
         x += _width(left + "  ", small)
+    _ramp(d, x, y, bar_w, small_px)
+    d.text((x + bar_w + _width("  ", small), y), right, font=small, fill="white")
+    _outline_key(d, y + small_px + m, width, outline, small, m)
+    return im
+
+
+def _ramp(d: ImageDraw.ImageDraw, x: int, y: int, bar_w: int, small_px: int) -> None:
+    """The heat map's colour scale, ``bar_w`` pixels wide, on a text row at ``y``."""
     ramp = cv2.applyColorMap(np.linspace(0, 255, max(bar_w, 2)).astype(np.uint8)[None], cv2.COLORMAP_JET)[0]
     for i, (b, g, r) in enumerate(ramp[:bar_w]):
         d.line([(x + i, y + 2), (x + i, y + small_px)], fill=(int(r), int(g), int(b)))
-    d.text((x + bar_w + _width("  ", small), y), right, font=small, fill="white")
-    y += small_px + m
-    d.rectangle([m, y + 2, m + small_px - 3, y + small_px - 1], outline="white", width=2)
-    d.text((m + small_px + 4, y), elide_middle(outline, small, width - 3 * m - small_px), font=small, fill="white")
-    return im
+
+
+def _outline_key(d: ImageDraw.ImageDraw, y: int, width: int, outline: str, small, m: int) -> None:
+    """The last row of the legend: a white box and what a white outline means."""
+    d.rectangle([m, y + 2, m + small.size - 3, y + small.size - 1], outline="white", width=2)
+    d.text((m + small.size + 4, y), elide_middle(outline, small, width - 3 * m - small.size), font=small, fill="white")
 
 
 def _stacked_legend(width: int, left: str, right: str, outline: str) -> Image.Image:
@@ -177,17 +186,14 @@ def _stacked_legend(width: int, left: str, right: str, outline: str) -> Image.Im
     texts = ["anomaly score", left, None, right]  # None: the colour bar
     im = Image.new("RGB", (width, m + (len(texts) + 1) * (small_px + m)), LEGEND_BG)
     d = ImageDraw.Draw(im)
-    y, bar_w = m, max(2, width - 2 * m)
+    y = m
     for t in texts:
         if t is None:
-            ramp = cv2.applyColorMap(np.linspace(0, 255, bar_w).astype(np.uint8)[None], cv2.COLORMAP_JET)[0]
-            for i, (b, g, r) in enumerate(ramp):
-                d.line([(m + i, y + 2), (m + i, y + small_px)], fill=(int(r), int(g), int(b)))
+            _ramp(d, m, y, max(2, width - 2 * m), small_px)
         else:
             d.text((m, y), elide_middle(t, small, width - 2 * m), font=small, fill="white")
         y += small_px + m
-    d.rectangle([m, y + 2, m + small_px - 3, y + small_px - 1], outline="white", width=2)
-    d.text((m + small_px + 4, y), elide_middle(outline, small, width - 3 * m - small_px), font=small, fill="white")
+    _outline_key(d, y, width, outline, small, m)
     return im
 
 

@@ -224,7 +224,7 @@ class Intake(threading.Thread):
         """Say, once, at the first start of a new ledger, which images already in the folder are not scored."""
         if not self._skipped:
             return
-        old = sorted(self._skipped)
+        old = self._skipped  # in the scan's order: oldest first
         log.warning("new ledger: %d image(s) already in %s, modified before %s (watch.backlog: %s), are not scored, "
                     "from %s (%s) to %s (%s); `monitor score FILE` judges one of them",
                     len(old), self.dir, _when(self._backlog_before), self.cfg.backlog, shown(old[0][1]),

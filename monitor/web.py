@@ -54,7 +54,7 @@ import numpy as np
 from .quality import QUALITY_REASONS
 from .config import RESULTS_MAX, Config, WebSection
 from .files import shown
-from .httpd import GuardedServer
+from .httpd import GuardedServer, server_tls
 from .images import ImageError, read_image
 from .ledger import LABEL_KINDS, NOTE_CHARS, VERDICT_FILTERS, WHO_CHARS, Label, LabelError, Ledger, Row
 from .passwords import parse_hash, verify_password
@@ -136,9 +136,8 @@ def _own_names() -> set[str]:
 
 
 def _too_many(exc: "Locked") -> Response:
-    wait = math.ceil(exc.seconds)
-    return text(429, f"429 too many wrong passwords from your address: try again in {wait} s",
-                **{"Retry-After": str(wait)})
+    return text(429, f"429 too many wrong passwords from your address: try again in {exc.retry_after} s",
+                **{"Retry-After": str(exc.retry_after)})
 
 
 # ------------------------------------------------------------------------------------------------------- filters
@@ -367,6 +366,7 @@ class Locked(Exception):
     def __init__(self, seconds: float):
         super().__init__(f"locked for {seconds:.0f} s")
         self.seconds = seconds
+        self.retry_after = math.ceil(seconds)  # whole seconds, for the reply and its Retry-After header
 
 
 class Guesses:
@@ -420,9 +420,10 @@ class Password:
         self.on_failure = on_failure
         self._kdf = threading.Lock()
 
-    def verify(self, password: str, client: str, who: str = "", also: bool = True) -> bool:
+    def verify(self, password: str, client: str, about: str = "", also: bool = True) -> bool:
         """True for the right password (and ``also``: basic auth's user name); raises Locked, without checking
-        it, while ``client`` is locked out. The PBKDF2 always runs, so that the time says nothing of ``also``."""
+        it, while ``client`` is locked out. The PBKDF2 always runs, so that the time says nothing of ``also``.
+        ``about``: what the log line says it was for ("for user X", "for a label of result N")."""
         self.guesses.check(client)
         with self._kdf:
             self.guesses.check(client)  # locked while this request waited for the lock
@@ -432,8 +433,8 @@ class Password:
             return True
         n, lockout = self.guesses.wrong(client)
         what = "password" if self.kind == "basic" else "write password"
-        log.warning("results page: wrong %s%s from %s (%d in a row%s)", what, f" for user {shown(who[:64])}" if who
-                    else "", shown(client), n, f"; locked out for {lockout:.0f} s" if lockout else "")
+        log.warning("results page: wrong %s%s from %s (%d in a row%s)", what, f" {about}" if about else "",
+                    shown(client), n, f"; locked out for {lockout:.0f} s" if lockout else "")
         if self.on_failure is not None:
             self.on_failure(self.kind)
         return False
@@ -474,7 +475,8 @@ class BasicAuth:
         if not sep:
             return False
         user_ok = hmac.compare_digest(user.encode("utf-8"), self.username)
-        if not self.password.verify(password, client, user, also=user_ok):
+        about = f"for user {shown(user[:64])}" if user else ""
+        if not self.password.verify(password, client, about, also=user_ok):
             return False
         with self._lock:
             self._good[tag] = None
@@ -769,14 +771,13 @@ class ResultsSite:
             return again(403, "This form has expired or did not come from this page (CSRF check). The page is "
                               "reloaded with a new form: enter the label again.")
         try:
-            password_ok = self.writer.verify(form.get("password", ""), client)
+            password_ok = self.writer.verify(form.get("password", ""), client, f"for a label of result {row_id}")
         except Locked as exc:
             resp = again(429, f"Too many wrong write passwords from your address: try again in "
-                              f"{math.ceil(exc.seconds)} s. The label was not saved.")
-            resp.headers["Retry-After"] = str(math.ceil(exc.seconds))
+                              f"{exc.retry_after} s. The label was not saved.")
+            resp.headers["Retry-After"] = str(exc.retry_after)
             return resp
-        if not password_ok:
-            log.warning("results page: a label for result %d was refused: wrong write password", row_id)
+        if not password_ok:  # logged by Password.verify
             return again(403, "Wrong write password: the label was not saved.")
         try:
             lab = self.labeller(row_id, form.get("kind", ""), form.get("by", ""), form.get("note", ""))
@@ -967,9 +968,7 @@ class ResultsServer:
         tls = None
         if cfg.certfile:
             try:
-                tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-                tls.minimum_version = ssl.TLSVersion.TLSv1_2
-                tls.load_cert_chain(cfg.certfile, cfg.keyfile)
+                tls = server_tls(cfg.certfile, cfg.keyfile)
             except (OSError, ssl.SSLError) as exc:
                 raise WebError(f"results page: cannot load web.certfile {cfg.certfile} / web.keyfile {cfg.keyfile}: "
                                f"{getattr(exc, 'strerror', None) or exc}") from None
