@@ -41,12 +41,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from monitor.commands.evaluate import load_dataset, summarize  # noqa: E402
 from monitor.config import Config  # noqa: E402
-from monitor.evaluate import load_dataset, summarize  # noqa: E402
-from monitor.images import read_image, read_mask  # noqa: E402
-from monitor.mismatch import misfit  # noqa: E402
-from monitor.model import Model  # noqa: E402
-from monitor.scorers import PatchDictionaryConfig  # noqa: E402
+from monitor.model.images import read_image, read_mask  # noqa: E402
+from monitor.model.mismatch import misfit  # noqa: E402
+from monitor.model.model import Model  # noqa: E402
+from monitor.model.scorers import PatchDictionaryConfig  # noqa: E402
 
 ENVELOPE = {"brightness": (0.1, -0.1), "contrast": (0.8, 1.25), "gamma": (0.8, 1.25), "noise": (0.03,)}
 

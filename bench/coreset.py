@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from monitor.scorers.patch_dictionary import greedy_coreset
+from monitor.model.scorers.patch_dictionary import greedy_coreset
 
 
 def allocating_coreset(x: torch.Tensor, k: int, seed: int = 0, proj_dim: int = 128) -> torch.Tensor:

@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from monitor.evaluate import load_dataset, percentiles, summarize
-from monitor.features import CropExtractor
-from monitor.images import read_image, read_mask
-from monitor.model import Model
-from monitor.scorers import PatchDictionaryConfig
-from monitor.scorers.patch_dictionary import PatchDictionary
+from monitor.commands.evaluate import load_dataset, percentiles, summarize
+from monitor.model.features import CropExtractor
+from monitor.model.images import read_image, read_mask
+from monitor.model.model import Model
+from monitor.model.scorers import PatchDictionaryConfig
+from monitor.model.scorers.patch_dictionary import PatchDictionary
 
 PAPER = PatchDictionaryConfig(mode="crop", layers=("avgpool",), patch_size=32, stride=8, input_size=224,
                               pca_variance=0.95, dictionary="kmeans", k=10, m=1, border_rings=0)

@@ -93,7 +93,7 @@ def main() -> int:
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT))
-    from monitor.evaluate import load_dataset
+    from monitor.commands.evaluate import load_dataset
 
     ds = load_dataset(args.data, "nanotwice")  # the paper's split: four normal images, one for the threshold
     normal = [*ds.train, *ds.val]

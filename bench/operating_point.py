@@ -26,14 +26,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from monitor.commands.evaluate import load_dataset  # noqa: E402
 from monitor.config import AlarmSection  # noqa: E402
-from monitor.defects import DefectConfig, decide, find_defects  # noqa: E402
-from monitor.evaluate import load_dataset  # noqa: E402
-from monitor.images import read_image  # noqa: E402
-from monitor.model import Model  # noqa: E402
-from monitor.quality import CLIP_LEVELS  # noqa: E402
-from monitor.scorers import PatchDictionaryConfig  # noqa: E402
-from monitor.threshold import ThresholdConfig, fit_threshold  # noqa: E402
+from monitor.model.defects import DefectConfig, decide, find_defects  # noqa: E402
+from monitor.model.images import read_image  # noqa: E402
+from monitor.model.model import Model  # noqa: E402
+from monitor.model.quality import CLIP_LEVELS  # noqa: E402
+from monitor.model.scorers import PatchDictionaryConfig  # noqa: E402
+from monitor.model.threshold import ThresholdConfig, fit_threshold  # noqa: E402
 
 
 def main() -> None:

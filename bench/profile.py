@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.alarm import local_time, write_outputs
-from monitor.images import list_images, read_image
-from monitor.model import Model
+from monitor.daemon.alarm import local_time, write_outputs
+from monitor.model.images import list_images, read_image
+from monitor.model.model import Model
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("read", "features", "distances", "map", "defects", "overlay", "total")

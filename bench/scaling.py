@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from throughput import drop, start, wait_done  # noqa: E402
 
-from monitor.evaluate import load_dataset, percentiles  # noqa: E402
+from monitor.commands.evaluate import load_dataset, percentiles  # noqa: E402
 
 
 def variants(paths: list[Path], n: int) -> list[np.ndarray]:
@@ -86,8 +86,8 @@ def fit_bench(ds, sizes: list[int], work: Path) -> list[dict]:
 
 
 def score_bench(ds, model_dir: Path) -> dict:
-    from monitor.images import read_image
-    from monitor.model import Model
+    from monitor.model.images import read_image
+    from monitor.model.model import Model
 
     models = {rt: Model.load(model_dir, "cpu", runtime=rt) for rt in ("openvino", "torch")}
     times: dict[str, list[float]] = {rt: [] for rt in models}

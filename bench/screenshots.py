@@ -25,13 +25,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from monitor.defects import DefectConfig  # noqa: E402
 from monitor.ledger import Ledger  # noqa: E402
+from monitor.model.defects import DefectConfig  # noqa: E402
+from monitor.model.model import Model  # noqa: E402
+from monitor.model.scorers import PatchDictionaryConfig  # noqa: E402
+from monitor.model.synth import defective_image, fiber_mat, to_uint8  # noqa: E402
+from monitor.model.threshold import ThresholdConfig  # noqa: E402
 from monitor.passwords import MIN_ITERATIONS, hash_password  # noqa: E402
-from monitor.model import Model  # noqa: E402
-from monitor.scorers import PatchDictionaryConfig  # noqa: E402
-from monitor.synth import defective_image, fiber_mat, to_uint8  # noqa: E402
-from monitor.threshold import ThresholdConfig  # noqa: E402
 from tests import browser  # noqa: E402  (the test suite's Chromium set-up, one definition of its flags)
 from tests.daemon import Daemon, write_renamed  # noqa: E402
 

@@ -37,7 +37,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from monitor.synth import defective_image, fiber_mat  # noqa: E402
+from monitor.model.synth import defective_image, fiber_mat  # noqa: E402
 
 WAITING = 16  # images written but not yet scored, at most
 
@@ -60,8 +60,8 @@ def crops(args) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     s = args.size
     data = Path(args.data)
     if (data / "Dataset").exists():
-        from monitor.evaluate import load_dataset
-        from monitor.images import read_image
+        from monitor.commands.evaluate import load_dataset
+        from monitor.model.images import read_image
 
         ds = load_dataset(data, "nanotwice")
         rng = np.random.default_rng(0)
@@ -130,8 +130,8 @@ def main() -> int:
 
     import torch
 
-    from monitor.model import Model
-    from monitor.scorers import PatchDictionaryConfig
+    from monitor.model.model import Model
+    from monitor.model.scorers import PatchDictionaryConfig
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     work = Path(args.work or tempfile.mkdtemp(prefix="soak-"))

@@ -16,13 +16,14 @@ import json
 import os
 import platform
 import time
+
 import torch
 
-from monitor.backbones import build_backbone
-from monitor.evaluate import percentiles
-from monitor.features import CropExtractor, patch_count
-from monitor.images import list_images, read_image
-from monitor.model import Model
+from monitor.commands.evaluate import percentiles
+from monitor.model.backbones import build_backbone
+from monitor.model.features import CropExtractor, patch_count
+from monitor.model.images import list_images, read_image
+from monitor.model.model import Model
 
 
 def main() -> None:

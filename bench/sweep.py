@@ -25,11 +25,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from monitor.defects import find_defects  # noqa: E402
-from monitor.evaluate import load_dataset, summarize  # noqa: E402
-from monitor.images import ImageLimits, read_image  # noqa: E402
-from monitor.scorers.patch_dictionary import PatchDictionary, PatchDictionaryConfig  # noqa: E402
-from monitor.threshold import ThresholdConfig, fit_threshold  # noqa: E402
+from monitor.commands.evaluate import load_dataset, summarize  # noqa: E402
+from monitor.model.defects import find_defects  # noqa: E402
+from monitor.model.images import ImageLimits, read_image  # noqa: E402
+from monitor.model.scorers.patch_dictionary import PatchDictionary, PatchDictionaryConfig  # noqa: E402
+from monitor.model.threshold import ThresholdConfig, fit_threshold  # noqa: E402
 
 
 def border_components(maps, masks, threshold: float) -> tuple[int, int, int]:

@@ -84,7 +84,7 @@ def main() -> int:
     ap.add_argument("--load", type=float, default=0.7, help="steady arrival rate as a fraction of the burst rate")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from monitor.evaluate import load_dataset
+    from monitor.commands.evaluate import load_dataset
 
     ds = load_dataset(args.data, "nanotwice")
     images = [s.image for s in ds.test]

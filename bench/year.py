@@ -58,16 +58,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from monitor.commands.fit import fit_model  # noqa: E402
+from monitor.commands.refit import gather  # noqa: E402
 from monitor.config import load_config, parse_config  # noqa: E402
-from monitor.fit import fit_model  # noqa: E402
-from monitor.images import ERROR_KINDS, list_images  # noqa: E402
+from monitor.daemon.retention import Retention  # noqa: E402
+from monitor.judge import load_model  # noqa: E402
 from monitor.ledger import VERDICT_FILTERS, Ledger, LedgerReader  # noqa: E402
+from monitor.model.images import ERROR_KINDS, list_images  # noqa: E402
+from monitor.model.quality import QUALITY_REASONS  # noqa: E402
+from monitor.model.synth import fiber_mat  # noqa: E402
 from monitor.passwords import hash_password  # noqa: E402
-from monitor.quality import QUALITY_REASONS  # noqa: E402
-from monitor.refit import gather  # noqa: E402
-from monitor.retention import Retention  # noqa: E402
-from monitor.service import load_model  # noqa: E402
-from monitor.synth import fiber_mat  # noqa: E402
 from tests.daemon import Daemon, png_bytes  # noqa: E402  (the test suite's real `monitor run`, NOTIFY_SOCKET)
 
 MONITOR = str(Path(sys.executable).parent / "monitor")  # the console script (quick exit, as installed)

@@ -1,6 +1,6 @@
 """Entry point: ``python -m monitor`` and the ``monitor`` console script."""
 
-from .cli import entry
+from monitor.cli import entry
 
 if __name__ == "__main__":
     entry()

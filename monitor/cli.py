@@ -19,17 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .artifact import ArtifactError
-from .files import shown
-from .fit import bar, fit_model
-from .config import Config, ConfigError, in_export, load_config
-from .images import ImageError, list_images, read_image
-from .install import InstallError
-from .ledger import LedgerError
-from .metrics import MetricsError
-from .passwords import ITERATIONS
-from .methods import METHOD_NAMES, BackboneError
+from monitor import __version__
+from monitor.commands.fit import bar, fit_model
+from monitor.commands.install import InstallError
+from monitor.config import Config, ConfigError, in_export, load_config
+from monitor.daemon.metrics import MetricsError
+from monitor.files import shown
+from monitor.ledger import LedgerError
+from monitor.model.artifact import ArtifactError
+from monitor.model.images import ImageError, list_images, read_image
+from monitor.model.methods import METHOD_NAMES, BackboneError
+from monitor.passwords import ITERATIONS
 
 log = logging.getLogger(__name__)
 
@@ -61,52 +61,45 @@ def cmd_fit(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from .alarm import caption_for, local_time
-    from .images import pixel_size_um
-    from .mismatch import misfit
-    from .model import Model, expectations
-    from .overlay import render_overlay, render_unscored, write_png
-    from .quality import QUALITY_REASONS
+    from monitor import judge
+    from monitor.daemon.alarm import caption_for, local_time
+    from monitor.model.model import Model, expectations
+    from monitor.model.overlay import render_overlay, render_unscored, write_png
+    from monitor.model.quality import QUALITY_REASONS
 
     cfg = _load_cfg(args)
     model = Model.load(args.model, cfg.model.device, expectations(cfg.model.method_config) if args.config else None,
                        runtime=cfg.model.runtime)
     failed = 0
-    limits = cfg.image.for_model(model.meta.get("training_pixels"))
+    line = cfg.service.line if args.config else ""
     for path in list_images(args.images):
         t0 = time.perf_counter()
-        info: dict = {}
-        try:
-            img = read_image(path, limits, info=info)
+        try:  # judged as the daemon judges it (monitor/judge.py), with the time of each step
+            img, info = judge.read(cfg, model, path)
         except ImageError as exc:
             print(json.dumps({"image": str(path), "error": exc.reason}))
             failed += 1
             continue
-        why = misfit(model.fitted_on, img, info, cfg.mismatch, model.quality_reference)
-        if why is not None:  # as the daemon: not scored against a model it does not fit
-            out = {"image": str(path), "verdict": "mismatch", "mismatch_reason": why[0], "mismatch": why[1],
-                   "model_id": model.model_id, **({"quality": info["quality"]} if "quality" in info else {})}
-            if args.overlay and why[0] in QUALITY_REASONS:  # an acquisition problem: the image and its reason
-                caption = caption_for({**out, "scored_at": local_time(),
-                                       "line": cfg.service.line if args.config else ""})
+        unfit = judge.check(cfg, model, path, img, info, time.perf_counter() - t0)
+        if unfit is not None:  # not scored against a model it does not fit
+            out = {"image": str(path), **unfit.document, "model_id": model.model_id}
+            if args.overlay and unfit.mismatch_reason in QUALITY_REASONS:  # an acquisition problem: image, reason
+                caption = caption_for({**out, "scored_at": local_time(), "line": line})
                 write_png(Path(args.overlay) / f"{path.stem}.png", render_unscored(img, caption))
             print(json.dumps(out))
             continue
         t1 = time.perf_counter()
-        ins = model.inspect(img, cfg.alarm.coverage_threshold, cfg.alarm.max_defect_area, cfg.mismatch.max_coverage,
-                            cfg.alarm.peak_margin)
+        ins = judge.inspect(cfg, model, [img])[0]
         t2 = time.perf_counter()
-        out = {"image": str(path), **ins.summary(), "model_id": model.model_id,
-               **({"quality": info["quality"]} if "quality" in info else {}),
+        j = judge.conclude(cfg, path, img, info, ins, t2 - t0)
+        out = {"image": str(path), **j.document, "model_id": model.model_id,
                "timings": {"load": round(t1 - t0, 4), "score": round(t2 - t1, 4), "total": round(t2 - t0, 4),
                            **{k: round(v, 4) for k, v in ins.result.timings.items()}}}
         if args.maps:
             Path(args.maps).mkdir(parents=True, exist_ok=True)
             np.save(Path(args.maps) / f"{path.stem}.npy", ins.result.anomaly_map.astype(np.float32))
         if args.overlay:
-            um = cfg.image.pixel_size_um or pixel_size_um(path)
-            caption = caption_for({**out, "scored_at": local_time(), "coverage_threshold": cfg.alarm.coverage_threshold,
-                                   "pixel_size_um": um, "line": cfg.service.line if args.config else ""})
+            caption = caption_for({**out, "scored_at": local_time(), "line": line})
             pic = render_overlay(img, ins.result.anomaly_map, ins.report, caption, ins.threshold)
             write_png(Path(args.overlay) / f"{path.stem}.png", pic)
         print(json.dumps(out))
@@ -120,9 +113,9 @@ def _evaluate_job(job: tuple[str, str], args_ns: dict, queue) -> None:
 
     import torch
 
-    from .evaluate import evaluate, load_dataset, roc_plot
-    from .images import read_mask
-    from .model import Model
+    from monitor.commands.evaluate import evaluate, load_dataset, roc_plot
+    from monitor.model.images import read_mask
+    from monitor.model.model import Model
 
     try:
         cfg = load_config(args_ns["config"], args_ns["set"])
@@ -163,7 +156,7 @@ def _evaluate_job(job: tuple[str, str], args_ns: dict, queue) -> None:
 def cmd_evaluate(args) -> int:
     import multiprocessing as mp
 
-    from .evaluate import load_dataset
+    from monitor.commands.evaluate import load_dataset
 
     load_dataset(args.data, args.layout)  # fail early on a wrong path
     jobs = [("model", m) for m in args.model or []] + [("fit", m) for m in args.fit or []]
@@ -211,13 +204,13 @@ def markdown_table(reports: dict) -> str:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from monitor.commands.demo import run_demo
 
     return run_demo(Path(args.workdir), args.images, args.seed, args.interval)
 
 
 def cmd_run(args) -> int:
-    from .service import Service
+    from monitor.daemon.service import Service
 
     cfg = _load_cfg(args)
     return Service(cfg, args.config).run()
@@ -241,7 +234,7 @@ def parse_since(text: str) -> float:
 def _open_ledger(path: Path):
     """The ledger for a command that reads or adds a few rows: without the daemon's full check of every page
     (``Ledger(check=False)``: 0.7 s on a year of images), which the daemon makes at each start."""
-    from .ledger import Ledger
+    from monitor.ledger import Ledger
 
     if not path.is_file():
         raise FileNotFoundError(f"no ledger at {path} (output.ledger)")
@@ -300,7 +293,7 @@ def cmd_label(args) -> int:
     import getpass
     import pwd
 
-    from .ledger import LabelError
+    from monitor.ledger import LabelError
 
     path = _ledger_path(args)
     owner = path.stat().st_uid if path.is_file() else 0
@@ -331,7 +324,7 @@ def iso_time(t: float) -> str:
 
 
 def cmd_check_config(args) -> int:
-    from .checks import check
+    from monitor.commands.checks import check
 
     cfg = _load_cfg(args)
     print(json.dumps(dataclasses.asdict(cfg), indent=2))
@@ -345,13 +338,13 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_install_model(args) -> int:
-    from .install import install_model
+    from monitor.commands.install import install_model
 
     return _lifecycle(install_model(Path(args.model_dir), _load_cfg(args)), "installed")
 
 
 def cmd_rollback(args) -> int:
-    from .install import rollback
+    from monitor.commands.install import rollback
 
     return _lifecycle(rollback(_load_cfg(args)), "rolled back to")
 
@@ -366,7 +359,7 @@ def _lifecycle(res: dict, what: str) -> int:
 
 
 def cmd_refit(args) -> int:
-    from .refit import RefitError, inside_export, refit, render, write_report
+    from monitor.commands.refit import RefitError, inside_export, refit, render, write_report
 
     cfg = _load_cfg(args)
     try:
@@ -394,7 +387,7 @@ def cmd_hash_password(args) -> int:
     """The web.password_hash line for a password read from the terminal (twice) or from stdin (its first line)."""
     from getpass import getpass
 
-    from .passwords import hash_password
+    from monitor.passwords import hash_password
 
     if sys.stdin.isatty():
         password = getpass("password for the results page: ")

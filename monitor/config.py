@@ -14,12 +14,19 @@ from typing import Any
 
 import yaml
 
-from .defects import DefectConfig
-from .images import ImageLimits
-from .mismatch import MismatchConfig
-from .passwords import parse_hash
-from .methods import METHOD_NAMES, RUNTIMES, DFRConfig, PatchDictionaryConfig, PIADEConfig, SSIMAutoencoderConfig
-from .threshold import ThresholdConfig
+from monitor.model.defects import DefectConfig
+from monitor.model.images import ImageLimits
+from monitor.model.methods import (
+    METHOD_NAMES,
+    RUNTIMES,
+    DFRConfig,
+    PatchDictionaryConfig,
+    PIADEConfig,
+    SSIMAutoencoderConfig,
+)
+from monitor.model.mismatch import MismatchConfig
+from monitor.model.threshold import ThresholdConfig
+from monitor.passwords import parse_hash
 
 
 class ConfigError(ValueError):

@@ -6,6 +6,7 @@ near the 255-byte limit still works), then ``os.replace``; a failed write leaves
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
@@ -97,3 +98,22 @@ def fitting_stem(stem: str, suffix: str, limit: int = NAME_MAX) -> str:
     while keep and (keep[0] & 0xC0) == 0x80:  # do not start inside a UTF-8 sequence
         keep = keep[1:]
     return "~" + os.fsdecode(keep)
+
+
+def link_problem(path: str, symlinks: str, folder: str | os.PathLike) -> str | None:
+    """Why ``path`` may not be read under the ``watch.symlinks`` policy ``symlinks`` for the export folder
+    ``folder`` (resolved), or None. A link loop is always refused. The intake's rule, and the results page's."""
+    if not os.path.islink(path):
+        return None
+    if symlinks == "never":
+        return "a symbolic link (watch.symlinks: never)"
+    try:
+        real = os.path.realpath(path, strict=True)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        return None  # dangling or vanished: reported as missing when it is read
+    inside = real.startswith(str(folder) + os.sep)
+    if symlinks == "inside" and not inside:
+        return f"a symbolic link out of the export folder, to {real} (watch.symlinks: inside)"
+    return None

@@ -10,6 +10,7 @@ Each public method is one short transaction; the connection is shared between th
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import shown
+from monitor.files import shown
 
 # 2: operator labels (the labels table); 3: the meta table (watch.backlog's moment); older ledgers are upgraded in
 # place
@@ -182,6 +183,42 @@ def _from_db(path: str | bytes) -> str:
 
 def _row(values) -> Row:
     return Row(values[0], _from_db(values[1]), *values[2:])
+
+
+def lock_ledger(path: str | os.PathLike) -> int:
+    """Hold ``<ledger>.lock`` for the life of the process (released by the kernel however it ends): two daemons on
+    one ledger would score every image twice and raise every alarm twice. Returns the lock's file descriptor."""
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        other = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise LedgerError(f"{path}: another monitor (pid {other}) runs on this ledger; two would score every image "
+                          "twice (output.ledger must differ per line)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def ledger_holder(path: str | os.PathLike) -> int | None:
+    """The pid of the monitor holding ``<ledger>.lock`` (``lock_ledger``), or None when none runs on it."""
+    try:
+        fd = os.open(f"{path}.lock", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:  # held: a monitor runs on this ledger
+            pid = int(os.pread(fd, 32, 0).decode("ascii", "replace").strip() or 0)
+            return pid if pid > 0 else None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 class Ledger:

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from monitor.defects import DefectConfig
-from monitor.model import Model
-from monitor.scorers import PatchDictionaryConfig
-from monitor.synth import defective_image, fiber_mat
-from monitor.threshold import ThresholdConfig
+from monitor.model.defects import DefectConfig
+from monitor.model.model import Model
+from monitor.model.scorers import PatchDictionaryConfig
+from monitor.model.synth import defective_image, fiber_mat
+from monitor.model.threshold import ThresholdConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 NANOTWICE = ROOT.parent / "shared" / "data" / "nanotwice"

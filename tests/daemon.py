@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.synth import to_uint8
+from monitor.model.synth import to_uint8
 
 
 def free_port() -> int:
@@ -192,7 +192,7 @@ class InProcessDaemon(Daemon):
 
         from monitor.cli import OneLineFormatter
         from monitor.config import load_config
-        from monitor.service import Service
+        from monitor.daemon.service import Service
 
         # as the process logs: every logger (watchdog's too) at INFO into the log file, and an exception that ends
         # any thread (the process prints it to stderr, which is the log file) as an ERROR line with its traceback

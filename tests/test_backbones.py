@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from monitor.backbones import BackboneError, build_backbone
+from monitor.model.backbones import BackboneError, build_backbone
 
 
 def _classify(img: np.ndarray) -> int:
@@ -83,7 +83,7 @@ def test_vgg_backbones_for_the_papers_networks_name_layers_by_relu():
 
 
 def test_se_resnet18_loads_a_state_dict_and_is_resnet18_plus_channel_gates(tmp_path):
-    from monitor.backbones import _se_resnet18
+    from monitor.model.backbones import _se_resnet18
 
     torch.manual_seed(0)
     se = _se_resnet18()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from monitor.synth import defective_image, fiber_mat, to_uint8
+from monitor.model.synth import defective_image, fiber_mat, to_uint8
 from tests.conftest import NANOTWICE, ROOT, SHAPE
 
 

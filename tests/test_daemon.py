@@ -7,10 +7,10 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import signal
 import struct
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from monitor.synth import defective_image, fiber_mat
+from monitor.model.synth import defective_image, fiber_mat
 from tests.conftest import SHAPE, SYNTH_CLIP
 from tests.daemon import Daemon, png_bytes, wait_for, write_renamed
 
@@ -279,8 +279,8 @@ def test_sigterm_during_a_burst_exits_0_quickly_and_leaves_the_rest_pending(daem
 
 
 def test_sighup_with_a_new_model_switches_model_id(daemon, clean_png, normal_images, val_images, tmp_path):
-    from monitor.model import Model
-    from monitor.scorers import PatchDictionaryConfig
+    from monitor.model.model import Model
+    from monitor.model.scorers import PatchDictionaryConfig
 
     model_dir = tmp_path / "live-model"  # a copy the test may replace
     cfg = yaml.safe_load(daemon.config.read_text())
@@ -367,8 +367,8 @@ def test_daily_log_one_line_per_image_files_not_taken_once_per_suffix_one_reload
     wait_for(lambda: "reloaded" in daemon.log_text(), 30, "the reload line")
     assert daemon.stop() == 0
     log = daemon.log_text()
-    assert re.search(r"INFO monitor\.worker: \S*a\.png: ok, coverage [0-9.]+%, \d+ defect\(s\), [0-9.]+ s", log), log
-    assert re.search(r"WARNING monitor\.worker: ALARM \S*b\.png: coverage", log), log
+    assert re.search(r"INFO monitor\.daemon\.worker: \S*a\.png: ok, coverage [0-9.]+%, \d+ defect\(s\), [0-9.]+ s", log), log
+    assert re.search(r"WARNING monitor\.daemon\.worker: ALARM \S*b\.png: coverage", log), log
     taken = [ln for ln in log.splitlines() if "not taking" in ln]
     assert len(taken) == 2, taken  # one line for .jpg, one for .bmp
     assert any('add "*.jpg" to watch.patterns' in ln for ln in taken)

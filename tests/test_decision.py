@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from monitor.defects import Defect, DefectReport, decide
+from monitor.model.defects import Defect, DefectReport, decide
 
 TH = 20.0
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from monitor.evaluate import defect_coverage, normal_scores, pixel_auroc, pro_auc, region_scores
+from monitor.commands.evaluate import defect_coverage, normal_scores, pixel_auroc, pro_auc, region_scores
 
 
 def _toy():

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from monitor.backbones import build_backbone
-from monitor.features import CropExtractor, DenseExtractor, _positions, patch_count
+from monitor.model.backbones import build_backbone
+from monitor.model.features import CropExtractor, DenseExtractor, _positions, patch_count
 
 
 def test_positions_cover_the_whole_length():

@@ -17,11 +17,11 @@ import cv2
 import numpy as np
 import pytest
 
+from monitor.commands.fit import fit_model
 from monitor.config import parse_config
-from monitor.fit import fit_model
-from monitor.images import list_images
+from monitor.model.images import list_images
+from monitor.model.synth import defective_image, fiber_mat
 from monitor.passwords import MIN_ITERATIONS, hash_password
-from monitor.synth import defective_image, fiber_mat
 from tests import browser
 from tests.conftest import ROOT, SHAPE, SYNTH_CLIP
 from tests.daemon import Daemon, png_bytes, wait_for, write_renamed
@@ -147,8 +147,8 @@ def test_images_that_do_not_fit_the_model_are_mismatch_not_defect(fed):
     assert b"the image was not scored" in page and b"No defects found" not in page
     assert b"No defects found" not in get(fed.web_port, f"/result/{fed.ids['blurred.png']}")[2]
     # after a restart the counters start from the ledger, as the daemon's start does
+    from monitor.daemon.metrics import Metrics
     from monitor.ledger import Ledger
-    from monitor.metrics import Metrics
 
     restarted = Metrics()
     ledger = Ledger(fed.ledger_path)
@@ -347,9 +347,9 @@ def test_refit_never_writes_over_a_kept_model_nor_into_the_export_folder(fed, tm
 def test_refit_validation_fails_a_candidate_that_no_longer_alarms_on_a_confirmed_defect(tmp_path, line_model):
     """The same check `monitor refit` runs, on real models and files: a candidate that learnt a confirmed defect
     image as normal (it was wrongly marked a false alarm before) no longer alarms on it, and fails."""
+    from monitor.commands.refit import validate
     from monitor.ledger import Ledger
-    from monitor.model import Model
-    from monitor.refit import validate
+    from monitor.model.model import Model
 
     cfg = parse_config({"model": SMALL, "alarm": {"coverage_threshold": 0.005}})
     before = Model.load(line_model, "cpu", runtime="torch")
@@ -381,7 +381,7 @@ def test_refit_validation_fails_a_candidate_that_no_longer_alarms_on_a_confirmed
 def test_the_score_level_rises_when_the_images_drift_out_of_focus(line_model):
     """What the drift gauge follows: images slightly out of focus score higher overall than sharp ones. (On these
     synthetic mats a blur of sigma 0.5 already makes them defect images; the threshold is tight.)"""
-    from monitor.model import Model
+    from monitor.model.model import Model
 
     model = Model.load(line_model, "cpu", runtime="torch")
     ref = model.drift_reference
@@ -411,8 +411,8 @@ def test_another_magnification_is_a_mismatch_when_the_tiff_tags_say_so(tmp_path)
     """The pixel size from the SEM's own TIFF tags (FEI here): a model fitted at 10 nm per pixel takes 10.1 nm
     (within 2%) and refuses 20 nm (another magnification); an image without the tags is not judged on it."""
     from monitor.config import MismatchConfig
-    from monitor.images import read_image
-    from monitor.mismatch import fitted_on, misfit
+    from monitor.model.images import read_image
+    from monitor.model.mismatch import fitted_on, misfit
     from tests.test_overlay import _tiff
 
     def info_of(name, metres):
@@ -437,7 +437,7 @@ def test_behind_a_proxy_the_external_url_is_this_sites_origin(tmp_path):
     external URL's origin is this site's, any other origin is not."""
     from monitor.config import WebSection
     from monitor.ledger import Ledger
-    from monitor.web import ResultsSite
+    from monitor.web.site import ResultsSite
 
     lg = Ledger(tmp_path / "l.sqlite")
     row, _ = lg.record("/x/a.png", 1, 1, "a" * 64)

@@ -10,15 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from monitor.backbones import BackboneError, build_backbone
-from monitor.images import list_images, read_image
-from monitor.model import Model
-from monitor.openvino_backbone import TOLERANCE, import_openvino, max_relative_difference
-from monitor.scorers import PatchDictionaryConfig
-from monitor.scorers.base import Progress
-from monitor.scorers.patch_dictionary import coreset_picks, greedy_coreset
-from monitor.synth import fiber_mat, to_uint8
-
+from monitor.model.backbones import BackboneError, build_backbone
+from monitor.model.images import list_images, read_image
+from monitor.model.model import Model
+from monitor.model.openvino_backbone import TOLERANCE, import_openvino, max_relative_difference
+from monitor.model.scorers import PatchDictionaryConfig
+from monitor.model.scorers.base import Progress
+from monitor.model.scorers.patch_dictionary import coreset_picks, greedy_coreset
+from monitor.model.synth import fiber_mat, to_uint8
 from tests.conftest import NANOTWICE, ROOT, SMALL
 
 import_openvino()  # a dependency: its absence fails here (and without its telemetry, see below)
@@ -136,7 +135,7 @@ def test_openvino_backbone_matches_torch_on_a_real_image(layers):
 
 def test_anomaly_maps_of_both_runtimes_agree(fitted_model, normal_images):
     state = fitted_model.scorer.state()
-    from monitor.scorers import PatchDictionary
+    from monitor.model.scorers import PatchDictionary
 
     maps = {}
     for rt in ("openvino", "torch"):
@@ -152,7 +151,7 @@ def test_without_openvino_the_backbone_runs_on_torch_and_says_so():
 import logging, sys
 sys.modules["openvino"] = None  # as if the package were not installed
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-from monitor.backbones import BackboneError, build_backbone
+from monitor.model.backbones import BackboneError, build_backbone
 bb = build_backbone("efficientnet_lite0", ["stage3"])
 print("runtime", bb.use_runtime("auto"))
 try:
@@ -182,7 +181,7 @@ def test_kmeans_dictionary_words_are_real_features(normal_images):
 
 
 def test_a_failed_check_against_torch_falls_back_to_torch(monkeypatch, caplog):
-    import monitor.openvino_backbone as ovb
+    import monitor.model.openvino_backbone as ovb
 
     monkeypatch.setattr(ovb, "TOLERANCE", 0.0)  # no runtime agrees exactly: the check must fail
     bb = build_backbone("efficientnet_lite0", ("stage3",))
@@ -202,8 +201,8 @@ def test_openvino_sends_no_telemetry_and_writes_nothing_in_the_home_folder(tmp_p
     code = """
 import threading
 import torch
-from monitor.backbones import build_backbone
-from monitor.metrics import Metrics
+from monitor.model.backbones import build_backbone
+from monitor.daemon.metrics import Metrics
 bb = build_backbone("efficientnet_lite0", ["stage3"])
 assert bb.use_runtime("openvino") == "openvino"
 bb(torch.zeros(1, 3, 64, 64))

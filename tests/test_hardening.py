@@ -29,15 +29,14 @@ import pytest
 from PIL import Image
 
 from monitor.config import Config, WatchSection, parse_config
-from monitor.defects import Defect, DefectReport, decide
-from monitor.images import ImageError, ImageLimits, read_image
-from monitor.ledger import Ledger, LedgerError
-from monitor.metrics import Metrics
-from monitor.service import lock_ledger
-from monitor.synth import defective_image, fiber_mat
-from monitor.watcher import Intake
-from monitor import worker as worker_module
-from monitor.worker import Worker
+from monitor.daemon import worker as worker_module
+from monitor.daemon.metrics import Metrics
+from monitor.daemon.watcher import Intake
+from monitor.daemon.worker import Worker
+from monitor.ledger import Ledger, LedgerError, lock_ledger
+from monitor.model.defects import Defect, DefectReport, decide
+from monitor.model.images import ImageError, ImageLimits, read_image
+from monitor.model.synth import defective_image, fiber_mat
 from tests.conftest import SHAPE
 from tests.daemon import Daemon, InProcessDaemon, png_bytes, wait_for, write_renamed
 
@@ -706,7 +705,7 @@ def guarded():
     """A GuardedServer (the results page's and the metrics endpoint's) answering "ok", with short bounds."""
     from http.server import BaseHTTPRequestHandler
 
-    from monitor.httpd import GuardedServer
+    from monitor.web.server import GuardedServer
 
     class Ok(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -841,7 +840,7 @@ def test_the_results_page_answers_only_to_its_own_host_names(daemon):
 def test_a_page_open_to_the_network_says_so_at_start():
     from monitor.config import WebSection
     from monitor.passwords import MIN_ITERATIONS, hash_password
-    from monitor.web import exposure_warnings
+    from monitor.web.site import exposure_warnings
 
     h = hash_password("a long password", MIN_ITERATIONS)
     assert exposure_warnings(WebSection()) == []  # loopback, the default
@@ -905,7 +904,7 @@ def test_a_new_ledger_scores_only_the_backlog_asked_for_and_a_restart_skips_the_
 def test_a_notify_socket_nobody_reads_does_not_hold_the_daemon(tmp_path, caplog):
     """A datagram socket holds a few messages; with a reader that does not read (a service manager that hangs),
     a blocking sd_notify held the serve loop, and a SIGTERM's stop, for as long (60 s in a soak)."""
-    from monitor.service import Notifier
+    from monitor.daemon.service import Notifier
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as deaf:
         deaf.bind(str(tmp_path / "notify.sock"))  # bound, never read

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monitor.images import ImageError, ImageLimits, read_image, read_mask
+from monitor.model.images import ImageError, ImageLimits, read_image, read_mask
 
 
 def _tiff(path, arr):

@@ -5,8 +5,8 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import stat
+import subprocess
 import sys
 import tempfile
 import tomllib
@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from monitor import __version__
-from monitor.model import Model
-from monitor.scorers import PatchDictionaryConfig
+from monitor.model.model import Model
+from monitor.model.scorers import PatchDictionaryConfig
 from tests.conftest import ROOT, SYNTH_CLIP
 from tests.daemon import Daemon, wait_for
 

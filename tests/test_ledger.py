@@ -5,8 +5,8 @@ import sqlite3
 import pytest
 
 from monitor.config import ConfigError, WatchSection, parse_config
+from monitor.daemon.watcher import wanted
 from monitor.ledger import SCHEMA_VERSION, Ledger, LedgerError
-from monitor.watcher import wanted
 
 
 def test_same_content_is_one_row_changed_content_a_new_one(tmp_path):

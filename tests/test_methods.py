@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from monitor.model import Model
-from monitor.scorers import DFRConfig, PIADEConfig, SSIMAutoencoderConfig
-from monitor.scorers.dfr import DFR
-from monitor.scorers.piade import DynamicRouting, PIADENet, squash
-from monitor.scorers.ssim import ssim_map
-from monitor.synth import fiber_mat
+from monitor.model.model import Model
+from monitor.model.scorers import DFRConfig, PIADEConfig, SSIMAutoencoderConfig
+from monitor.model.scorers.dfr import DFR
+from monitor.model.scorers.piade import DynamicRouting, PIADENet, squash
+from monitor.model.scorers.ssim import ssim_map
+from monitor.model.synth import fiber_mat
 from tests.conftest import SHAPE
 from tests.daemon import Daemon, InProcessDaemon, png_bytes, write_renamed
 
@@ -150,7 +150,7 @@ def test_piade_runs_on_the_papers_se_resnet18_encoder(normal_images):
 
 
 def test_learning_rate_warms_up_then_decays_to_zero():
-    from monitor.scorers.training import cosine_lr
+    from monitor.model.scorers.training import cosine_lr
 
     lrs = [cosine_lr(s, 1000, 1e-3, warmup=100) for s in range(1001)]
     assert lrs[0] == pytest.approx(1e-5) and lrs[99] == pytest.approx(1e-3) and lrs[100] == pytest.approx(1e-3)
@@ -162,7 +162,7 @@ def test_learning_rate_warms_up_then_decays_to_zero():
 def test_ssim_autoencoder_starts_from_a_textured_output_not_a_flat_one():
     # torch's default initialisation shrinks the signal through the 18 layers: the untrained net outputs a flat gray
     # (std 0.0045 on this fiber mat), the mean-image trap the training then fails to leave; He init keeps it alive
-    from monitor.scorers.ssim_ae import SSIMAutoencoderNet
+    from monitor.model.scorers.ssim_ae import SSIMAutoencoderNet
 
     torch.manual_seed(0)
     x = torch.from_numpy(fiber_mat((128, 128), seed=2))[None, None]

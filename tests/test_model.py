@@ -2,16 +2,15 @@ import json
 
 import numpy as np
 import pytest
-
-from monitor.artifact import ArtifactError
-from monitor.defects import DefectConfig, find_defects
-from monitor.features import FeatureGrid, grid_to_map
-from monitor.model import Model
-from monitor.scorers.patch_dictionary import border_rings, border_zones, greedy_coreset, nearest_distances
-from monitor.synth import defective_image, fiber_mat
-from tests.conftest import SHAPE
-
 import torch
+
+from monitor.model.artifact import ArtifactError
+from monitor.model.defects import DefectConfig, find_defects
+from monitor.model.features import FeatureGrid, grid_to_map
+from monitor.model.model import Model
+from monitor.model.scorers.patch_dictionary import border_rings, border_zones, greedy_coreset, nearest_distances
+from monitor.model.synth import defective_image, fiber_mat
+from tests.conftest import SHAPE
 
 
 def _coverage_and_precision(model, img, truth):
@@ -149,7 +148,7 @@ def test_a_batch_scores_exactly_like_one_image_at_a_time(fitted_model, defect_sa
 
 
 def test_a_model_is_refused_over_other_backbone_weights(fitted_model):
-    from monitor.scorers import PatchDictionary
+    from monitor.model.scorers import PatchDictionary
 
     meta, arrays = fitted_model.scorer.state()
     meta = {**meta, "backbone_sha256": "0" * 64}  # as if the installed weights had changed since the fit
@@ -204,7 +203,7 @@ def test_border_calibration_levels_rims_and_corners_on_unseen_clean_images(fitte
 
 def test_a_ring_calibrated_model_still_scores_with_its_ring_offsets(fitted_model):
     """Models saved with one offset per ring (before the per-side zones) keep scoring as they did."""
-    from monitor.scorers import PatchDictionary
+    from monitor.model.scorers import PatchDictionary
 
     meta, arrays = fitted_model.scorer.state()
     arrays = {k: v for k, v in arrays.items() if k != "border_gain"}
@@ -219,7 +218,7 @@ def test_a_ring_calibrated_model_still_scores_with_its_ring_offsets(fitted_model
 
 
 def test_a_model_from_before_the_border_calibration_loads_uncalibrated(fitted_model):
-    from monitor.scorers import PatchDictionary
+    from monitor.model.scorers import PatchDictionary
 
     meta, arrays = fitted_model.scorer.state()
     del arrays["border_offset"], arrays["border_gain"]

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from monitor.metrics import Metrics
-from monitor.synth import defective_image, fiber_mat
+from monitor.daemon.metrics import Metrics
+from monitor.model.synth import defective_image, fiber_mat
 from tests.conftest import SHAPE
 from tests.daemon import Daemon, free_port, png_bytes, wait_for, write_renamed
 from tests.test_prometheus import OPS, RULES, _needs, rules

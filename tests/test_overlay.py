@@ -6,10 +6,20 @@ import numpy as np
 import pytest
 from PIL import Image, TiffImagePlugin
 
-from monitor.defects import find_defects
-from monitor.images import pixel_size_um
-from monitor.overlay import (BANNER, GREY, Caption, _font, _sizes, _wrap, banner_lines, elide_middle, label_boxes,
-                             render_overlay)
+from monitor.model.defects import find_defects
+from monitor.model.images import pixel_size_um
+from monitor.model.overlay import (
+    BANNER,
+    GREY,
+    Caption,
+    _font,
+    _sizes,
+    _wrap,
+    banner_lines,
+    elide_middle,
+    label_boxes,
+    render_overlay,
+)
 
 
 def _map_with_blobs(shape=(200, 256)):
@@ -120,7 +130,7 @@ def test_legend_labels_never_overlap_nor_leave_the_picture(width, monkeypatch):
     overlapping (at 128 px "typical" and "pixel threshold" were drawn over each other)."""
     from PIL import ImageDraw
 
-    from monitor.overlay import _legend
+    from monitor.model.overlay import _legend
 
     drawn = []
     original = ImageDraw.ImageDraw.text

@@ -9,12 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-from monitor import quality
-from monitor.artifact import ArtifactError, load_artifact, save_artifact
-from monitor.mismatch import MismatchConfig, misfit
-from monitor.model import Model
-from monitor.synth import fiber_mat
-
+from monitor.model import quality
+from monitor.model.artifact import ArtifactError, load_artifact, save_artifact
+from monitor.model.mismatch import MismatchConfig, misfit
+from monitor.model.model import Model
+from monitor.model.synth import fiber_mat
 from tests.conftest import SHAPE, SMALL
 
 CFG = MismatchConfig()

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from monitor.config import ConfigError, parse_config
+from monitor.daemon.retention import Retention
 from monitor.ledger import Ledger
-from monitor.retention import Retention
-from monitor.synth import fiber_mat
+from monitor.model.synth import fiber_mat
 from tests.conftest import SHAPE
 from tests.daemon import Daemon, InProcessDaemon, png_bytes, wait_for, write_renamed
 

@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 
 from monitor.ledger import Ledger
+from monitor.model.synth import defective_image, fiber_mat
 from monitor.passwords import verify_password
-from monitor.synth import defective_image, fiber_mat
 from tests import browser
 from tests.conftest import ROOT, SHAPE
 from tests.daemon import Daemon, png_bytes, write_renamed
@@ -527,7 +527,7 @@ def test_wrong_passwords_are_throttled_per_address_logged_and_counted(secured):
     assert get(port, "/", headers=wrong, tls=tls, source=guesser)[0] == 401  # cleared: free guesses again
     assert Daemon.value(secured.scrape(), "monitor_web_auth_failures_total", kind="basic") == before + 8
     log = secured.log_text()
-    assert re.search(r"WARNING monitor\.web: results page: wrong password for user operator from 127\.0\.2\.1 "
+    assert re.search(r"WARNING monitor\.web\.site: results page: wrong password for user operator from 127\.0\.2\.1 "
                      r"\(6 in a row; locked out for 1 s\)", log), log[-2000:]
 
 
@@ -536,7 +536,7 @@ def test_guessers_at_the_basic_auth_do_not_delay_a_label(tmp_path):
     here), the write password is checked at once."""
     from monitor.config import WebSection
     from monitor.passwords import MIN_ITERATIONS, hash_password
-    from monitor.web import ResultsSite
+    from monitor.web.site import ResultsSite
 
     h = hash_password("a long password", MIN_ITERATIONS)
     site = ResultsSite(WebSection(username="operator", password_hash=h, write_password_hash=h), Ledger(tmp_path / "l"),
@@ -548,7 +548,7 @@ def test_guessers_at_the_basic_auth_do_not_delay_a_label(tmp_path):
 
 
 def test_the_lockout_doubles_up_to_five_minutes_and_a_right_password_clears_it():
-    from monitor.web import MAX_LOCKOUT, Guesses, Locked
+    from monitor.web.site import MAX_LOCKOUT, Guesses, Locked
 
     now = [0.0]
     g = Guesses(remember=3, clock=lambda: now[0])
@@ -579,7 +579,7 @@ def test_hash_password_refuses_a_short_password(monkeypatch, capsys):
 
 def test_a_wrong_user_name_costs_the_same_pbkdf2_as_a_wrong_password(monkeypatch):
     """No timing oracle on the user name: the password is always checked."""
-    import monitor.web as web
+    import monitor.web.site as web
     from monitor.passwords import MIN_ITERATIONS, hash_password
 
     calls = []

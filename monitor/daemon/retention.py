@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from .ledger import Ledger
+from monitor.ledger import Ledger
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import file_sha256
+from monitor.files import file_sha256
 
 FORMAT = "sem-monitor-model/1"
 _VOLATILE = ("created_at", "library_versions", "model_id", "arrays_sha256", "fit_seconds")

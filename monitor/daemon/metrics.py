@@ -12,16 +12,23 @@ import platform
 import ssl
 import threading
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info, MetricsHandler,
-                               disable_created_metrics)
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    MetricsHandler,
+    disable_created_metrics,
+)
 from prometheus_client.metrics_core import Metric
 
-from . import __version__
-from .defects import VERDICTS
-from .httpd import GuardedServer, server_tls
-from .mismatch import MISMATCH_REASONS
-from .images import ERROR_KINDS
-from .ledger import LABEL_KINDS
+from monitor import __version__
+from monitor.ledger import LABEL_KINDS
+from monitor.model.defects import VERDICTS
+from monitor.model.images import ERROR_KINDS
+from monitor.model.mismatch import MISMATCH_REASONS
+from monitor.web.server import GuardedServer, server_tls
 
 # seconds; the scoring path runs in about 0.5 s on 2 CPU cores, a backlog can push end-to-end into minutes
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)

@@ -11,25 +11,23 @@ old one). WATCHDOG=1 is sent at half of WATCHDOG_USEC, only while the worker mak
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import logging
 import os
 import signal
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Callable
 
-from .artifact import ArtifactError
-from .config import Config, load_config
-from .ledger import LABEL_KINDS, Label, Ledger, LedgerError, Row
-from .metrics import Metrics
-from .model import Model, expectations
-from .retention import Retention
-from .watcher import Intake
-from .web import ResultsServer, WebError
-from .worker import Worker
+from monitor.config import Config, load_config
+from monitor.daemon.metrics import Metrics
+from monitor.daemon.retention import Retention
+from monitor.daemon.watcher import Intake
+from monitor.daemon.worker import Worker
+from monitor.judge import load_model, warm
+from monitor.ledger import LABEL_KINDS, Label, Ledger, LedgerError, Row, lock_ledger
+from monitor.model.model import Model
+from monitor.web.site import ResultsServer, WebError
 
 log = logging.getLogger(__name__)
 
@@ -60,42 +58,6 @@ class Notifier:
                 s.sendall("\n".join(lines).encode())
         except OSError as exc:
             log.warning("sd_notify to %s failed: %s", self.address, exc)
-
-
-def lock_ledger(path: str | os.PathLike) -> int:
-    """Hold ``<ledger>.lock`` for the life of the process (released by the kernel however it ends): two daemons on
-    one ledger would score every image twice and raise every alarm twice. Returns the lock's file descriptor."""
-    lock = Path(f"{path}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        other = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
-        os.close(fd)
-        raise LedgerError(f"{path}: another monitor (pid {other}) runs on this ledger; two would score every image "
-                          "twice (output.ledger must differ per line)") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd
-
-
-def warm(model: Model) -> None:
-    secs = model.warm_up()
-    if secs is not None:
-        log.info("model %s warmed up on a %dx%d image in %.2f s", model.model_id, model.meta["image_shape"][1],
-                 model.meta["image_shape"][0], secs)
-
-
-def load_model(cfg: Config) -> Model:
-    path = Path(cfg.model.path)
-    if not (path / "model.json").is_file():
-        raise ArtifactError(f"model.path {path}: no fitted model there; run `monitor fit ... --out {path}` first")
-    model = Model.load(path, cfg.model.device, expectations(cfg.model.method_config), runtime=cfg.model.runtime)
-    if model.meta.get("method") != cfg.model.method:
-        raise ArtifactError(f"model.path {path} holds a {model.meta.get('method')} model, "
-                            f"the configuration asks for {cfg.model.method}")
-    return model
 
 
 class Service:

@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .defects import DefectReport
-from .files import atomic_write
+from monitor.files import atomic_write
+from monitor.model.defects import DefectReport
 
 BANNER = {"defect": (200, 30, 30), "ok": (25, 130, 60)}  # RGB; any other verdict: grey
 GREY = (95, 95, 95)

@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbones import build_backbone
-from ..methods import PIADEConfig
+from monitor.model.backbones import build_backbone
+from monitor.model.methods import PIADEConfig
+
 from .base import QUIET, Progress, Scorer, ScoreResult
 from .patch_dictionary import resolve_device
 from .ssim import residual_map, ssim_map

@@ -15,19 +15,19 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
-from .alarm import AlarmState, local_time, write_outputs
-from .config import Config
-from .files import fitting_stem, shown
-from .images import ImageError, ImageLimits, pixel_size_um, read_image
-from .ledger import Ledger, Row
-from .metrics import Metrics
-from .mismatch import misfit
-from .quality import QUALITY_REASONS
-from .model import Model
+from monitor import judge
+from monitor.config import Config
+from monitor.daemon.alarm import AlarmState, local_time, write_outputs
+from monitor.daemon.metrics import Metrics
+from monitor.files import fitting_stem, shown
+from monitor.ledger import Ledger, Row
+from monitor.model.images import ImageError
+from monitor.model.model import Model
+from monitor.model.quality import QUALITY_REASONS
 
 log = logging.getLogger(__name__)
 
@@ -115,125 +115,118 @@ class Worker(threading.Thread):
                 log.info("the ledger takes writes again")
                 refused = False
 
-    def limits(self, model=None, cfg=None) -> ImageLimits:
-        """The image limits of the model and configuration now (``image``, bounded by the training images)."""
-        if model is None:
-            with self._lock:
-                model, cfg = self._model, self.cfg
+    def limits(self):
+        """The image limits of the model and configuration now (``image``, bounded by the training images): the
+        intake refuses a file too large for them before hashing it."""
+        with self._lock:
+            model, cfg = self._model, self.cfg
         return cfg.image.for_model(model.meta.get("training_pixels"))
 
     def process(self, rows: list[Row]) -> list[Row]:
-        """Score ``rows`` (oldest first): read each, then one batched inspection; failures stay per image."""
+        """Judge ``rows`` (oldest first): read and check each, then one batched inspection of those that can be
+        scored (``judge``); failures stay per image."""
         with self._lock:
             model, cfg = self._model, self.cfg
-        done, ready = [], []  # ready: (row, image, seconds spent reading, quality figures)
-        limits = self.limits(model, cfg)  # bounded before any pixel is decoded
+        done, ready = [], []  # ready: (row, image, info, seconds spent reading)
         for row in rows:
             if row.id not in self._in_hand:  # attempts count the processes that died scoring it, not retries here
                 if row.attempts >= cfg.service.max_attempts:
-                    done.append(self._failed(row, "crashed", f"the daemon stopped {row.attempts} times while "
-                                             "scoring this image; not retried (service.max_attempts)", model))
+                    done.append(self._failed(row, Failure("crashed", f"the daemon stopped {row.attempts} times "
+                                             "while scoring this image; not retried (service.max_attempts)"), model))
                     continue
                 self.ledger.start(row.id)
                 self._in_hand.add(row.id)
             t0 = time.monotonic()
-            info: dict = {}
             try:
-                image = self._read(row, limits, info)
-                misfit_ = misfit(model.fitted_on, image, info, cfg.mismatch, model.quality_reference)
-                if misfit_ is not None:  # not scored: another recipe's image says nothing about this model's
-                    done.append(self._mismatch(row, misfit_, time.monotonic() - t0, model, cfg, image,
-                                               info.get("quality")))
+                image, info = self._read(row, model, cfg)  # bounded before any pixel is decoded
+                unfit = judge.check(cfg, model, row.path, image, info, time.monotonic() - t0)
+                if unfit is not None:
+                    done.append(self._record(row, unfit, model, cfg))
                     continue
-                ready.append((row, image, time.monotonic() - t0, info.get("quality")))
+                ready.append((row, image, info, time.monotonic() - t0))
             except ImageError as exc:
                 # a file gone is failed only if its row still names that path: renamed meanwhile, it stays pending
-                failed = self._failed(row, exc.kind, exc.reason, model, row.path if exc.kind == "missing" else None)
+                failed = self._failed(row, Failure(exc.kind, exc.reason), model,
+                                      row.path if exc.kind == "missing" else None)
                 if failed is not None:
                     done.append(failed)
             except Exception as exc:  # a reader bug must fail this image, never stop the worker for the next ones
                 log.exception("%s: reading failed", row.path)
-                done.append(self._failed(row, "internal", f"{type(exc).__name__}: {exc}", model))
+                done.append(self._failed(row, Failure("internal", f"{type(exc).__name__}: {exc}"), model))
         if not ready:
             return done
         t0 = time.monotonic()
         try:
-            inspections = model.inspect_batch([im for _, im, _, _ in ready], cfg.alarm.coverage_threshold,
-                                              cfg.alarm.max_defect_area, cfg.mismatch.max_coverage,
-                                              cfg.alarm.peak_margin)
+            inspections = judge.inspect(cfg, model, [im for _, im, _, _ in ready])
             share = (time.monotonic() - t0) / len(ready)
-            results = [(ins, read + share) for (_, _, read, _), ins in zip(ready, inspections)]
+            results = [judge.conclude(cfg, row.path, im, info, ins, read + share)
+                       for (row, im, info, read), ins in zip(ready, inspections)]
         except Exception as exc:
             if len(ready) > 1:  # find the culprit: one by one, so that only it fails
-                results = [self._inspect_one(model, cfg, im, read) for _, im, read, _ in ready]
+                results = [self._judge_one(model, cfg, *r) for r in ready]
             else:
                 results = [_failure(exc)]
         finally:
             self.last_progress = time.monotonic()
-        for (row, image, _, figs), res in zip(ready, results):
-            if isinstance(res[0], str):  # (kind, reason)
-                done.append(self._failed(row, res[0], res[1], model))
-            else:
-                done.append(self._record(row, image, res[0], res[1], model, cfg, figs))
+        for (row, *_), res in zip(ready, results):
+            done.append(self._failed(row, res, model) if isinstance(res, Failure) else
+                        self._record(row, res, model, cfg))
         return done
 
-    def _read(self, row: Row, limits, info: dict):
-        """The row's image, exactly as recorded. An image renamed in the folder after its row was taken is read
-        under the name its row now has."""
+    def _read(self, row: Row, model: Model, cfg: Config):
+        """(image, info) of the row's file, exactly as recorded. An image renamed in the folder after its row was
+        taken is read under the name its row now has."""
         try:
-            return read_image(row.path, limits, _content_hash(row), info)
+            return judge.read(cfg, model, row.path, _content_hash(row))
         except ImageError as exc:
             now = self.ledger.get(row.id)
             if exc.kind != "missing" or now is None or now.path == row.path:
                 raise
-            return read_image(now.path, limits, _content_hash(now), info)
+            return judge.read(cfg, model, now.path, _content_hash(now))
 
     @staticmethod
-    def _inspect_one(model: Model, cfg: Config, image, read: float):
+    def _judge_one(model: Model, cfg: Config, row: Row, image, info: dict, read: float):
         t0 = time.monotonic()
         try:
-            return (model.inspect(image, cfg.alarm.coverage_threshold, cfg.alarm.max_defect_area,
-                                  cfg.mismatch.max_coverage, cfg.alarm.peak_margin), read + time.monotonic() - t0)
+            ins = judge.inspect(cfg, model, [image])[0]
         except Exception as exc:
             return _failure(exc)
+        return judge.conclude(cfg, row.path, image, info, ins, read + time.monotonic() - t0)
 
-    def _record(self, row: Row, image, ins, secs: float, model: Model, cfg: Config, figs: dict | None = None) -> Row:
-        verdict = ins.verdict
-        defect = verdict == "defect"
+    def _record(self, row: Row, j: judge.Judgement, model: Model, cfg: Config) -> Row:
+        """Record a judgement: the alarm state, the output files, the ledger row, the metrics and the log line.
+        A mismatch says nothing of the material: it neither raises nor clears the alarm."""
+        verdict, ins, secs = j.verdict, j.inspection, j.seconds
         before = (self.alarm.active, self.alarm.clean_run)
-        # a mismatch says nothing of the material: it neither raises nor clears the alarm
-        active = self.alarm.active if verdict == "mismatch" else self.alarm.update(defect)
-        summary = ins.summary()
-        um = cfg.image.pixel_size_um or pixel_size_um(row.path)
-        result = {**_result_head(row, model, cfg), **summary, "score_seconds": round(secs, 4), "alarm": defect,
-                  "coverage_threshold": cfg.alarm.coverage_threshold, "max_defect_area": cfg.alarm.max_defect_area,
-                  "pixel_size_um": um}
-        if figs is not None:
-            result["quality"] = figs
-        if verdict == "mismatch":
-            result["mismatch"] = (f"the defect mask covers {100 * ins.report.coverage:.1f}% of the image, over "
-                                  f"mismatch.max_coverage {100 * cfg.mismatch.max_coverage:g}%: another material, "
-                                  "another magnification, or a focus or detector fault")
-            result["mismatch_reason"] = "coverage"
-        if um:
-            for d in result["defects"]:
-                d["area_um2"] = round(d["area"] * um * um, 4)
+        active = self.alarm.active if verdict == "mismatch" else self.alarm.update(j.alarm)
+        result = {**_result_head(row, model, cfg), **j.document}
+        reason = j.mismatch_reason
         overlay = None
-        if cfg.output.overlays == "all" or (cfg.output.overlays == "alarms" and verdict in ("defect", "mismatch")):
-            overlay = self._write_outputs(row, cfg, image, ins, result)
-        r = ins.report
+        if ins is None:  # not scored: an acquisition problem gets an overlay (the image and the reason, no heat map)
+            if reason in QUALITY_REASONS and cfg.output.overlays != "none":
+                overlay = self._write_outputs(row, cfg, j.image, None, result)
+        elif cfg.output.overlays == "all" or (cfg.output.overlays == "alarms" and verdict in ("defect", "mismatch")):
+            overlay = self._write_outputs(row, cfg, j.image, ins, result)
+        r = None if ins is None else ins.report
         try:
             done = self.ledger.finish(
-                row.id, verdict=verdict, alarm=defect, coverage=None if r is None else r.coverage,
+                row.id, verdict=verdict, alarm=j.alarm, coverage=None if r is None else r.coverage,
                 n_defects=None if r is None else len(r.defects), largest_area=None if r is None else r.largest_area,
-                max_score=ins.result.image_score, score_seconds=secs, model_id=model.model_id, overlay=overlay,
-                result_json=json.dumps(result))
+                max_score=None if ins is None else ins.result.image_score, score_seconds=secs,
+                model_id=model.model_id, overlay=overlay, result_json=json.dumps(result))
         except sqlite3.Error:  # not recorded: scored again later, and the alarm state must not count it twice
             self.alarm.active, self.alarm.clean_run = before
             raise
         self._in_hand.discard(row.id)
         m = self.metrics
         m.images_processed_total.labels(verdict=verdict).inc()
+        if reason is not None:
+            m.mismatches_total.labels(reason=reason).inc()
+        if ins is None:
+            log.warning("MISMATCH %s: %s (not scored; %s)", row.path, result["mismatch"],
+                        "pixel_size_tolerance" if reason == "pixel_size" else
+                        "an acquisition problem" if reason in QUALITY_REASONS else f"mismatch.{reason}")
+            return self._finished(done)
         m.scoring_seconds.observe(secs)
         if secs > cfg.service.budget_seconds:
             m.budget_overruns_total.inc()
@@ -241,12 +234,11 @@ class Worker(threading.Thread):
         if r is not None:
             m.last_coverage_ratio.set(r.coverage)
             m.coverage_ratio.observe(r.coverage)
-        if defect:
+        if j.alarm:
             m.alarms_total.inc()
             log.warning("ALARM %s: coverage %.4f%%, %d defect(s), %.2f s, overlay %s", row.path,
                         100 * (r.coverage if r else 0), len(r.defects) if r else 0, secs, overlay)
         elif verdict == "mismatch":
-            m.mismatches_total.labels(reason="coverage").inc()
             log.warning("MISMATCH %s: %s; %.2f s, overlay %s", row.path, result["mismatch"], secs, overlay)
         else:  # one line per image: the journal shows the line's pace, not only its alarms
             log.info("%s: %s, coverage %s, %s defect(s), %.2f s", row.path, verdict,
@@ -255,30 +247,6 @@ class Worker(threading.Thread):
         if verdict == "ok" and ins.level is not None and model is self.model:  # not a model swapped out meanwhile
             self.drift.add(ins.level)
             self._drift_gauges()
-        return self._finished(done)
-
-    def _mismatch(self, row: Row, why: tuple[str, str], secs: float, model: Model, cfg: Config, image=None,
-                  figs: dict | None = None) -> Row:
-        """An image that does not fit the model (another size, bit depth or pixel size) or that the microscope
-        acquired too badly to be judged (exposure, focus, noise): recorded as verdict ``mismatch``, not scored, no
-        alarm raised or cleared. An acquisition problem gets an overlay (the image and the reason, no heat map)."""
-        reason, text = why
-        result = {**_result_head(row, model, cfg), "verdict": "mismatch", "mismatch": text, "mismatch_reason": reason,
-                  "score_seconds": round(secs, 4), "alarm": False}
-        if figs is not None:
-            result["quality"] = figs
-        overlay = None
-        if reason in QUALITY_REASONS and image is not None and cfg.output.overlays != "none":
-            overlay = self._write_outputs(row, cfg, image, None, result)
-        done = self.ledger.finish(row.id, verdict="mismatch", alarm=False, coverage=None, n_defects=None,
-                                  largest_area=None, max_score=None, score_seconds=secs, model_id=model.model_id,
-                                  overlay=overlay, result_json=json.dumps(result))
-        self._in_hand.discard(row.id)
-        self.metrics.images_processed_total.labels(verdict="mismatch").inc()
-        self.metrics.mismatches_total.labels(reason=reason).inc()
-        log.warning("MISMATCH %s: %s (not scored; %s)", row.path, text,
-                    "pixel_size_tolerance" if reason == "pixel_size" else
-                    "an acquisition problem" if reason in QUALITY_REASONS else f"mismatch.{reason}")
         return self._finished(done)
 
     @staticmethod
@@ -308,8 +276,9 @@ class Worker(threading.Thread):
         self.metrics.drift_images.set(len(self.drift))
         self.metrics.drift_ratio.set(self.drift.ratio(self.cfg.drift.min_images))
 
-    def _failed(self, row: Row, kind: str, reason: str, model: Model, path: str | None = None) -> Row | None:
+    def _failed(self, row: Row, failure: "Failure", model: Model, path: str | None = None) -> Row | None:
         """Fail ``row`` (with ``path``: only while the row still names it; None when it does not)."""
+        kind, reason = failure
         done = self.ledger.fail(row.id, kind, reason, model.model_id, path=path)
         if done.state != "failed":
             return None
@@ -358,14 +327,21 @@ def _content_hash(row: Row) -> str | None:
     return row.sha256 if len(row.sha256) == 64 and ":" not in row.sha256 else None
 
 
-def _failure(exc: BaseException) -> tuple[str, str]:
-    """(kind, reason) of a scoring failure, for the ledger and the failed-images metric."""
+class Failure(NamedTuple):
+    """An image that could not be judged: ``kind`` (the failed-images metric's label) and its reason."""
+
+    kind: str
+    reason: str
+
+
+def _failure(exc: BaseException) -> Failure:
+    """The failure of a scoring error, for the ledger and the failed-images metric."""
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         torch.cuda.empty_cache()
-        return "out_of_memory", f"out of memory: {exc}".splitlines()[0][:500]
+        return Failure("out_of_memory", f"out of memory: {exc}".splitlines()[0][:500])
     if isinstance(exc, MemoryError):
-        return "out_of_memory", "out of memory (host)"
+        return Failure("out_of_memory", "out of memory (host)")
     if isinstance(exc, RuntimeError):  # torch/CUDA errors surface as RuntimeError
-        return "device", f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        return Failure("device", f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
     log.error("unexpected scoring error", exc_info=exc)
-    return "internal", f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+    return Failure("internal", f"{type(exc).__name__}: {exc}".splitlines()[0][:500])

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import cv2
 
-from .config import Config
-from .ledger import Row
-from .synth import defective_image, fiber_mat, to_uint8
+from monitor.config import Config
+from monitor.ledger import Row
+from monitor.model.synth import defective_image, fiber_mat, to_uint8
 
 SHAPE = (384, 512)
 
@@ -56,8 +56,8 @@ def demo_config(workdir: Path, cfg: Config = Config()) -> Config:
 
 
 def run_demo(workdir: Path, n_images: int = 12, seed: int = 0, interval: float = 1.0, cfg: Config = Config()) -> int:
-    from .fit import fit_model
-    from .service import Service
+    from monitor.commands.fit import fit_model
+    from monitor.daemon.service import Service
 
     workdir = Path(workdir).resolve()
     cfg = demo_config(workdir, cfg)

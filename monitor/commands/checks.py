@@ -13,10 +13,10 @@ import os
 import socket
 from pathlib import Path
 
-from .artifact import ArtifactError
-from .backbones import BackboneError
-from .config import Config
-from .service import load_model
+from monitor.config import Config
+from monitor.judge import load_model
+from monitor.model.artifact import ArtifactError
+from monitor.model.backbones import BackboneError
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import AlarmSection
-from .files import atomic_write, shown
-from .model import Inspection
-from .overlay import Caption, render_overlay, render_unscored, write_png
+from monitor.config import AlarmSection
+from monitor.files import atomic_write, shown
+from monitor.model.model import Inspection
+from monitor.model.overlay import Caption, render_overlay, render_unscored, write_png
 
 
 @dataclass

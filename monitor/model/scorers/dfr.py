@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..backbones import build_backbone
-from ..features import DenseExtractor, grid_to_map
-from ..methods import DFRConfig
+from monitor.model.backbones import build_backbone
+from monitor.model.features import DenseExtractor, grid_to_map
+from monitor.model.methods import DFRConfig
+
 from .base import QUIET, Progress, Scorer, ScoreResult
 from .patch_dictionary import resolve_device
 from .training import load_module_arrays, module_arrays, optimizer_step, seeded

@@ -41,10 +41,10 @@ from watchdog.events import FileClosedEvent, FileCreatedEvent, FileModifiedEvent
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from .config import WatchSection
-from .files import file_sha256, shown
-from .images import ImageLimits
-from .ledger import Ledger, Row
+from monitor.config import WatchSection
+from monitor.files import file_sha256, link_problem, shown
+from monitor.ledger import Ledger, Row
+from monitor.model.images import ImageLimits
 
 log = logging.getLogger(__name__)
 
@@ -520,25 +520,6 @@ class Intake(threading.Thread):
 
 def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
-def link_problem(path: str, symlinks: str, folder: str | os.PathLike) -> str | None:
-    """Why ``path`` may not be read under the ``watch.symlinks`` policy ``symlinks`` for the export folder
-    ``folder`` (resolved), or None. A link loop is always refused. The intake's rule, and the results page's."""
-    if not os.path.islink(path):
-        return None
-    if symlinks == "never":
-        return "a symbolic link (watch.symlinks: never)"
-    try:
-        real = os.path.realpath(path, strict=True)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return "a symbolic link loop"
-        return None  # dangling or vanished: reported as missing when it is read
-    inside = real.startswith(str(folder) + os.sep)
-    if symlinks == "inside" and not inside:
-        return f"a symbolic link out of the export folder, to {real} (watch.symlinks: inside)"
-    return None
 
 
 def _folder_id(path: Path) -> tuple[int, int] | None:

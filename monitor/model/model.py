@@ -9,14 +9,13 @@ from typing import Sequence
 
 import numpy as np
 
-from .artifact import ArtifactError, load_artifact, save_artifact
-from . import quality
-from .defects import DefectConfig, DefectReport, decide, find_defects
-from . import scorers
-from .methods import METHOD_NAMES
-from .scorers import ScoreResult
-from .scorers.base import QUIET, Progress
-from .threshold import Threshold, ThresholdConfig, fit_threshold
+from monitor.model import quality, scorers
+from monitor.model.artifact import ArtifactError, load_artifact, save_artifact
+from monitor.model.defects import DefectConfig, DefectReport, decide, find_defects
+from monitor.model.methods import METHOD_NAMES
+from monitor.model.scorers import ScoreResult
+from monitor.model.scorers.base import QUIET, Progress
+from monitor.model.threshold import Threshold, ThresholdConfig, fit_threshold
 
 
 @dataclass(frozen=True)
@@ -116,7 +115,7 @@ class Model:
         shape = self.meta.get("image_shape")
         if not shape or getattr(getattr(self.scorer, "config", None), "mode", None) == "crop":
             return None  # crop mode (the paper) scores an image in minutes: no warm-up image for it
-        from .synth import fiber_mat
+        from monitor.model.synth import fiber_mat
 
         t = time.perf_counter()
         self.inspect(fiber_mat(tuple(shape), seed=0))

@@ -15,11 +15,11 @@ from typing import Sequence
 
 import numpy as np
 
-from .config import Config
-from .files import file_sha256
-from .images import ImageLimits, read_image
-from .mismatch import fitted_on
-from .scorers.base import QUIET, Progress, Tick
+from monitor.config import Config
+from monitor.files import file_sha256
+from monitor.model.images import ImageLimits, read_image
+from monitor.model.mismatch import fitted_on
+from monitor.model.scorers.base import QUIET, Progress, Tick
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def fit_model(cfg: Config, normal_paths: Sequence[Path], val_paths: Sequence[Pat
     """Fit ``cfg.model`` on the normal images (threshold and calibration from ``val_paths``) and save it to
     ``out``; returns (model, model_id, seconds). ``sha256``: {path: the content it must have} (refit: what the
     ledger recorded); ``provenance``: saved with the model (where a refit took its images from)."""
-    from .model import Model
+    from monitor.model.model import Model
 
     sha256 = sha256 or {}
 

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from .images import list_images
+from monitor.model.images import list_images
 
 LAYOUTS = ("nanotwice", "mvtec")
 # The Napoletano et al. 2018 protocol drops the 8th, 15th, 27th, 31st and 35th anomalous image.

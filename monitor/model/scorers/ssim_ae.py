@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..features import _positions
-from ..methods import SSIMAutoencoderConfig
+from monitor.model.features import _positions
+from monitor.model.methods import SSIMAutoencoderConfig
+
 from .base import QUIET, Progress, Scorer, ScoreResult
 from .patch_dictionary import resolve_device
 from .ssim import residual_map, ssim_map

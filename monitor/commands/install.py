@@ -13,16 +13,16 @@ and the previous one are kept; older ones are deleted.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import logging
 import os
 import shutil
 import signal
 from pathlib import Path
 
-from .artifact import ArtifactError, load_artifact
-from .config import Config
-from .model import Model
+from monitor.config import Config
+from monitor.ledger import ledger_holder
+from monitor.model.artifact import ArtifactError, load_artifact
+from monitor.model.model import Model
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def previous_link(target: Path) -> Path:
 
 def validate(model_dir: Path, cfg: Config) -> Model:
     """The model at ``model_dir`` loads and fits ``cfg`` (method, backbone, mode, a threshold to judge by)."""
-    from .service import load_model
+    from monitor.judge import load_model
 
     if not (model_dir / "model.json").is_file():
         raise InstallError(f"{model_dir}: not a model directory (no model.json); `monitor fit --out` makes one")
@@ -155,25 +155,14 @@ def _prune(target: Path) -> None:
 
 def reload_running(cfg: Config) -> int | None:
     """SIGHUP to the monitor holding this configuration's ledger lock; its pid, or None when none runs."""
-    lock = Path(f"{cfg.output.ledger}.lock")
-    try:
-        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+    pid = ledger_holder(cfg.output.ledger)
+    if pid is None:
         return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:  # held: a monitor runs on this ledger
-            pid = int(os.pread(fd, 32, 0).decode("ascii", "replace").strip() or 0)
-            if pid > 0:
-                try:
-                    os.kill(pid, signal.SIGHUP)
-                except PermissionError:
-                    raise InstallError(f"installed, but the monitor (pid {pid}) cannot be told to reload by this "
-                                       "user: `systemctl reload` it") from None
-                return pid
-            return None
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.kill(pid, signal.SIGHUP)
+    except PermissionError:
+        raise InstallError(f"installed, but the monitor (pid {pid}) cannot be told to reload by this user: "
+                           "`systemctl reload` it") from None
+    except ProcessLookupError:  # it ended since
         return None
-    finally:
-        os.close(fd)
+    return pid

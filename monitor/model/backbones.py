@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .files import file_sha256
-from .methods import RUNTIMES, BackboneError  # noqa: F401 (torch-free, re-exported)
+from monitor.files import file_sha256
+from monitor.model.methods import RUNTIMES, BackboneError  # noqa: F401 (torch-free, re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class Backbone(nn.Module):
         self.accelerated = None
         if runtime == "torch" or self.mean.device.type != "cpu":
             return "torch"
-        from .openvino_backbone import OpenVinoLite0, RuntimeUnavailable
+        from monitor.model.openvino_backbone import OpenVinoLite0, RuntimeUnavailable
 
         try:
             accel = OpenVinoLite0(self, torch.get_num_threads())

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backbones import Backbone
-from .methods import MODES  # noqa: F401 (re-exported)
+from monitor.model.backbones import Backbone
+from monitor.model.methods import MODES  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

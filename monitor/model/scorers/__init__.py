@@ -4,7 +4,8 @@
 The configurations (``monitor/methods.py``) and ``base`` import without torch; the scorer classes and ``METHODS``
 are imported when first named (PEP 562), so that a command that never scores never pays for torch."""
 
-from ..methods import DFRConfig, PatchDictionaryConfig, PIADEConfig, SSIMAutoencoderConfig
+from monitor.model.methods import DFRConfig, PatchDictionaryConfig, PIADEConfig, SSIMAutoencoderConfig
+
 from .base import Scorer, ScoreResult
 
 _CLASSES = {"PatchDictionary": "patch_dictionary", "SSIMAutoencoder": "ssim_ae", "DFR": "dfr", "PIADE": "piade"}

@@ -22,9 +22,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..backbones import build_backbone
-from ..features import CropExtractor, DenseExtractor, FeatureGrid, grid_to_map
-from ..methods import PatchDictionaryConfig
+from monitor.model.backbones import build_backbone
+from monitor.model.features import CropExtractor, DenseExtractor, FeatureGrid, grid_to_map
+from monitor.model.methods import PatchDictionaryConfig
+
 from .base import QUIET, Progress, Scorer, ScoreResult, Tick
 
 STATE_ARRAYS = ("mean", "components", "scale", "words", "border_offset", "border_gain")
@@ -221,7 +222,7 @@ class PatchDictionary(Scorer):
         g = torch.Generator(device="cpu").manual_seed(c.seed)
         quota = -(-c.max_fit_patches // len(images))
         if c.mode == "crop":
-            from ..features import patch_count
+            from monitor.model.features import patch_count
 
             tick = progress.phase("extraction", sum(patch_count(im.shape, c.patch_size, c.stride) for im in images),
                                   "patches")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .files import FileTooLarge, NotRegularFile, open_regular, read_regular
+from monitor.files import FileTooLarge, NotRegularFile, open_regular, read_regular
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 

@@ -51,14 +51,13 @@ from urllib.parse import parse_qsl, urlsplit
 import cv2
 import numpy as np
 
-from .quality import QUALITY_REASONS
-from .config import RESULTS_MAX, Config, WebSection
-from .files import shown
-from .httpd import GuardedServer, server_tls
-from .images import ImageError, read_image
-from .ledger import LABEL_KINDS, NOTE_CHARS, VERDICT_FILTERS, WHO_CHARS, Label, LabelError, Ledger, Row
-from .passwords import parse_hash, verify_password
-from .watcher import link_problem
+from monitor.config import RESULTS_MAX, Config, WebSection
+from monitor.files import link_problem, shown
+from monitor.ledger import LABEL_KINDS, NOTE_CHARS, VERDICT_FILTERS, WHO_CHARS, Label, LabelError, Ledger, Row
+from monitor.model.images import ImageError, read_image
+from monitor.model.quality import QUALITY_REASONS
+from monitor.passwords import parse_hash, verify_password
+from monitor.web.server import GuardedServer, server_tls
 
 log = logging.getLogger(__name__)
 

@@ -28,13 +28,13 @@ import shutil
 import time
 from pathlib import Path
 
-from .config import Config, in_export
-from .files import file_sha256, shown
-from .images import ImageError, read_image
-from .install import previous_link, versions_dir
-from .ledger import Ledger, LedgerReader, Row
-from .mismatch import misfit
-from .threshold import ThresholdConfig
+from monitor import judge
+from monitor.commands.install import previous_link, versions_dir
+from monitor.config import Config, in_export
+from monitor.files import file_sha256, shown
+from monitor.ledger import Ledger, LedgerReader, Row
+from monitor.model.images import ImageError
+from monitor.model.threshold import ThresholdConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +45,15 @@ class RefitError(RuntimeError):
     pass
 
 
-def _load(model, cfg: Config, row: Row):
-    """(image, info) of the row's file, read as the daemon reads it for ``model``, with the content the ledger
-    recorded (ImageError otherwise)."""
-    info: dict = {}
-    image = read_image(row.path, cfg.image.for_model(model.meta.get("training_pixels")), row.sha256, info)
-    return image, info
-
-
 def _unusable(model, cfg: Config, row: Row) -> str | None:
     """Why the row's image cannot join the candidate or its validation: gone, changed since it was scored,
     unreadable, or not fitting the model in use (as the daemon judges it); None when it can."""
     try:
-        image, info = _load(model, cfg, row)
+        image, info = judge.read(cfg, model, row.path, row.sha256)
     except ImageError as exc:
         return "gone or changed since it was scored" if exc.kind in ("missing", "changed") else exc.reason
-    why = misfit(model.fitted_on, image, info, cfg.mismatch, model.quality_reference)
-    return None if why is None else f"does not fit the model in use: {why[1]}"
+    unfit = judge.check(cfg, model, row.path, image, info)
+    return None if unfit is None else f"does not fit the model in use: {unfit.document['mismatch']}"
 
 
 def gather(cfg: Config, model, ledger: Ledger, recent: int, seed: int = 0) -> dict:
@@ -145,16 +137,13 @@ def gather(cfg: Config, model, ledger: Ledger, recent: int, seed: int = 0) -> di
 
 
 def _judge(model, cfg: Config, row: Row) -> dict:
-    """The verdict ``model`` gives the row's image, as the daemon would (a misfit is a mismatch, not scored)."""
+    """The verdict ``model`` gives the row's image, as the daemon would (``judge``: a misfit is a mismatch, not
+    scored), read with the content the ledger recorded."""
     try:
-        image, info = _load(model, cfg, row)
+        j = judge.judge(cfg, model, row.path, row.sha256)
     except ImageError as exc:
         return {"verdict": "failed", "coverage": None, "error": exc.reason}
-    if misfit(model.fitted_on, image, info, cfg.mismatch, model.quality_reference) is not None:
-        return {"verdict": "mismatch", "coverage": None}
-    ins = model.inspect(image, cfg.alarm.coverage_threshold, cfg.alarm.max_defect_area, cfg.mismatch.max_coverage,
-                        cfg.alarm.peak_margin)
-    return {"verdict": ins.verdict, "coverage": None if ins.report is None else round(ins.report.coverage, 6)}
+    return {"verdict": j.verdict, "coverage": j.document.get("coverage")}
 
 
 def validate(before, after, cfg: Config, labelled: list) -> tuple[list[dict], bool]:
@@ -203,12 +192,11 @@ def refit(cfg: Config, recent: int = 20, out: Path | None = None, apply: bool = 
     """Fit, validate and (``apply``, when it passes) install a candidate; returns the report. The candidate has the
     settings of the model in use (its method's, its threshold's and its defects'), not those of the configuration:
     the same model with more of the line's images."""
-    from .fit import fit_model
-    from .install import install_model
-    from .service import load_model
+    from monitor.commands.fit import fit_model
+    from monitor.commands.install import install_model
 
     out = candidate_dir(cfg, out)
-    before = load_model(cfg)
+    before = judge.load_model(cfg)
     ledger = LedgerReader(cfg.output.ledger)
     try:
         got = gather(cfg, before, ledger, recent, seed)

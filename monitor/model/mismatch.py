@@ -17,8 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from . import quality
-from .quality import QUALITY_REASONS
+from monitor.model import quality
+from monitor.model.quality import QUALITY_REASONS
 
 MISMATCH_REASONS = ("size", "bit_depth", "pixel_size", "coverage") + QUALITY_REASONS  # the metric's label values
 

@@ -1,0 +1,128 @@
+"""One way to judge an image: read it as the daemon does, check that it fits the model and can be judged at all
+(``mismatch.misfit``), score it, and build its result document. The worker, `monitor score` and refit's validation
+all judge through here, so that a verdict cannot differ between them.
+
+A daemon that scores images in batches splits the same steps: ``check`` (read already), one batched
+``Model.inspect_batch``, then ``conclude`` per image. ``judge`` does the three for one file.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from monitor.config import Config
+from monitor.model.artifact import ArtifactError
+from monitor.model.images import pixel_size_um, read_image
+from monitor.model.mismatch import misfit
+from monitor.model.model import Inspection, Model, expectations
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What one image gets. ``inspection`` is None for an image that was not scored (it does not fit the model, or
+    its acquisition cannot be judged: ``verdict`` "mismatch", ``mismatch_reason`` says which check)."""
+
+    verdict: str  # ok | defect | mismatch | no-threshold (defects.VERDICTS)
+    document: dict  # the result document (the result JSON and the ledger's copy, without the daemon's head)
+    image: np.ndarray
+    inspection: Inspection | None
+    seconds: float  # reading and scoring
+
+    @property
+    def alarm(self) -> bool:
+        return self.verdict == "defect"
+
+    @property
+    def mismatch_reason(self) -> str | None:
+        return self.document.get("mismatch_reason")
+
+
+def load_model(cfg: Config) -> Model:
+    """The model the configuration names (``model.path``), checked against its method and backbone settings."""
+    path = Path(cfg.model.path)
+    if not (path / "model.json").is_file():
+        raise ArtifactError(f"model.path {path}: no fitted model there; run `monitor fit ... --out {path}` first")
+    model = Model.load(path, cfg.model.device, expectations(cfg.model.method_config), runtime=cfg.model.runtime)
+    if model.meta.get("method") != cfg.model.method:
+        raise ArtifactError(f"model.path {path} holds a {model.meta.get('method')} model, "
+                            f"the configuration asks for {cfg.model.method}")
+    return model
+
+
+def warm(model: Model) -> None:
+    """The model's first pass at its image size, before the first real image (``Model.warm_up``), logged."""
+    secs = model.warm_up()
+    if secs is not None:
+        log.info("model %s warmed up on a %dx%d image in %.2f s", model.model_id, model.meta["image_shape"][1],
+                 model.meta["image_shape"][0], secs)
+
+
+def read(cfg: Config, model: Model, path: str | Path, sha256: str | None = None) -> tuple[np.ndarray, dict]:
+    """(image, info) of ``path`` within the image limits of the configuration and the model (``ImageError``
+    otherwise); with ``sha256``, exactly the content recorded (kind ``changed`` otherwise)."""
+    info: dict = {}
+    return read_image(path, cfg.image.for_model(model.meta.get("training_pixels")), sha256, info), info
+
+
+def check(cfg: Config, model: Model, path: str | Path, image: np.ndarray, info: dict,
+          seconds: float = 0.0) -> Judgement | None:
+    """The ``mismatch`` judgement of an image that does not fit the model or cannot be judged (not scored: another
+    recipe's image, or a blurred, noisy or clipped one, says nothing about the material); None when it can be
+    scored. ``info`` gets the image's quality figures."""
+    why = misfit(model.fitted_on, image, info, cfg.mismatch, model.quality_reference)
+    if why is None:
+        return None
+    doc = {"verdict": "mismatch", "mismatch": why[1], "mismatch_reason": why[0], "score_seconds": round(seconds, 4),
+           "alarm": False}
+    if "quality" in info:
+        doc["quality"] = info["quality"]
+    return Judgement("mismatch", doc, image, None, seconds)
+
+
+def inspect(cfg: Config, model: Model, images: list[np.ndarray]) -> list[Inspection]:
+    """The model's inspections of ``images`` (one batched pass) under the configuration's alarm settings."""
+    a = cfg.alarm
+    if len(images) == 1:
+        return [model.inspect(images[0], a.coverage_threshold, a.max_defect_area, cfg.mismatch.max_coverage,
+                              a.peak_margin)]
+    return model.inspect_batch(images, a.coverage_threshold, a.max_defect_area, cfg.mismatch.max_coverage,
+                               a.peak_margin)
+
+
+def conclude(cfg: Config, path: str | Path, image: np.ndarray, info: dict, ins: Inspection,
+             seconds: float) -> Judgement:
+    """The judgement of a scored image: its verdict and result document (defects with their areas in um2 when the
+    pixel size is known, the quality figures, the reason of a coverage mismatch)."""
+    um = cfg.image.pixel_size_um or pixel_size_um(path)
+    doc = {**ins.summary(), "score_seconds": round(seconds, 4), "alarm": ins.verdict == "defect",
+           "coverage_threshold": cfg.alarm.coverage_threshold, "max_defect_area": cfg.alarm.max_defect_area,
+           "pixel_size_um": um}
+    if "quality" in info:
+        doc["quality"] = info["quality"]
+    if ins.verdict == "mismatch":
+        doc["mismatch"] = (f"the defect mask covers {100 * ins.report.coverage:.1f}% of the image, over "
+                           f"mismatch.max_coverage {100 * cfg.mismatch.max_coverage:g}%: another material, another "
+                           "magnification, or a focus or detector fault")
+        doc["mismatch_reason"] = "coverage"
+    if um:
+        for d in doc["defects"]:
+            d["area_um2"] = round(d["area"] * um * um, 4)
+    return Judgement(ins.verdict, doc, image, ins, seconds)
+
+
+def judge(cfg: Config, model: Model, path: str | Path, sha256: str | None = None) -> Judgement:
+    """Read, check and score one image file (``ImageError`` when it cannot be read)."""
+    t0 = time.perf_counter()
+    image, info = read(cfg, model, path, sha256)
+    unfit = check(cfg, model, path, image, info, time.perf_counter() - t0)
+    if unfit is not None:
+        return unfit
+    ins = inspect(cfg, model, [image])[0]
+    return conclude(cfg, path, image, info, ins, time.perf_counter() - t0)
