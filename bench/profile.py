@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor.daemon.alarm import local_time, write_outputs
+from monitor.daemon.alarm import write_outputs
 from monitor.model.images import list_images, read_image
 from monitor.model.model import Model
+from monitor.times import local_time  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("read", "features", "distances", "map", "defects", "overlay", "total")

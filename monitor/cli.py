@@ -14,7 +14,6 @@ import sqlite3
 import sys
 import time
 import warnings
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from monitor.model.artifact import ArtifactError
 from monitor.model.images import ImageError, list_images, read_image
 from monitor.model.methods import METHOD_NAMES, BackboneError
 from monitor.passwords import ITERATIONS
+from monitor.times import iso_time, parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +62,11 @@ def cmd_fit(args) -> int:
 
 def cmd_score(args) -> int:
     from monitor import judge
-    from monitor.daemon.alarm import caption_for, local_time
+    from monitor.daemon.alarm import caption_for
     from monitor.model.model import Model, expectations
     from monitor.model.overlay import render_overlay, render_unscored, write_png
     from monitor.model.quality import QUALITY_REASONS
+    from monitor.times import local_time
 
     cfg = _load_cfg(args)
     model = Model.load(args.model, cfg.model.device, expectations(cfg.model.method_config) if args.config else None,
@@ -216,19 +217,12 @@ def cmd_run(args) -> int:
     return Service(cfg, args.config).run()
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def parse_since(text: str) -> float:
-    """'90s', '15m', '1h', '2d' -> that long ago, as unix time."""
-    text = text.strip()
-    if len(text) < 2 or text[-1] not in _UNITS:
-        raise ConfigError(f"--since {text!r}: expected a number and a unit (s, m, h, d), e.g. 1h")
+    """'90s', '15m', '1h', '2d', '1w' -> that long ago, as unix time."""
     try:
-        n = float(text[:-1])
-    except ValueError:
-        raise ConfigError(f"--since {text!r}: expected a number and a unit (s, m, h, d), e.g. 1h") from None
-    return time.time() - n * _UNITS[text[-1]]
+        return time.time() - parse_duration(text, "--since", zero=None)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _open_ledger(path: Path):
@@ -316,11 +310,6 @@ def cmd_label(args) -> int:
     print(f"monitor: result {row.id} ({shown(Path(row.path).name)}, verdict {row.verdict}) labelled {lab.kind} by "
           f"{lab.who}", file=sys.stderr)
     return 0
-
-
-def iso_time(t: float) -> str:
-    """ISO 8601 local time with its UTC offset, e.g. 2026-12-01T23:05:09+01:00."""
-    return datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
 
 
 def cmd_check_config(args) -> int:

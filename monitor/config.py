@@ -27,6 +27,7 @@ from monitor.model.methods import (
 from monitor.model.mismatch import MismatchConfig
 from monitor.model.threshold import ThresholdConfig
 from monitor.passwords import parse_hash
+from monitor.times import parse_duration
 
 
 class ConfigError(ValueError):
@@ -168,23 +169,6 @@ class OutputSection:
     @property
     def max_age_seconds(self) -> float:
         return parse_duration(self.max_age, "output.max_age")
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str, key: str) -> float:
-    """"90d", "12h", "30m", "45s", "2w" -> seconds; "0" -> 0 (no limit)."""
-    t = str(text).strip()
-    try:
-        if t == "0":
-            return 0.0
-        value = float(t[:-1])
-        if t[-1:] in _UNITS and value > 0:
-            return value * _UNITS[t[-1]]
-    except ValueError:
-        pass
-    raise ValueError(f"{key} must be a duration such as 90d, 12h, 30m (s, m, h, d, w) or 0 for none, got {text!r}")
 
 
 @dataclass(frozen=True)

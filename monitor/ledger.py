@@ -221,46 +221,13 @@ def ledger_holder(path: str | os.PathLike) -> int | None:
         os.close(fd)
 
 
-class Ledger:
-    def __init__(self, path: str | os.PathLike, check: bool = True):
-        """Open (or make) the ledger at ``path``. ``check``: read every page first (``PRAGMA quick_check``, about
-        0.7 s for a year of images on a 2-core VM), as the daemon does at each start. Without it (the commands that
-        read or add a few rows: `monitor history`, `monitor label`) the full check is still made whenever opening
-        changes the file (an older schema to upgrade, a journal not yet WAL); damage a query meets later is a
-        ``sqlite3.DatabaseError``."""
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() and self.path.stat().st_size == 0:
-            # not a new ledger: a lost one (a full disk, a bad copy). Starting afresh would score every image in
-            # the export folder again, with alarms for old images.
-            raise LedgerError(f"{self.path}: the ledger file is empty (0 bytes); restore it from a backup, or "
-                              "delete it to start a new ledger (every image in the export folder is then scored again)")
-        try:
-            self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]  # checked before anything is changed
-            if version not in (0, 1, 2, SCHEMA_VERSION):
-                self._db.close()
-                raise LedgerError(f"{self.path}: ledger schema {version}, this version reads {SCHEMA_VERSION}")
-            if check or version != SCHEMA_VERSION or self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                damage = self._db.execute("PRAGMA quick_check").fetchall()
-                if damage != [("ok",)]:
-                    self._db.close()
-                    raise LedgerError(f"{self.path}: the ledger is damaged ({'; '.join(r[0] for r in damage[:3])}); "
-                                      "restore it from a backup (sqlite3 .recover can save what is left)")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")  # a done row survives a power cut, not only a crash
-            st = os.stat(self.path)
-            self._identity = (st.st_dev, st.st_ino)
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"{self.path}: cannot open the ledger: {exc}") from None
-        self._lock = threading.Lock()
+class LedgerQueries:
+    """The queries of the ledger, shared by the daemon's ``Ledger`` and the read-only ``LedgerReader``: a
+    reader has no write method at all."""
 
-    def reader(self) -> "LedgerReader":
-        """A read-only view on its own connection: its queries (the results page) never wait on, nor hold up, the
-        daemon's writes (WAL readers and the writer run side by side)."""
-        return LedgerReader(self.path)
+    path: Path
+    _db: sqlite3.Connection
+    _lock: threading.Lock
 
     def close(self) -> None:
         with self._lock:
@@ -273,113 +240,6 @@ class Ledger:
     def _all(self, sql: str, args=()) -> list[Row]:
         return [_row(r) for r in self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM images {sql}", args)]
 
-    # --------------------------------------------------------------------------------------------------- writes
-    def record(self, path: str, size: int, mtime_ns: int, sha256: str, seen_at: float | None = None
-               ) -> tuple[Row, bool]:
-        """Record a complete image. Returns (row, created); an existing (path, sha256) row is returned unchanged."""
-        stored = db_path(path)
-        with self._lock:
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO images (path, size, mtime_ns, sha256, state, seen_at) "
-                "VALUES (?, ?, ?, ?, 'pending', ?)", (stored, size, mtime_ns, sha256, seen_at or time.time()))
-            created = cur.rowcount == 1
-            return self._one("WHERE path = ? AND sha256 = ?", (stored, sha256)), created
-
-    def rename(self, src: str, dest: str, size: int, mtime_ns: int) -> bool:
-        """The newest pending or scored row of ``src`` with this size and mtime now names ``dest`` (a file renamed in
-        the export folder; the worker reads a pending one under its new name). False when there is none (a failed
-        row does not follow: the renamed file gets a row of its own)."""
-        with self._lock:
-            try:
-                cur = self._db.execute(
-                    "UPDATE images SET path = ? WHERE id = (SELECT MAX(id) FROM images WHERE path = ? AND size = ? "
-                    "AND mtime_ns = ? AND state IN ('pending', 'done'))", (db_path(dest), db_path(src), size, mtime_ns))
-            except sqlite3.IntegrityError:  # dest already has a row with this content (renamed back and forth)
-                return True
-            return cur.rowcount == 1
-
-    def lost(self) -> bool:
-        """True when ``path`` no longer names the file this ledger writes (deleted, or replaced by another file):
-        every row written from then on would be lost at the next start."""
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return True
-        return (st.st_dev, st.st_ino) != self._identity
-
-    def start(self, row_id: int) -> int:
-        """Mark scoring as started; returns the attempt number (1 on the first try)."""
-        with self._lock:
-            self._db.execute("UPDATE images SET started_at = ?, attempts = attempts + 1 WHERE id = ?",
-                             (time.time(), row_id))
-            return self._db.execute("SELECT attempts FROM images WHERE id = ?", (row_id,)).fetchone()[0]
-
-    def finish(self, row_id: int, *, verdict: str, alarm: bool, coverage: float | None, n_defects: int | None,
-               largest_area: int | None, max_score: float, score_seconds: float, model_id: str | None,
-               overlay: str | None = None, result_json: str | None = None) -> Row:
-        with self._lock:
-            now = time.time()
-            self._db.execute(
-                "UPDATE images SET state = 'done', finished_at = ?, verdict = ?, alarm = ?, coverage = ?, "
-                "n_defects = ?, largest_area = ?, max_score = ?, score_seconds = ?, e2e_seconds = ? - seen_at, "
-                "model_id = ?, overlay = ?, result_json = ?, error_kind = NULL, error = NULL "
-                "WHERE id = ? AND state = 'pending'",
-                (now, verdict, int(alarm), coverage, n_defects, largest_area, max_score, score_seconds, now,
-                 model_id, overlay, result_json, row_id))
-            return self._one("WHERE id = ?", (row_id,))
-
-    def fail(self, row_id: int, kind: str, reason: str, model_id: str | None = None, path: str | None = None) -> Row:
-        """Fail a pending row (with ``path``: only while the row still names that path). Returns the row as it is."""
-        with self._lock:
-            now = time.time()
-            self._db.execute(
-                "UPDATE images SET state = 'failed', finished_at = ?, e2e_seconds = ? - seen_at, error_kind = ?, "
-                "error = ?, model_id = ? WHERE id = ? AND state = 'pending'" + (" AND path = ?" if path else ""),
-                (now, now, kind, shown(reason), model_id, row_id, *((db_path(path),) if path else ())))
-            return self._one("WHERE id = ?", (row_id,))
-
-    def record_failed(self, path: str, size: int, mtime_ns: int, key: str, kind: str, reason: str
-                      ) -> tuple[Row, bool]:
-        """A file that cannot be taken, recorded failed in one statement (never seen pending by the worker);
-        ``key`` stands in for the content hash. Returns (row, created)."""
-        stored = db_path(path)
-        with self._lock:
-            now = time.time()
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO images (path, size, mtime_ns, sha256, state, seen_at, finished_at, e2e_seconds, "
-                "error_kind, error) VALUES (?, ?, ?, ?, 'failed', ?, ?, 0, ?, ?)",
-                (stored, size, mtime_ns, key, now, now, kind, shown(reason)))
-            return self._one("WHERE path = ? AND sha256 = ?", (stored, key)), cur.rowcount == 1
-
-    def retake(self, row: Row, sha256: str) -> tuple[Row, bool]:
-        """The image of ``row``, failed ``permission``, can be read now (its permissions fixed: size and mtime are
-        the same, so no scan takes it as new): a pending row for its content, ``sha256``. That is a new row, the
-        failure staying in the history; when the failed row already has this content (the intake could hash it,
-        the worker was then refused) it is pending again. Returns (row, created)."""
-        stored = db_path(row.path)
-        with self._lock:
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO images (path, size, mtime_ns, sha256, state, seen_at) "
-                "VALUES (?, ?, ?, ?, 'pending', ?)", (stored, row.size, row.mtime_ns, sha256, time.time()))
-            created = cur.rowcount == 1
-            if not created:
-                self._db.execute(
-                    "UPDATE images SET state = 'pending', finished_at = NULL, e2e_seconds = NULL, error_kind = NULL, "
-                    "error = NULL WHERE path = ? AND sha256 = ? AND state = 'failed' AND error_kind = 'permission'",
-                    (stored, sha256))
-            return self._one("WHERE path = ? AND sha256 = ?", (stored, sha256)), created
-
-    def label(self, image_id: int, kind: str, who: str, note: str = "", source: str = "cli") -> Label:
-        """Record what an operator says of a scored result (``check_label``); the result row is not changed."""
-        with self._lock:
-            check_label(self._one("WHERE id = ?", (image_id,)), kind, who, note)
-            cur = self._db.execute("INSERT INTO labels (image_id, kind, note, who, source, at) "
-                                   "VALUES (?, ?, ?, ?, ?, ?)",
-                                   (image_id, kind, note.strip(), who.strip(), source, time.time()))
-            return Label(*self._db.execute(f"SELECT {_LABEL_COLUMNS} FROM labels WHERE id = ?",
-                                           (cur.lastrowid,)).fetchone())
-
-    # ---------------------------------------------------------------------------------------------------- reads
     def labels(self, image_id: int) -> list[Label]:
         """Every label of one result, oldest first (the last one is what the operators say now)."""
         with self._lock:
@@ -448,24 +308,6 @@ class Ledger:
     def pending_count(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM images WHERE state = 'pending'").fetchone()[0]
-
-    def backlog_before(self, backlog_seconds: float | None, now: float | None = None
-                       ) -> tuple[float, float, bool]:
-        """(before, at, just set): images modified before ``before`` that were already in the export folder at
-        ``at`` (the ledger's first start) are not scored. Set once, when the ledger is new (no image yet):
-        ``at`` = now, ``before`` = ``at - backlog_seconds`` (``None``: every image is scored, ``before`` = 0), and
-        kept, so that a restart skips the same images. A ledger that already holds images (one upgraded from
-        before 0.5.0) scores every image, as it did."""
-        with self._lock:  # one daemon writes a ledger (service.lock_ledger)
-            got = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN ('backlog_before', 'backlog_at')"))
-            if "backlog_before" in got:
-                return float(got["backlog_before"]), float(got.get("backlog_at", "0")), False
-            new = self._db.execute("SELECT 1 FROM images LIMIT 1").fetchone() is None
-            at = time.time() if now is None else now
-            before = at - backlog_seconds if new and backlog_seconds is not None else 0.0
-            self._db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
-                                 (("backlog_before", repr(before)), ("backlog_at", repr(at))))
-            return before, at, new and before > 0
 
     def known(self, path: str, size: int, mtime_ns: int) -> bool:
         """True when a row exists for this path with this size and mtime (lets a re-scan skip hashing)."""
@@ -589,8 +431,175 @@ class Ledger:
             return self._all(sql, args)
 
 
-class LedgerReader(Ledger):
-    """Read-only queries on a connection of their own (``Ledger.reader``); the write methods fail."""
+class Ledger(LedgerQueries):
+    """The ledger the daemon writes (one daemon per ledger: ``lock_ledger``), and the commands that add a row."""
+
+    def __init__(self, path: str | os.PathLike, check: bool = True):
+        """Open (or make) the ledger at ``path``. ``check``: read every page first (``PRAGMA quick_check``, about
+        0.7 s for a year of images on a 2-core VM), as the daemon does at each start. Without it (the commands that
+        read or add a few rows: `monitor history`, `monitor label`) the full check is still made whenever opening
+        changes the file (an older schema to upgrade, a journal not yet WAL); damage a query meets later is a
+        ``sqlite3.DatabaseError``."""
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and self.path.stat().st_size == 0:
+            # not a new ledger: a lost one (a full disk, a bad copy). Starting afresh would score every image in
+            # the export folder again, with alarms for old images.
+            raise LedgerError(f"{self.path}: the ledger file is empty (0 bytes); restore it from a backup, or "
+                              "delete it to start a new ledger (every image in the export folder is then scored again)")
+        try:
+            self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]  # checked before anything is changed
+            if version not in (0, 1, 2, SCHEMA_VERSION):
+                self._db.close()
+                raise LedgerError(f"{self.path}: ledger schema {version}, this version reads {SCHEMA_VERSION}")
+            if check or version != SCHEMA_VERSION or self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                damage = self._db.execute("PRAGMA quick_check").fetchall()
+                if damage != [("ok",)]:
+                    self._db.close()
+                    raise LedgerError(f"{self.path}: the ledger is damaged ({'; '.join(r[0] for r in damage[:3])}); "
+                                      "restore it from a backup (sqlite3 .recover can save what is left)")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")  # a done row survives a power cut, not only a crash
+            st = os.stat(self.path)
+            self._identity = (st.st_dev, st.st_ino)
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path}: cannot open the ledger: {exc}") from None
+        self._lock = threading.Lock()
+
+    def reader(self) -> "LedgerReader":
+        """A read-only view on its own connection: its queries (the results page) never wait on, nor hold up, the
+        daemon's writes (WAL readers and the writer run side by side)."""
+        return LedgerReader(self.path)
+
+    def record(self, path: str, size: int, mtime_ns: int, sha256: str, seen_at: float | None = None
+               ) -> tuple[Row, bool]:
+        """Record a complete image. Returns (row, created); an existing (path, sha256) row is returned unchanged."""
+        stored = db_path(path)
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO images (path, size, mtime_ns, sha256, state, seen_at) "
+                "VALUES (?, ?, ?, ?, 'pending', ?)", (stored, size, mtime_ns, sha256, seen_at or time.time()))
+            created = cur.rowcount == 1
+            return self._one("WHERE path = ? AND sha256 = ?", (stored, sha256)), created
+
+    def rename(self, src: str, dest: str, size: int, mtime_ns: int) -> bool:
+        """The newest pending or scored row of ``src`` with this size and mtime now names ``dest`` (a file renamed in
+        the export folder; the worker reads a pending one under its new name). False when there is none (a failed
+        row does not follow: the renamed file gets a row of its own)."""
+        with self._lock:
+            try:
+                cur = self._db.execute(
+                    "UPDATE images SET path = ? WHERE id = (SELECT MAX(id) FROM images WHERE path = ? AND size = ? "
+                    "AND mtime_ns = ? AND state IN ('pending', 'done'))", (db_path(dest), db_path(src), size, mtime_ns))
+            except sqlite3.IntegrityError:  # dest already has a row with this content (renamed back and forth)
+                return True
+            return cur.rowcount == 1
+
+    def lost(self) -> bool:
+        """True when ``path`` no longer names the file this ledger writes (deleted, or replaced by another file):
+        every row written from then on would be lost at the next start."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != self._identity
+
+    def start(self, row_id: int) -> int:
+        """Mark scoring as started; returns the attempt number (1 on the first try)."""
+        with self._lock:
+            self._db.execute("UPDATE images SET started_at = ?, attempts = attempts + 1 WHERE id = ?",
+                             (time.time(), row_id))
+            return self._db.execute("SELECT attempts FROM images WHERE id = ?", (row_id,)).fetchone()[0]
+
+    def finish(self, row_id: int, *, verdict: str, alarm: bool, coverage: float | None, n_defects: int | None,
+               largest_area: int | None, max_score: float, score_seconds: float, model_id: str | None,
+               overlay: str | None = None, result_json: str | None = None) -> Row:
+        with self._lock:
+            now = time.time()
+            self._db.execute(
+                "UPDATE images SET state = 'done', finished_at = ?, verdict = ?, alarm = ?, coverage = ?, "
+                "n_defects = ?, largest_area = ?, max_score = ?, score_seconds = ?, e2e_seconds = ? - seen_at, "
+                "model_id = ?, overlay = ?, result_json = ?, error_kind = NULL, error = NULL "
+                "WHERE id = ? AND state = 'pending'",
+                (now, verdict, int(alarm), coverage, n_defects, largest_area, max_score, score_seconds, now,
+                 model_id, overlay, result_json, row_id))
+            return self._one("WHERE id = ?", (row_id,))
+
+    def fail(self, row_id: int, kind: str, reason: str, model_id: str | None = None, path: str | None = None) -> Row:
+        """Fail a pending row (with ``path``: only while the row still names that path). Returns the row as it is."""
+        with self._lock:
+            now = time.time()
+            self._db.execute(
+                "UPDATE images SET state = 'failed', finished_at = ?, e2e_seconds = ? - seen_at, error_kind = ?, "
+                "error = ?, model_id = ? WHERE id = ? AND state = 'pending'" + (" AND path = ?" if path else ""),
+                (now, now, kind, shown(reason), model_id, row_id, *((db_path(path),) if path else ())))
+            return self._one("WHERE id = ?", (row_id,))
+
+    def record_failed(self, path: str, size: int, mtime_ns: int, key: str, kind: str, reason: str
+                      ) -> tuple[Row, bool]:
+        """A file that cannot be taken, recorded failed in one statement (never seen pending by the worker);
+        ``key`` stands in for the content hash. Returns (row, created)."""
+        stored = db_path(path)
+        with self._lock:
+            now = time.time()
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO images (path, size, mtime_ns, sha256, state, seen_at, finished_at, e2e_seconds, "
+                "error_kind, error) VALUES (?, ?, ?, ?, 'failed', ?, ?, 0, ?, ?)",
+                (stored, size, mtime_ns, key, now, now, kind, shown(reason)))
+            return self._one("WHERE path = ? AND sha256 = ?", (stored, key)), cur.rowcount == 1
+
+    def retake(self, row: Row, sha256: str) -> tuple[Row, bool]:
+        """The image of ``row``, failed ``permission``, can be read now (its permissions fixed: size and mtime are
+        the same, so no scan takes it as new): a pending row for its content, ``sha256``. That is a new row, the
+        failure staying in the history; when the failed row already has this content (the intake could hash it,
+        the worker was then refused) it is pending again. Returns (row, created)."""
+        stored = db_path(row.path)
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO images (path, size, mtime_ns, sha256, state, seen_at) "
+                "VALUES (?, ?, ?, ?, 'pending', ?)", (stored, row.size, row.mtime_ns, sha256, time.time()))
+            created = cur.rowcount == 1
+            if not created:
+                self._db.execute(
+                    "UPDATE images SET state = 'pending', finished_at = NULL, e2e_seconds = NULL, error_kind = NULL, "
+                    "error = NULL WHERE path = ? AND sha256 = ? AND state = 'failed' AND error_kind = 'permission'",
+                    (stored, sha256))
+            return self._one("WHERE path = ? AND sha256 = ?", (stored, sha256)), created
+
+    def label(self, image_id: int, kind: str, who: str, note: str = "", source: str = "cli") -> Label:
+        """Record what an operator says of a scored result (``check_label``); the result row is not changed."""
+        with self._lock:
+            check_label(self._one("WHERE id = ?", (image_id,)), kind, who, note)
+            cur = self._db.execute("INSERT INTO labels (image_id, kind, note, who, source, at) "
+                                   "VALUES (?, ?, ?, ?, ?, ?)",
+                                   (image_id, kind, note.strip(), who.strip(), source, time.time()))
+            return Label(*self._db.execute(f"SELECT {_LABEL_COLUMNS} FROM labels WHERE id = ?",
+                                           (cur.lastrowid,)).fetchone())
+
+    def backlog_before(self, backlog_seconds: float | None, now: float | None = None
+                       ) -> tuple[float, float, bool]:
+        """(before, at, just set): images modified before ``before`` that were already in the export folder at
+        ``at`` (the ledger's first start) are not scored. Set once, when the ledger is new (no image yet):
+        ``at`` = now, ``before`` = ``at - backlog_seconds`` (``None``: every image is scored, ``before`` = 0), and
+        kept, so that a restart skips the same images. A ledger that already holds images (one upgraded from
+        before 0.5.0) scores every image, as it did."""
+        with self._lock:  # one daemon writes a ledger (service.lock_ledger)
+            got = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN ('backlog_before', 'backlog_at')"))
+            if "backlog_before" in got:
+                return float(got["backlog_before"]), float(got.get("backlog_at", "0")), False
+            new = self._db.execute("SELECT 1 FROM images LIMIT 1").fetchone() is None
+            at = time.time() if now is None else now
+            before = at - backlog_seconds if new and backlog_seconds is not None else 0.0
+            self._db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
+                                 (("backlog_before", repr(before)), ("backlog_at", repr(at))))
+            return before, at, new and before > 0
+
+
+class LedgerReader(LedgerQueries):
+    """The queries on a read-only connection of their own (``Ledger.reader``), without a write method."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)

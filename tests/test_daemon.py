@@ -367,7 +367,8 @@ def test_daily_log_one_line_per_image_files_not_taken_once_per_suffix_one_reload
     wait_for(lambda: "reloaded" in daemon.log_text(), 30, "the reload line")
     assert daemon.stop() == 0
     log = daemon.log_text()
-    assert re.search(r"INFO monitor\.daemon\.worker: \S*a\.png: ok, coverage [0-9.]+%, \d+ defect\(s\), [0-9.]+ s", log), log
+    assert re.search(r"INFO monitor\.daemon\.worker: \S*a\.png: ok, coverage [0-9.]+%, \d+ defect\(s\), [0-9.]+ s",
+                     log), log
     assert re.search(r"WARNING monitor\.daemon\.worker: ALARM \S*b\.png: coverage", log), log
     taken = [ln for ln in log.splitlines() if "not taking" in ln]
     assert len(taken) == 2, taken  # one line for .jpg, one for .bmp

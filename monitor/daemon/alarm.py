@@ -7,7 +7,6 @@ never into the export folder.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,11 +36,6 @@ class AlarmState:
 
 def write_json(path: Path, data: dict) -> None:
     atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
-
-
-def local_time(t: float | None = None) -> str:
-    """``t`` (default: now) as local time with its UTC offset, the way overlays and the results page show it."""
-    return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(t))
 
 
 def caption_for(result: dict) -> Caption:

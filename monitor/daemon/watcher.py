@@ -45,6 +45,7 @@ from monitor.config import WatchSection
 from monitor.files import file_sha256, link_problem, shown
 from monitor.ledger import Ledger, Row
 from monitor.model.images import ImageLimits
+from monitor.times import local_time
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +228,8 @@ class Intake(threading.Thread):
         old = self._skipped  # in the scan's order: oldest first
         log.warning("new ledger: %d image(s) already in %s, modified before %s (watch.backlog: %s), are not scored, "
                     "from %s (%s) to %s (%s); `monitor score FILE` judges one of them",
-                    len(old), self.dir, _when(self._backlog_before), self.cfg.backlog, shown(old[0][1]),
-                    _when(old[0][0] / 1e9), shown(old[-1][1]), _when(old[-1][0] / 1e9))
+                    len(old), self.dir, local_time(self._backlog_before), self.cfg.backlog, shown(old[0][1]),
+                    local_time(old[0][0] / 1e9), shown(old[-1][1]), local_time(old[-1][0] / 1e9))
 
     def _observe(self) -> None:
         """(Re)start the observer on watch.dir as it is now. An observer that failed to start (the folder deleted
@@ -516,10 +517,6 @@ class Intake(threading.Thread):
         self._rescan_at = time.monotonic() + RETRY_SECONDS
         if self.on_error is not None:
             self.on_error()
-
-
-def _when(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
 def _folder_id(path: Path) -> tuple[int, int] | None:

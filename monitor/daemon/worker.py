@@ -21,13 +21,14 @@ import torch
 
 from monitor import judge
 from monitor.config import Config
-from monitor.daemon.alarm import AlarmState, local_time, write_outputs
+from monitor.daemon.alarm import AlarmState, write_outputs
 from monitor.daemon.metrics import Metrics
 from monitor.files import fitting_stem, shown
 from monitor.ledger import Ledger, Row
 from monitor.model.images import ImageError
 from monitor.model.model import Model
 from monitor.model.quality import QUALITY_REASONS
+from monitor.times import local_time
 
 log = logging.getLogger(__name__)
 

@@ -53,10 +53,11 @@ import numpy as np
 
 from monitor.config import RESULTS_MAX, Config, WebSection
 from monitor.files import link_problem, shown
-from monitor.ledger import LABEL_KINDS, NOTE_CHARS, VERDICT_FILTERS, WHO_CHARS, Label, LabelError, Ledger, Row
+from monitor.ledger import LABEL_KINDS, NOTE_CHARS, VERDICT_FILTERS, WHO_CHARS, Label, LabelError, LedgerQueries, Row
 from monitor.model.images import ImageError, read_image
 from monitor.model.quality import QUALITY_REASONS
 from monitor.passwords import parse_hash, verify_password
+from monitor.times import local
 from monitor.web.server import GuardedServer, server_tls
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ def fmt_time(ts: float | None, stacked: bool = False) -> str:
     """Local time with its UTC offset, as <time>; ``stacked``: the time of day first, the date and offset below."""
     if ts is None:
         return "–"
-    dt = datetime.fromtimestamp(ts).astimezone()
+    dt = local(ts)
     off = dt.strftime("%z")
     off = f"{off[:3]}:{off[3:]}"
     iso = esc(dt.isoformat(timespec="seconds"))
@@ -488,7 +489,7 @@ class BasicAuth:
 class ResultsSite:
     """The pages, as a function of the request: ``handle(method, target, authorization) -> Response``."""
 
-    def __init__(self, cfg: WebSection, ledger: Ledger, settings: Callable[[], Config],
+    def __init__(self, cfg: WebSection, ledger: LedgerQueries, settings: Callable[[], Config],
                  labeller: Labeller | None = None, on_auth_failure: Callable[[str], None] | None = None):
         self.cfg = cfg
         self.ledger = ledger
@@ -954,7 +955,7 @@ class _Handler(BaseHTTPRequestHandler):
 class ResultsServer:
     """The results page in a daemon thread; ``start()`` binds and returns the port, ``close()`` stops it."""
 
-    def __init__(self, cfg: WebSection, ledger: Ledger, settings: Callable[[], Config],
+    def __init__(self, cfg: WebSection, ledger: LedgerQueries, settings: Callable[[], Config],
                  labeller: Labeller | None = None, on_auth_failure: Callable[[str], None] | None = None):
         self.cfg = cfg
         self.site = ResultsSite(cfg, ledger, settings, labeller, on_auth_failure)
