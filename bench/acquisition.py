@@ -108,7 +108,7 @@ def main() -> None:
 
     def fit(normal, v):
         m = Model.fit("patch_dictionary", pd, normal, v, cfg.threshold, cfg.defects, "cpu", normalize=normalize)
-        m.meta["fitted_on"] = {"image_shapes": [list(normal[0].shape)], "bit_depths": [8], "pixel_size_um": None}
+        m.meta.fitted_on = {"image_shapes": [list(normal[0].shape)], "bit_depths": [8], "pixel_size_um": None}
         return m
 
     t0 = time.perf_counter()

@@ -142,8 +142,8 @@ def _evaluate_job(job: tuple[str, str], args_ns: dict, queue) -> None:
             rep, raw = evaluate(score, ds, read_mask, args_ns["limit"], progress.update)
         finally:
             progress.close()
-        rep.update(model_id=model.model_id, model_dir=str(mdir), method=model.meta["method"],
-                   config=model.meta["scorer"]["config"], fit_seconds=model.meta.get("fit_seconds"),
+        rep.update(model_id=model.model_id, model_dir=str(mdir), method=model.meta.method,
+                   config=model.meta.scorer["config"], fit_seconds=model.meta.fit_seconds,
                    device=str(model.scorer.device),
                    peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                    peak_cuda_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available()

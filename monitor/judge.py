@@ -50,8 +50,8 @@ def load_model(cfg: Config) -> Model:
     if not (path / "model.json").is_file():
         raise ArtifactError(f"model.path {path}: no fitted model there; run `monitor fit ... --out {path}` first")
     model = Model.load(path, cfg.model.device, expectations(cfg.model.method_config), runtime=cfg.model.runtime)
-    if model.meta.get("method") != cfg.model.method:
-        raise ArtifactError(f"model.path {path} holds a {model.meta.get('method')} model, "
+    if model.meta.method != cfg.model.method:
+        raise ArtifactError(f"model.path {path} holds a {model.meta.method} model, "
                             f"the configuration asks for {cfg.model.method}")
     return model
 
@@ -60,15 +60,15 @@ def warm(model: Model) -> None:
     """The model's first pass at its image size, before the first real image (``Model.warm_up``), logged."""
     secs = model.warm_up()
     if secs is not None:
-        log.info("model %s warmed up on a %dx%d image in %.2f s", model.model_id, model.meta["image_shape"][1],
-                 model.meta["image_shape"][0], secs)
+        log.info("model %s warmed up on a %dx%d image in %.2f s", model.model_id, model.meta.image_shape[1],
+                 model.meta.image_shape[0], secs)
 
 
 def read(cfg: Config, model: Model, path: str | Path, sha256: str | None = None) -> tuple[np.ndarray, dict]:
     """(image, info) of ``path`` within the image limits of the configuration and the model (``ImageError``
     otherwise); with ``sha256``, exactly the content recorded (kind ``changed`` otherwise)."""
     info: dict = {}
-    return read_image(path, cfg.image.for_model(model.meta.get("training_pixels")), sha256, info), info
+    return read_image(path, cfg.image.for_model(model.meta.training_pixels), sha256, info), info
 
 
 def check(cfg: Config, model: Model, path: str | Path, image: np.ndarray, info: dict,

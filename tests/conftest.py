@@ -89,3 +89,12 @@ def _leaves_nothing_behind():
         except ChildProcessError:
             pass
     assert not t and not c, f"left running: threads {[th.name for th in t]}, child processes {c}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Captured output and logs as valid UTF-8: a test of file names that are not UTF-8 logs them with surrogate
+    escapes, which pytest-xdist cannot send from its worker processes (it would crash the run)."""
+    outcome = yield
+    rep = outcome.get_result()
+    rep.sections = [(title, text.encode("utf-8", "backslashreplace").decode("utf-8")) for title, text in rep.sections]

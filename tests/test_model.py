@@ -229,3 +229,17 @@ def test_a_model_from_before_the_border_calibration_loads_uncalibrated(fitted_mo
     s_old, s_new = old.score(img).patch_scores, fitted_model.scorer.score(img).patch_scores
     ring = border_rings(s_old.shape)
     assert np.array_equal(s_old[ring >= 2], s_new[ring >= 2]) and not np.allclose(s_old[ring == 0], s_new[ring == 0])
+
+
+def test_the_metadata_is_typed_and_round_trips_through_model_json(fitted_model, tmp_path):
+    from monitor.model.model import ModelMeta
+
+    fitted_model.meta.training_images = ["/a.png"]
+    model_id = fitted_model.save(tmp_path / "m")
+    back = Model.load(tmp_path / "m", "cpu")
+    assert isinstance(back.meta, ModelMeta) and back.meta.model_id == model_id == back.model_id
+    assert back.meta.training_images == ["/a.png"] and back.meta.method == "patch_dictionary"
+    assert back.meta.saved() == {k: json.loads((tmp_path / "m" / "model.json").read_text())[k] for k in ModelMeta.SAVED}
+    # a model.json of an older version (keys missing) or a newer one (keys unknown here) still reads
+    old = ModelMeta.from_json({"method": "patch_dictionary", "future_key": 1})
+    assert old.fitted_on is None and old.training_images == [] and not hasattr(old, "future_key")

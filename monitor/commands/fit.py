@@ -85,12 +85,12 @@ def fit_model(cfg: Config, normal_paths: Sequence[Path], val_paths: Sequence[Pat
         model = Model.fit(cfg.model.method, cfg.model.method_config, normal, val, cfg.threshold, cfg.defects,
                           cfg.model.device, progress, [digest(p) for p in normal_paths], cfg.model.runtime,
                           cfg.model.normalize, cfg.model.clip)
-        model.meta["fitted_on"] = fitted_on([im.shape for im in normal], infos)
-        model.meta["training_images"] = [str(Path(p).resolve()) for p in normal_paths]
-        model.meta["validation_images"] = [str(Path(p).resolve()) for p in val_paths]
-        model.meta["validation_sha256"] = [digest(p) for p in val_paths]
+        model.meta.fitted_on = fitted_on([im.shape for im in normal], infos)
+        model.meta.training_images = [str(Path(p).resolve()) for p in normal_paths]
+        model.meta.validation_images = [str(Path(p).resolve()) for p in val_paths]
+        model.meta.validation_sha256 = [digest(p) for p in val_paths]
         if provenance:
-            model.meta["provenance"] = provenance
+            model.meta.provenance = provenance
     finally:
         progress.close()
     if not val:

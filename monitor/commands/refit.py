@@ -85,12 +85,12 @@ def gather(cfg: Config, model, ledger: Ledger, recent: int, seed: int = 0) -> di
                 into.append(Path(p))
                 sha[Path(p)] = want
 
-    train = model.meta.get("training_images") or []
+    train = model.meta.training_images
     if not train:
         raise RefitError("the model in use does not record its training images (fitted before 0.3.0): fit it "
                          "once with `monitor fit` and install it (`monitor install-model`), then refit")
-    original(train, model.meta.get("training_sha256") or [], normal, "training")
-    original(model.meta.get("validation_images") or [], model.meta.get("validation_sha256") or [], val,
+    original(train, model.meta.training_sha256, normal, "training")
+    original(model.meta.validation_images, model.meta.validation_sha256, val,
              "validation")
     n_train, n_val = len(normal), len(val)
     fitted = set(normal) | set(val)

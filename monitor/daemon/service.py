@@ -146,8 +146,8 @@ class Service:
         self.metrics.expected_interval_seconds.set(cfg.service.expected_interval_seconds)
 
     def _model_info(self, model: Model) -> None:
-        mc = model.meta.get("scorer", {}).get("config", {})
-        self.metrics.set_model(model.model_id, model.meta.get("method", "?"), mc.get("backbone", ""), model.runtime)
+        mc = model.meta.scorer.get("config", {})
+        self.metrics.set_model(model.model_id, model.meta.method or "?", mc.get("backbone", ""), model.runtime)
 
     def _label(self, image_id: int, kind: str, who: str, note: str) -> Label:
         """A label from the results page, written by the daemon's own ledger connection."""

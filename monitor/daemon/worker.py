@@ -121,7 +121,7 @@ class Worker(threading.Thread):
         intake refuses a file too large for them before hashing it."""
         with self._lock:
             model, cfg = self._model, self.cfg
-        return cfg.image.for_model(model.meta.get("training_pixels"))
+        return cfg.image.for_model(model.meta.training_pixels)
 
     def process(self, rows: list[Row]) -> list[Row]:
         """Judge ``rows`` (oldest first): read and check each, then one batched inspection of those that can be

@@ -1,6 +1,6 @@
 """Changeover: an image that does not fit the model is verdict ``mismatch``, not a defect alarm.
 
-A model records what it was fitted on (``Model.meta["fitted_on"]``): the image size, the bit depth, and the SEM's
+A model records what it was fitted on (``ModelMeta.fitted_on``): the image size, the bit depth, and the SEM's
 pixel size when the TIFF tags carry it. An image of another size, bit depth or pixel size (another recipe, another
 magnification) is not scored against it. An image whose defect mask covers most of its area (a different material,
 a focus or detector fault, or a defect as large as the field, such as a film) is a mismatch too: not a defect

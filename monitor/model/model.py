@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Sequence
 
 import numpy as np
@@ -41,6 +41,49 @@ class Inspection:
         }
 
 
+@dataclass
+class ModelMeta:
+    """What a model records besides its arrays: ``model.json``, written (``saved``) and read (``from_json``) here
+    only. ``Model.fit`` fills the first part, ``monitor fit`` adds where the images came from, and the artifact adds
+    the rest when the model is saved (``model_id``, ``created_at``, ...). Models of older versions lack some keys:
+    they read as the defaults (None or empty), which every user of them allows for."""
+
+    training_sha256: list[str] = field(default_factory=list)
+    fit_seconds: float | None = None
+    training_pixels: int | None = None  # pixels of the largest training image (``image.max_training_ratio``)
+    image_shape: list[int] | None = None  # [H, W] of the first training image (the warm-up image)
+    quality: dict | None = None  # ``quality.reference`` (0.4.0 on)
+    drift_reference: dict | None = None  # the validation images' score levels (0.3.0 on)
+    fitted_on: dict | None = None  # ``mismatch.fitted_on`` (0.3.0 on)
+    training_images: list[str] = field(default_factory=list)
+    validation_images: list[str] = field(default_factory=list)
+    validation_sha256: list[str] = field(default_factory=list)
+    provenance: dict | None = None  # refit: where the candidate's images came from
+    # written when the model is saved
+    method: str | None = None
+    scorer: dict = field(default_factory=dict)  # the scorer's own state: {"config": ..., ...}
+    threshold: dict | None = None
+    defects: dict | None = None
+    model_id: str | None = None
+    format: str | None = None
+    created_at: str | None = None
+    library_versions: dict | None = None
+    arrays_sha256: str | None = None
+
+    SAVED = ("method", "scorer", "threshold", "defects", "training_sha256", "fit_seconds", "training_pixels",
+             "image_shape", "fitted_on", "training_images", "validation_images", "validation_sha256", "provenance",
+             "drift_reference", "quality")  # what ``Model.save`` writes (the artifact adds the rest)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ModelMeta":
+        """From a model.json; keys of a newer version that this one does not know are left out."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def saved(self) -> dict:
+        return {k: getattr(self, k) for k in self.SAVED}
+
+
 LEVEL_QUANTILE = 0.99  # the drift gauge compares this quantile of an image's patch scores with the validation images'
 
 
@@ -57,17 +100,17 @@ def expectations(method_config) -> dict:
 
 
 class Model:
-    def __init__(self, scorer, threshold: Threshold | None, defects: DefectConfig, meta: dict | None = None,
+    def __init__(self, scorer, threshold: Threshold | None, defects: DefectConfig, meta: ModelMeta | None = None,
                  runtime: str = "torch"):
         self.scorer = scorer
         self.runtime = runtime  # where the CPU forward pass runs (openvino or torch)
         self.threshold = threshold
         self.defects = defects
-        self.meta = meta or {}
+        self.meta = meta if meta is not None else ModelMeta()
 
     @property
     def model_id(self) -> str | None:
-        return self.meta.get("model_id")
+        return self.meta.model_id
 
     @classmethod
     def fit(cls, method: str, method_config, normal: Sequence[np.ndarray], val: Sequence[np.ndarray] = (),
@@ -99,20 +142,19 @@ class Model:
                 tick(1)
             th = fit_threshold([r.patch_scores for r in results], [r.anomaly_map for r in results], threshold)
             levels = [score_level(r) for r in results]
-        meta = {"training_sha256": list(train_sha256), "fit_seconds": round(time.perf_counter() - t0, 3),
-                "training_pixels": max(int(im.shape[0]) * int(im.shape[1]) for im in normal),
-                "image_shape": [int(normal[0].shape[0]), int(normal[0].shape[1])]}
-        meta["quality"] = ref
+        meta = ModelMeta(training_sha256=list(train_sha256), fit_seconds=round(time.perf_counter() - t0, 3),
+                         training_pixels=max(int(im.shape[0]) * int(im.shape[1]) for im in normal),
+                         image_shape=[int(normal[0].shape[0]), int(normal[0].shape[1])], quality=ref)
         if val:
-            meta["drift_reference"] = {"quantile": LEVEL_QUANTILE, "median": float(np.median(levels)),
-                                       "levels": [round(v, 6) for v in levels]}
+            meta.drift_reference = {"quantile": LEVEL_QUANTILE, "median": float(np.median(levels)),
+                                    "levels": [round(v, 6) for v in levels]}
         return cls(scorer, th, defects, meta, runtime)
 
     def warm_up(self) -> float | None:
         """Score one synthetic image of the training images' size, so that the first real image does not pay for
         the runtime's first pass at that size (OpenVINO compiles for it and checks it against torch: about 2 s).
         Returns the seconds it took, None for a model that does not record its image size (fitted before 0.2.0)."""
-        shape = self.meta.get("image_shape")
+        shape = self.meta.image_shape
         if not shape or getattr(getattr(self.scorer, "config", None), "mode", None) == "crop":
             return None  # crop mode (the paper) scores an image in minutes: no warm-up image for it
         from monitor.model.synth import fiber_mat
@@ -124,25 +166,25 @@ class Model:
     @property
     def fitted_on(self) -> dict | None:
         """What the model was fitted on (``mismatch.fitted_on``); None for a model saved before 0.3.0."""
-        return self.meta.get("fitted_on")
+        return self.meta.fitted_on
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """The image as the scorer takes it: normalised to the training images' intensities when the model was
         fitted so (``quality.normalize``), else as it is (models saved before 0.4.0, or ``model.normalize: false``)."""
-        ref = self.meta.get("quality")
+        ref = self.meta.quality
         return quality.normalize(image, ref) if ref and ref.get("normalize") else image
 
     @property
     def quality_reference(self) -> dict | None:
         """The training images' acquisition-quality figures and intensity quantiles (``quality.reference``); None
         for a model saved before 0.4.0 (exposure, focus and noise are then not checked)."""
-        return self.meta.get("quality")
+        return self.meta.quality
 
     @property
     def drift_reference(self) -> float | None:
         """The validation images' median ``score_level``; None for a model without validation images or saved
         before 0.3.0 (no drift gauge)."""
-        ref = self.meta.get("drift_reference")
+        ref = self.meta.drift_reference
         return ref.get("median") if isinstance(ref, dict) and ref.get("quantile") == LEVEL_QUANTILE else None
 
     def inspect(self, image: np.ndarray, coverage_threshold: float = 0.0, max_defect_area: int = 0,
@@ -175,18 +217,12 @@ class Model:
     # ------------------------------------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike) -> str:
         smeta, arrays = self.scorer.state()
-        meta = {"method": self.scorer.method, "scorer": smeta,
-                "threshold": None if self.threshold is None else self.threshold.to_dict(),
-                "defects": asdict(self.defects), "training_sha256": self.meta.get("training_sha256", []),
-                "fit_seconds": self.meta.get("fit_seconds"), "training_pixels": self.meta.get("training_pixels"),
-                "image_shape": self.meta.get("image_shape"), "fitted_on": self.meta.get("fitted_on"),
-                "training_images": self.meta.get("training_images", []),
-                "validation_images": self.meta.get("validation_images", []),
-                "validation_sha256": self.meta.get("validation_sha256", []),
-                "provenance": self.meta.get("provenance"),
-                "drift_reference": self.meta.get("drift_reference"), "quality": self.meta.get("quality")}
+        self.meta.method, self.meta.scorer = self.scorer.method, smeta
+        self.meta.threshold = None if self.threshold is None else self.threshold.to_dict()
+        self.meta.defects = asdict(self.defects)
+        meta = self.meta.saved()
         model_id = save_artifact(directory, meta, arrays)
-        self.meta = load_artifact(directory)[0]
+        self.meta = ModelMeta.from_json(load_artifact(directory)[0])
         return model_id
 
     @classmethod
@@ -214,4 +250,5 @@ class Model:
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{directory}: cannot rebuild the {method} scorer: {exc}") from None
         runtime = scorer.use_runtime(runtime)
-        return cls(scorer, Threshold.from_dict(meta.get("threshold")), DefectConfig(**meta["defects"]), meta, runtime)
+        return cls(scorer, Threshold.from_dict(meta.get("threshold")), DefectConfig(**meta["defects"]),
+                   ModelMeta.from_json(meta), runtime)
