@@ -28,6 +28,16 @@ def clean_png():
     return [png_bytes(fiber_mat(SHAPE, seed=300 + i)) for i in range(6)]
 
 
+def sentinel(d, n: int) -> list[dict]:
+    """Write one more clean image and wait for the ``n`` rows it makes: the intake takes files in the order they
+    are complete and the worker scores the oldest first, so anything written before it that was going to be
+    recorded has been by then ("nothing else happened" without a fixed sleep that a slow daemon passes vacuously)."""
+    write_renamed(d.export, "sentinel.png", png_bytes(fiber_mat(SHAPE, seed=399)))
+    rows = d.wait_finished(n)
+    assert os.path.basename(rows[-1]["path"]) == "sentinel.png", rows
+    return rows
+
+
 @pytest.fixture(scope="module")
 def defect_png():
     # the small test model covers this one at ~1.5% and the clean seed-303 mat at 0%: the alarm test checks the
@@ -65,10 +75,9 @@ def test_slowly_written_image_is_scored_once_after_it_is_complete(daemon, clean_
             f.flush()
             time.sleep(0.5)
             assert daemon.rows() == [], "a half-written file was recorded"
-    rows = daemon.wait_finished(1)
-    time.sleep(1.0)
-    rows = daemon.rows()
-    assert len(rows) == 1 and rows[0]["state"] == "done" and rows[0]["size"] == len(data)
+    daemon.wait_finished(1)
+    rows = sentinel(daemon, 2)  # taken after everything before it: the slow file was recorded once
+    assert len(rows) == 2 and rows[0]["state"] == "done" and rows[0]["size"] == len(data)
     assert rows[0]["attempts"] == 1
 
 
@@ -78,10 +87,9 @@ def test_rename_into_folder_is_scored_once_and_temporary_files_never(daemon, cle
     (daemon.export / "b.png.part").write_bytes(clean_png[1])  # never renamed
     (daemon.export / ".hidden.png").write_bytes(clean_png[2])
     (daemon.export / "notes.txt").write_text("operator notes")
-    rows = daemon.wait_finished(1)
-    time.sleep(1.5)
-    rows = daemon.rows()
-    assert [os.path.basename(r["path"]) for r in rows] == ["a.png"]
+    daemon.wait_finished(1)
+    rows = sentinel(daemon, 2)
+    assert [os.path.basename(r["path"]) for r in rows] == ["a.png", "sentinel.png"]
     assert rows[0]["state"] == "done" and rows[0]["attempts"] == 1
 
 
@@ -147,8 +155,7 @@ def test_changed_file_under_the_same_name_is_a_new_image(daemon, clean_png):
     rows = daemon.wait_finished(2)
     assert len({r["sha256"] for r in rows}) == 2 and all(r["state"] == "done" for r in rows)
     write_renamed(daemon.export, "same.png", clean_png[1])  # same content again: nothing new
-    time.sleep(1.5)
-    assert len(daemon.rows()) == 2
+    assert len(sentinel(daemon, 3)) == 3
 
 
 def _tiff_header_claiming(w: int, h: int) -> bytes:

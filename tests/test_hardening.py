@@ -422,10 +422,8 @@ def test_an_image_renamed_in_the_folder_keeps_its_result_and_raises_no_second_al
     assert len(d.wait_finished(2)) == 2
     os.rename(d.export / "day1", d.export / "day1_done")  # a folder renamed with its images
     write_renamed(d.export, "last.png", _clean(45))  # everything before it has been handled once it is done
-    rows = d.wait_finished(3)
-    time.sleep(1)
-    rows = d.rows()
-    assert len(rows) == 3, rows
+    rows = d.wait_finished(3)  # last.png is the sentinel: written last, done last
+    assert len(rows) == 3 and rows[-1]["path"].endswith("last.png"), rows
     assert sorted(os.path.relpath(r["path"], d.export) for r in rows) == ["b.png", "day1_done/c.png", "last.png"]
     assert d.value(d.scrape(), "monitor_alarms_total") == 2
 
@@ -559,8 +557,9 @@ def test_a_file_created_empty_and_written_later_is_no_false_empty_failure(daemon
         time.sleep(3.5)  # the microscope opened the file, then acquires the image
         f.write(_clean(61))
     d.wait_finished(1, timeout=20)
-    time.sleep(1)
-    assert [(r["state"], r["error_kind"]) for r in d.rows()] == [("done", None)], d.rows()
+    write_renamed(d.export, "sentinel.png", _clean(62))  # taken after it: any empty-file failure is in by then
+    rows = d.wait_finished(2, timeout=20)
+    assert [(r["state"], r["error_kind"]) for r in rows] == [("done", None), ("done", None)], rows
 
 
 def test_an_export_folder_deleted_and_made_anew_in_one_go_is_watched_again(daemon):
