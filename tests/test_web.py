@@ -317,6 +317,7 @@ def test_security_headers(line, rows):
         _, headers, _ = get(line.web_port, path)
         csp = headers["Content-Security-Policy"]
         assert "default-src 'none'" in csp and "script-src" not in csp and "frame-ancestors 'none'" in csp
+        assert "style-src 'self'" in csp and "unsafe-inline" not in csp  # no inline style: the style sheet only
         assert headers["X-Content-Type-Options"] == "nosniff"
         assert "Python" not in headers["Server"]
     _, headers, _ = get(line.web_port, "/")
@@ -330,6 +331,129 @@ def test_a_file_name_with_markup_is_escaped_everywhere(line, rows):
         assert "&lt;script&gt;x.png" in text, path
         assert "<script" not in text.lower(), path
     assert SCRIPT_NAME in list_names(html_of(line.web_port, "/"))
+
+
+def test_a_label_with_markup_in_its_name_and_note_is_escaped(line, rows):
+    r = rows[SCRIPT_NAME]
+    ledger = Ledger(line.ledger_path)  # as `monitor label` does, from another process
+    try:
+        ledger.label(r["id"], "confirmed", "<script>who</script>", "<script>alert('note')</script> & <b>more</b>")
+    finally:
+        ledger.close()
+    text = html_of(line.web_port, f"/result/{r['id']}")
+    assert "<b>confirmed defect</b> by &lt;script&gt;who&lt;/script&gt; <time" in text
+    assert ": &lt;script&gt;alert(&#39;note&#39;)&lt;/script&gt; &amp; &lt;b&gt;more&lt;/b&gt;</li>" in text
+    assert "&lt;script&gt;x.png" in text and "<script" not in text.lower() and "<b>more" not in text
+    listed = html_of(line.web_port, "/")
+    assert 'title="operator label">confirmed defect<' in listed and "<script" not in listed.lower()
+
+
+# ------------------------------------------------------------------------------------------------- style sheet
+def test_the_style_sheet_is_served_from_the_package_and_linked_from_every_page(line, rows):
+    from importlib import resources
+
+    css = resources.files("monitor.web").joinpath("static", "monitor.css").read_bytes()
+    hrefs = set()
+    for path in ("/", f"/result/{rows['defect.png']['id']}", "/?limit=abc", "/result/99999"):
+        _, _, body = get(line.web_port, path)
+        text = body.decode()
+        assert "<style" not in text and " style=" not in text, path  # CSP style-src 'self': no inline style
+        hrefs |= set(re.findall(r'<link rel="stylesheet" href="([^"]+)">', text))
+    [href] = hrefs  # one style sheet, the same on every page
+    assert href.startswith("/static/monitor.css?v=")  # the URL names the content: cached long, renewed by an upgrade
+    for target in (href, "/static/monitor.css"):
+        status, headers, body = get(line.web_port, target)
+        assert status == 200 and body == css and b":root{" in body
+        assert headers["Content-Type"] == "text/css; charset=utf-8"
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        assert "style-src 'self'" in headers["Content-Security-Policy"]
+        assert "max-age=31536000" in headers["Cache-Control"] and "no-store" not in headers["Cache-Control"]
+    status, headers, body = get(line.web_port, href, "HEAD")
+    assert status == 200 and body == b"" and int(headers["Content-Length"]) == len(css)
+    for path in ("/static/", "/static/monitor.css/", "/static/other.css", "/static/../static/monitor.css",
+                 "/static/%6donitor.css", "/STATIC/monitor.css", "/static/monitor.css%00"):
+        assert get(line.web_port, path)[0] == 404, path
+    assert get(line.web_port, "/static/monitor.css", "POST")[0] == 405
+
+
+def test_templates_and_style_sheet_come_from_the_imported_package_wherever_it_lies(tmp_path):
+    """A copy of the package elsewhere, run from another folder, renders with its own templates and style sheet:
+    nothing is read relative to the checkout or the working directory."""
+    copy = tmp_path / "site-packages"
+    shutil.copytree(ROOT / "monitor", copy / "monitor", ignore=shutil.ignore_patterns("__pycache__"))
+    web = copy / "monitor" / "web"
+    base = web / "templates" / "base.html"
+    base.write_text(base.read_text().replace("<main>", "<main><!-- the copy's template -->"))
+    (web / "static" / "monitor.css").write_text("/* the copy's style */ body{margin:0}\n")
+    code = """if True:
+        import json, sys
+        from monitor.config import WebSection, parse_config
+        from monitor.ledger import Ledger
+        import monitor.web.site as site
+        s = site.ResultsSite(WebSection(), Ledger("ledger.sqlite"), lambda: parse_config({}))
+        resp = s.handle("GET", "/", None, {"Host": "127.0.0.1"})
+        css = s.handle("GET", "/static/monitor.css", None, {"Host": "127.0.0.1"})
+        print(json.dumps([site.__file__, site.assets().templates.get_template("base.html").filename, resp.status,
+                          resp.body.decode(), css.status, css.body.decode()]))
+    """
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+    r = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    module, template, status, page, css_status, css = json.loads(r.stdout.splitlines()[-1])
+    assert Path(module).is_relative_to(copy) and Path(template).is_relative_to(copy)
+    assert status == 200 and "<!-- the copy's template -->" in page and "No results match these filters." in page
+    assert css_status == 200 and css == "/* the copy's style */ body{margin:0}\n"
+
+
+def test_an_installation_without_its_templates_leaves_the_page_off(tmp_path, monkeypatch):
+    """The daemon logs a page that cannot start and monitors without it (``WebError``), as for a port in use."""
+    import types
+
+    import monitor.web.site as site
+    from monitor.config import WebSection, parse_config
+
+    (tmp_path / "static").mkdir()
+    (tmp_path / "static" / "monitor.css").write_text("body{}")
+    monkeypatch.setattr(site, "resources", types.SimpleNamespace(files=lambda package: tmp_path))
+    monkeypatch.setattr(site.jinja2, "PackageLoader", lambda package, folder: site.jinja2.FileSystemLoader(
+        str(tmp_path / folder)))  # the templates folder of this "package": absent
+    site.assets.cache_clear()
+    server = site.ResultsServer(WebSection(port=0), Ledger(tmp_path / "l.sqlite"), lambda: parse_config({}))
+    try:
+        with pytest.raises(site.WebError, match="templates or style sheet cannot be read"):
+            server.start()
+        (tmp_path / "templates").mkdir()
+        (tmp_path / "templates" / "base.html").write_text("{% block main %}")  # a broken template
+        with pytest.raises(site.WebError, match="templates or style sheet cannot be read"):
+            server.start()
+    finally:
+        server.close()
+        monkeypatch.undo()
+        site.assets.cache_clear()
+    assert site.assets().css.startswith(b"/*") and "result.html" in site.assets().templates.list_templates()
+
+
+def test_the_templates_and_the_style_sheet_are_package_data():
+    """pyproject.toml ships every file of templates/ and static/ in the wheel, and jinja2 is a dependency."""
+    import fnmatch
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    globs = project["tool"]["setuptools"]["package-data"]["monitor.web"]
+    web = ROOT / "monitor" / "web"
+    files = [p.relative_to(web).as_posix() for d in ("templates", "static") for p in (web / d).iterdir()]
+    assert any(f.endswith(".html") for f in files) and "static/monitor.css" in files
+    for f in files:
+        assert any(fnmatch.fnmatch(f, g) for g in globs), f
+    assert any(d.replace(" ", "").startswith("jinja2>=3.1") for d in project["project"]["dependencies"])
+
+
+def test_no_template_carries_inline_style_or_script():
+    for p in (ROOT / "monitor" / "web" / "templates").iterdir():
+        text = p.read_text().lower()
+        assert "<style" not in text and "style=" not in text and "<script" not in text, p.name
 
 
 def test_healthz_and_no_link_announced_without_an_external_url(line):
@@ -421,10 +545,11 @@ def basic(user: str, password: str) -> dict:
 def test_auth_no_credentials_wrong_ones_and_the_right_ones(secured):
     port, tls = secured.web_port, secured.tls
     row_id = secured.rows()[0]["id"]
-    for path in ("/", f"/result/{row_id}", f"/result/{row_id}/image.png", "/result/99999", "/result/abc"):
+    for path in ("/", f"/result/{row_id}", f"/result/{row_id}/image.png", "/result/99999", "/result/abc",
+                 "/static/monitor.css"):  # the style sheet as every page
         status, headers, body = get(port, path, tls=tls)
         assert status == 401 and headers["WWW-Authenticate"].startswith('Basic realm="SEM line monitor"'), path
-        assert b"a.png" not in body
+        assert b"a.png" not in body and b":root{" not in body
     for creds in (basic("operator", "wrong"), basic("admin", PASSWORD), basic("operator", PASSWORD + "x"),
                   basic("operator", ""), {"Authorization": "Basic !!!"}, {"Authorization": "Bearer abc"},
                   {"Authorization": "Basic " + base64.b64encode(PASSWORD.encode()).decode()}):
@@ -435,6 +560,8 @@ def test_auth_no_credentials_wrong_ones_and_the_right_ones(secured):
     assert status == 200 and b"a.png" in body
     assert get(port, f"/result/{row_id}/image.png", headers=ok, tls=tls)[0] == 200
     assert get(port, "/healthz", tls=tls)[:1] == (200,)  # no auth for the health check
+    status, headers, body = get(port, "/static/monitor.css", headers=ok, tls=tls)  # 401 without (above)
+    assert status == 200 and headers["Content-Type"] == "text/css; charset=utf-8" and b":root{" in body
 
 
 def test_tls_only_and_the_external_url_in_the_metrics(secured):
@@ -476,6 +603,7 @@ def test_a_real_browser_lists_the_images_clicks_through_and_sees_the_overlay(lin
         assert set(names) == set(line.files) and names[0] == "touched.png"
         badge = driver.find_element(By.CSS_SELECTOR, f'a.row[href="/result/{rows["defect.png"]["id"]}"] .badge')
         assert badge.text == "defect" and badge.value_of_css_property("background-color") == "rgba(198, 40, 40, 1)"
+        assert badge.value_of_css_property("border-radius") == "999px"  # the style sheet, /static/monitor.css
         driver.save_screenshot(str(tmp_path / "list.png"))
         driver.find_element(By.CSS_SELECTOR, f'a.row[href="/result/{rows["defect.png"]["id"]}"]').click()
         WebDriverWait(driver, 10).until(lambda d: d.current_url.endswith(f"/result/{rows['defect.png']['id']}"))
@@ -495,7 +623,7 @@ def test_a_real_browser_lists_the_images_clicks_through_and_sees_the_overlay(lin
         names = [e.get_attribute("title") for e in driver.find_elements(By.CSS_SELECTOR, "a.row .c-name")]
         assert set(names) == {"defect.png", "defect_retained.png"}
         csp = [e for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
-        assert csp == []  # the inline styles are allowed; nothing else is loaded
+        assert csp == []  # nothing refused: the style sheet is this site's, no inline style or script
     finally:
         driver.quit()
     for shot in ("list.png", "result.png"):
@@ -548,7 +676,7 @@ def test_guessers_at_the_basic_auth_do_not_delay_a_label(tmp_path):
 
 
 def test_the_lockout_doubles_up_to_five_minutes_and_a_right_password_clears_it():
-    from monitor.web.site import MAX_LOCKOUT, Guesses, Locked
+    from monitor.web.auth import MAX_LOCKOUT, Guesses, Locked
 
     now = [0.0]
     g = Guesses(remember=3, clock=lambda: now[0])
@@ -579,7 +707,7 @@ def test_hash_password_refuses_a_short_password(monkeypatch, capsys):
 
 def test_a_wrong_user_name_costs_the_same_pbkdf2_as_a_wrong_password(monkeypatch):
     """No timing oracle on the user name: the password is always checked."""
-    import monitor.web.site as web
+    import monitor.web.auth as web
     from monitor.passwords import MIN_ITERATIONS, hash_password
 
     calls = []

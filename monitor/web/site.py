@@ -10,13 +10,17 @@ URLs (GET and HEAD; POST only to label a result; anything else is 405):
                                 refuses (``watch.symlinks``); 410 when the file is gone or changed since it was scored
     /result/<id>/label          POST: an operator's label (false alarm / confirmed, name, note), only when
                                 ``web.write_password_hash`` is set; the form carries that password and a CSRF token
+    /static/monitor.css         the pages' style sheet (the one file of ``static/``)
     /healthz                    "ok" (no auth)
 
-Only ledger rows are ever served: a URL names a row id (digits), never a path; everything else is 404. Text from
-the ledger is HTML-escaped. With ``web.username``/``web.password_hash`` every page but /healthz needs HTTP basic
-auth; with ``web.certfile``/``web.keyfile`` the server speaks TLS. The server is
-``httpd.GuardedServer``: the handshake in the connection's thread, every connection bounded in time and number.
-Reads go through a read-only ledger connection of their own; a label is written by the daemon's ledger (the
+Besides the style sheet and /healthz only ledger rows are served: a URL names a row id (digits), never a path;
+everything else is 404. The pages are Jinja2 templates (``templates/``, found through the package) with autoescape
+on: every value put into a page is HTML-escaped (and shown printable, ``files.shown``) unless it is markup a template
+built itself. The style is one file, ``static/monitor.css``; the pages carry no inline style or script, so the
+Content-Security-Policy allows styles from this site only. With ``web.username``/``web.password_hash`` every page
+but /healthz needs HTTP basic auth (``auth``); with ``web.certfile``/``web.keyfile`` the server speaks TLS. The
+server is ``httpd.GuardedServer``: the handshake in the connection's thread, every connection bounded in time and
+number. Reads go through a read-only ledger connection of their own; a label is written by the daemon's ledger (the
 ``labeller`` callback). Requests are logged at debug level.
 
 A label form is safe from cross-site requests three ways: it needs the write password (never remembered by the
@@ -26,14 +30,12 @@ for ``CSRF_SECONDS``), and a POST whose Origin or Sec-Fetch-Site, when the brows
 
 from __future__ import annotations
 
-import base64
-import binascii
+import functools
+import hashlib
 import hmac
-import html
 import ipaddress
 import json
 import logging
-import math
 import os
 import re
 import socket
@@ -41,29 +43,32 @@ import ssl
 import stat
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler
+from importlib import resources
 from typing import Callable
 from urllib.parse import parse_qsl, urlsplit
 
 import cv2
+import jinja2
 import numpy as np
+from markupsafe import Markup
 
 from monitor.config import RESULTS_MAX, Config, WebSection
 from monitor.files import link_problem, shown
 from monitor.ledger import LABEL_KINDS, NOTE_CHARS, VERDICT_FILTERS, WHO_CHARS, Label, LabelError, LedgerQueries, Row
 from monitor.model.images import ImageError, read_image
 from monitor.model.quality import QUALITY_REASONS
-from monitor.passwords import parse_hash, verify_password
 from monitor.times import local
+from monitor.web.auth import BasicAuth, Locked, Password
 from monitor.web.server import GuardedServer, server_tls
 
 log = logging.getLogger(__name__)
 
 REALM = "SEM line monitor"
-CSP = ("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; "
+# no inline style or script anywhere: styles only from this site (the style sheet), no script at all
+CSP = ("default-src 'none'; img-src 'self'; style-src 'self'; form-action 'self'; base-uri 'none'; "
        "frame-ancestors 'none'")
 SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
                     "X-Frame-Options": "DENY",
@@ -81,6 +86,10 @@ LABEL_TEXT = {"false_alarm": "false alarm", "confirmed": "confirmed defect"}
 Labeller = Callable[[int, str, str, str], Label]  # (result id, kind, who, note) -> the label written
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+CSS_PATH = "/static/monitor.css"
+# the style sheet's URL names its content (``assets``): a browser may keep it long, and fetches the new one after an
+# upgrade
+CSS_CACHE = "private, max-age=31536000, immutable"
 
 
 class WebError(RuntimeError):
@@ -89,11 +98,6 @@ class WebError(RuntimeError):
 
 class BadRequest(ValueError):
     pass
-
-
-def esc(value) -> str:
-    """HTML-escaped text; bytes of a file name that are not UTF-8 shown as \\xNN (``files.shown``)."""
-    return html.escape(shown(str(value)), quote=True)
 
 
 @dataclass
@@ -189,26 +193,23 @@ def _local_input(dt: datetime | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- formatting
-def fmt_time(ts: float | None, stacked: bool = False) -> str:
-    """Local time with its UTC offset, as <time>; ``stacked``: the time of day first, the date and offset below."""
-    if ts is None:
-        return "–"
-    dt = local(ts)
-    off = dt.strftime("%z")
-    off = f"{off[:3]}:{off[3:]}"
-    iso = esc(dt.isoformat(timespec="seconds"))
-    if stacked:
-        return f'<time datetime="{iso}"><b>{dt:%H:%M:%S}</b><small>{dt:%Y-%m-%d} {off}</small></time>'
-    return f'<time datetime="{iso}">{dt:%Y-%m-%d %H:%M:%S} <small>{off}</small></time>'
-
-
-
+# Plain text in, plain text out: the templates escape what these return (the markup is the templates' own).
 def fmt_pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.3f} %"
 
 
 def fmt_secs(x: float | None) -> str:
     return "–" if x is None else f"{x:.2f} s"
+
+
+def thousands(n) -> str:
+    return f"{n:,}"
+
+
+def utc_offset(dt: datetime) -> str:
+    """+01:00"""
+    off = dt.strftime("%z")
+    return f"{off[:3]}:{off[3:]}"
 
 
 def elide(name: str, n: int = NAME_CHARS) -> str:
@@ -233,256 +234,49 @@ def verdict_of(row: Row) -> tuple[str, str]:
     return row.verdict or "no verdict", "b-other"
 
 
-def badge(row: Row, label: Label | None = None) -> str:
-    text_, cls = verdict_of(row)
-    out = f'<span class="badge {cls}">{esc(text_)}</span>'
-    if label is not None:
-        out += f'<span class="badge b-label" title="operator label">{esc(LABEL_TEXT[label.kind])}</span>'
-    return out
-
-
 def short_model(model_id: str | None) -> str:
-    return esc((model_id or "–")[:8])
+    return (model_id or "–")[:8]
 
 
-CSS = """
-:root{--red:#c62828;--green:#2e7d32;--grey:#5f6b76;--bg:#f2f4f7;--fg:#16202a;--line:#d5dae0;--link:#0b57d0}
-*{box-sizing:border-box}
-html{font-size:18px;-webkit-text-size-adjust:100%}
-body{margin:0;font-family:system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans","DejaVu Sans",sans-serif;
- background:var(--bg);color:var(--fg);line-height:1.4}
-a{color:var(--link)}
-.top{background:#1f2933;color:#fff;padding:0 1rem;display:flex;align-items:center;gap:1.5rem;flex-wrap:wrap}
-.top a{color:#fff;text-decoration:none;font-weight:700;font-size:1.15rem;min-height:56px;display:inline-flex;
- align-items:center}
-.top .line{color:#c3ccd5;font-size:.95rem}
-main{padding:1rem;max-width:1500px;margin:0 auto}
-h1{font-size:1.35rem;margin:.2rem 0 .8rem}
-.badge{display:inline-block;padding:.2rem .75rem;border-radius:999px;color:#fff;font-weight:700;font-size:.9rem;
- white-space:nowrap}
-.b-defect{background:var(--red)}.b-ok{background:var(--green)}.b-other{background:var(--grey)}
-.b-mismatch{background:#8a5a00}.b-label{background:#fff;color:var(--fg);border:2px solid var(--grey)}
-form.label{display:flex;flex-wrap:wrap;gap:.75rem 1rem;align-items:flex-end;background:#fff;padding:.75rem 1rem;
- border:1px solid var(--line);border-radius:10px;margin-bottom:1rem}
-form.label label{display:flex;flex-direction:column;font-size:.85rem;font-weight:600;gap:.2rem}
-form.label fieldset{border:0;padding:0;margin:0;display:flex;gap:1rem}
-form.label fieldset label{flex-direction:row;align-items:center;gap:.4rem;font-size:1rem;min-height:48px}
-input[type=radio]{min-height:0;width:1.4rem;height:1.4rem}
-.done{background:#e8f5e9;border:2px solid var(--green);border-radius:10px;padding:1rem;margin-bottom:1rem}
-form.filters{display:flex;flex-wrap:wrap;gap:.75rem 1rem;align-items:flex-end;background:#fff;padding:.75rem 1rem;
- border:1px solid var(--line);border-radius:10px;margin-bottom:.75rem}
-form.filters label{display:flex;flex-direction:column;font-size:.85rem;font-weight:600;gap:.2rem}
-input,select,button{font:inherit;min-height:48px;padding:.35rem .6rem;border:1px solid #8d98a3;border-radius:8px;
- background:#fff;color:var(--fg)}
-input[type=number]{width:6.5rem}
-button{background:var(--link);color:#fff;border:0;font-weight:700;padding:0 1.6rem;cursor:pointer}
-.chips{display:flex;flex-wrap:wrap;gap:.5rem;margin:.25rem 0 .75rem}
-.chips a,.nav a{display:inline-flex;align-items:center;min-height:48px;padding:0 1.1rem;border-radius:999px;
- background:#fff;border:1px solid var(--line);text-decoration:none;font-weight:600}
-.chips a.on{background:var(--fg);color:#fff;border-color:var(--fg)}
-.count{color:#4a5560;font-size:.9rem;margin:.25rem 0 .5rem}
-.rows{background:#fff;border:1px solid var(--line);border-radius:10px;overflow:hidden}
-.row{display:grid;grid-template-columns:9rem minmax(8rem,1fr) 10.5rem 6.5rem 5rem 6.5rem 5.5rem;
- grid-template-areas:"time name verdict cov n big model";align-items:center;gap:.25rem 1rem;padding:.6rem 1rem;
- min-height:60px;border-top:1px solid var(--line);color:inherit;text-decoration:none}
-.row:first-child{border-top:0}
-a.row:hover,a.row:focus{background:#e8f0fe;outline:none}
-a.row:focus-visible{outline:3px solid var(--link);outline-offset:-3px}
-.head{min-height:0;font-weight:700;font-size:.78rem;text-transform:uppercase;letter-spacing:.03em;color:#4a5560;
- background:#f7f8fa}
-.c-time{grid-area:time;font-variant-numeric:tabular-nums}.c-time b{display:block;font-size:1.05rem}
-.c-time small{display:block}.c-name{grid-area:name;font-weight:600;
- overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-.c-verdict{grid-area:verdict;display:flex;flex-wrap:wrap;gap:.3rem}.c-cov{grid-area:cov}.c-n{grid-area:n}.c-big{grid-area:big}
-.c-model{grid-area:model;font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:.85rem;color:#4a5560}
-.head .c-model{font-family:inherit;font-size:inherit}
-.num{text-align:right;font-variant-numeric:tabular-nums}
-small{color:#5f6b76;font-size:.8em}
-.empty{padding:1.5rem 1rem;color:#4a5560}
-.error{background:#fdecea;border:2px solid var(--red);border-radius:10px;padding:1rem;font-weight:600}
-.banner{display:flex;flex-wrap:wrap;align-items:center;gap:.5rem 1.25rem;padding:1rem 1.25rem;border-radius:10px;
- color:#fff;margin-bottom:.75rem}
-.banner .v{font-size:1.6rem;font-weight:800;letter-spacing:.02em;text-transform:uppercase}
-.banner .f{font-size:1.15rem;font-weight:600;word-break:break-all}
-.banner .meta{flex-basis:100%;font-size:.85rem;word-break:break-all}.banner small{color:inherit}
-.nav{display:flex;flex-wrap:wrap;gap:.5rem;margin-bottom:.75rem}
-.nav .off{display:inline-flex;align-items:center;min-height:48px;padding:0 1.1rem;color:#9aa4ad}
-.split{display:grid;grid-template-columns:minmax(0,1fr) 27rem;gap:0 1rem;align-items:start}
-.facts{display:grid;grid-template-columns:1fr 1fr;gap:.75rem;margin-bottom:.75rem}
-.fact{background:#fff;border:1px solid var(--line);border-radius:10px;padding:.6rem .9rem}
-.fact b{display:block;font-size:.78rem;text-transform:uppercase;letter-spacing:.03em;color:#4a5560}
-.fact span{font-size:1.3rem;font-weight:700;font-variant-numeric:tabular-nums}
-.over{color:var(--red)}
-figure{margin:0 0 1rem;background:#fff;border:1px solid var(--line);border-radius:10px;padding:.5rem}
-figure img{display:block;width:100%;height:auto;border-radius:6px;background:#000}
-figcaption{font-size:.85rem;color:#4a5560;padding:.4rem .2rem 0}
-.notice{background:#fff8e1;border:2px solid #f0b400;border-radius:10px;padding:1rem;margin-bottom:1rem}
-table{border-collapse:collapse;width:100%;background:#fff;border:1px solid var(--line);border-radius:10px;
- overflow:hidden;margin-bottom:1rem}
-th,td{padding:.6rem .5rem;border-top:1px solid var(--line);text-align:left;font-variant-numeric:tabular-nums}
-td{white-space:nowrap}
-.scroll{overflow-x:auto}
-table.defects{font-size:.9rem}
-th{font-size:.8rem;text-transform:uppercase;letter-spacing:.03em;color:#4a5560;background:#f7f8fa;border-top:0}
-td.num,th.num{text-align:right}
-dl{display:grid;grid-template-columns:max-content 1fr;gap:.45rem 1.25rem;background:#fff;border:1px solid var(--line);
- border-radius:10px;padding:.9rem 1rem;margin:0 0 1rem}
-dt{font-weight:700;color:#4a5560}dd{margin:0;word-break:break-all}
-h2{font-size:1.1rem;margin:1.2rem 0 .5rem}
-@media (max-width:1100px){.split{grid-template-columns:minmax(0,1fr)}.facts{grid-template-columns:repeat(4,1fr)}}
-@media (max-width:900px){
- html{font-size:17px}
- .head{display:none}
- .row{grid-template-columns:1fr auto auto;grid-template-areas:"name name verdict" "time time time" "cov n big";
-  gap:.2rem .8rem;padding:.7rem 1rem}
- .c-model{display:none}
- .c-verdict,.c-n,.c-big{justify-self:end}
- .num{text-align:left}
- .c-cov::before{content:"coverage ";color:#5f6b76;font-size:.85em}
- .c-n::before{content:"defects ";color:#5f6b76;font-size:.85em}
- .c-big::before{content:"largest ";color:#5f6b76;font-size:.85em}
- .c-time b,.c-time small{display:inline;margin-right:.5rem}
- .facts{grid-template-columns:1fr 1fr}
- dl{grid-template-columns:1fr}dt{margin-top:.4rem}
-}
-"""
+def _printable(value):
+    """Jinja's finalize: every value a template prints, as ``files.shown`` shows it (bytes of a file name that are not
+    UTF-8 as \\xNN, control characters escaped); autoescape then escapes it. Markup (a macro's) is left as it is."""
+    if isinstance(value, Markup):
+        return value
+    return shown(str(value))
 
 
-def page(title: str, body: str, line: str) -> bytes:
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f'<title>{esc(title)}</title><style>{CSS}</style></head><body>'
-            f'<header class="top"><a href="/">SEM line monitor</a><span class="line">{esc(line)}</span></header>'
-            f'<main>{body}</main></body></html>\n').encode("utf-8")
+PAGES = ("list.html", "result.html", "message.html")  # the templates the site renders (they include the others)
 
 
-# ----------------------------------------------------------------------------------------------------------- auth
-AUTH_KINDS = ("basic", "write")  # the passwords of the page: basic auth, the write password of labels
-FREE_GUESSES = 5  # wrong passwords a client address may send before it is locked out
-MAX_LOCKOUT = 300.0  # seconds; the lockout doubles with every wrong password after the free ones, up to this
+@dataclass(frozen=True)
+class Assets:
+    templates: jinja2.Environment
+    css: bytes  # the style sheet
+    css_url: str  # CSS_PATH?v=<its hash>
 
 
-class Locked(Exception):
-    def __init__(self, seconds: float):
-        super().__init__(f"locked for {seconds:.0f} s")
-        self.seconds = seconds
-        self.retry_after = math.ceil(seconds)  # whole seconds, for the reply and its Retry-After header
+@functools.cache
+def assets() -> Assets:
+    """The templates, every one compiled, and the style sheet, read once from the package (an installed wheel as much
+    as a checkout: ``templates/`` and ``static/`` beside this module). OSError, ValueError (no templates folder) or
+    jinja2.TemplateError when the installation lacks one: ``ResultsServer.start`` then leaves the page off."""
+    env = jinja2.Environment(loader=jinja2.PackageLoader("monitor.web", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, finalize=_printable, trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True, auto_reload=False)
+    env.filters.update(pct=fmt_pct, secs=fmt_secs, thousands=thousands, elide=elide, verdict=verdict_of,
+                       short_model=short_model, basename=os.path.basename, local=local, utc_offset=utc_offset)
+    css = resources.files("monitor.web").joinpath("static", "monitor.css").read_bytes()
+    css_url = f"{CSS_PATH}?v={hashlib.sha256(css).hexdigest()[:12]}"
+    env.globals.update(label_text=LABEL_TEXT, css_url=css_url)
+    for name in {*PAGES, *env.list_templates()}:
+        env.get_template(name)
+    return Assets(env, css, css_url)
 
 
-class Guesses:
-    """Wrong passwords per client address. After ``FREE_GUESSES`` wrong ones in a row an address is locked out for
-    1 s, then 2, 4, ... up to ``MAX_LOCKOUT`` after each further wrong one; while locked, its passwords are not
-    even checked (no PBKDF2: a guesser costs nothing). A right password clears the address. At most ``remember``
-    addresses are kept (the oldest forgotten first), so a flood of addresses cannot fill the memory."""
-
-    def __init__(self, remember: int = 4096, clock: Callable[[], float] = time.monotonic):
-        self._failed: OrderedDict[str, list] = OrderedDict()  # address -> [wrong in a row, locked until]
-        self._remember = remember
-        self._clock = clock
-        self._lock = threading.Lock()
-
-    def check(self, client: str) -> None:
-        """Raises Locked while ``client`` is locked out."""
-        with self._lock:
-            entry = self._failed.get(client)
-            left = entry[1] - self._clock() if entry else 0.0
-        if left > 0:
-            raise Locked(left)
-
-    def wrong(self, client: str) -> tuple[int, float]:
-        """Count a wrong password; returns (wrong in a row, seconds now locked out)."""
-        with self._lock:
-            entry = self._failed.pop(client, [0, 0.0])
-            entry[0] += 1
-            lockout = (0.0 if entry[0] <= FREE_GUESSES
-                       else min(MAX_LOCKOUT, 2.0 ** min(entry[0] - FREE_GUESSES - 1, 16)))
-            entry[1] = self._clock() + lockout
-            self._failed[client] = entry
-            while len(self._failed) > self._remember:
-                self._failed.popitem(last=False)
-            return entry[0], lockout
-
-    def right(self, client: str) -> None:
-        with self._lock:
-            self._failed.pop(client, None)
-
-
-class Password:
-    """One password of the page (``kind`` in AUTH_KINDS) checked against its PBKDF2 hash: at most one PBKDF2 of it
-    at a time (a flood of guesses takes one core at most from the scoring), each kind with its own lock (guessers
-    at the basic auth do not delay an operator's label), wrong ones throttled per client address and logged at
-    WARNING, and ``on_failure(kind)`` called for each (the metric ``monitor_web_auth_failures_total``)."""
-
-    def __init__(self, kind: str, stored: str, on_failure: Callable[[str], None] | None = None):
-        self.kind = kind
-        self.hash = parse_hash(stored)
-        self.guesses = Guesses()
-        self.on_failure = on_failure
-        self._kdf = threading.Lock()
-
-    def verify(self, password: str, client: str, about: str = "", also: bool = True) -> bool:
-        """True for the right password (and ``also``: basic auth's user name); raises Locked, without checking
-        it, while ``client`` is locked out. The PBKDF2 always runs, so that the time says nothing of ``also``.
-        ``about``: what the log line says it was for ("for user X", "for a label of result N")."""
-        self.guesses.check(client)
-        with self._kdf:
-            self.guesses.check(client)  # locked while this request waited for the lock
-            ok = verify_password(password, self.hash) and bool(password) and also
-        if ok:
-            self.guesses.right(client)
-            return True
-        n, lockout = self.guesses.wrong(client)
-        what = "password" if self.kind == "basic" else "write password"
-        log.warning("results page: wrong %s%s from %s (%d in a row%s)", what, f" {about}" if about else "",
-                    shown(client), n, f"; locked out for {lockout:.0f} s" if lockout else "")
-        if self.on_failure is not None:
-            self.on_failure(self.kind)
-        return False
-
-
-class BasicAuth:
-    """HTTP basic auth against one user and a PBKDF2 hash (``Password``). Verified credentials are remembered (as
-    an HMAC under a key of this process, at most ``remember`` of them) so that a page with its images costs one
-    PBKDF2, not three, and an operator already signed in is not locked out by a guesser on the same address; a
-    wrong password is never remembered."""
-
-    def __init__(self, username: str, password_hash: str, remember: int = 32,
-                 on_failure: Callable[[str], None] | None = None):
-        self.username = username.encode("utf-8")
-        self.password = Password("basic", password_hash, on_failure)
-        self._key = os.urandom(32)
-        self._good: OrderedDict[bytes, None] = OrderedDict()
-        self._remember = remember
-        self._lock = threading.Lock()  # the remembered credentials
-
-    def check(self, header: str | None, client: str = "") -> bool:
-        """True for the right credentials; raises Locked while ``client`` is locked out."""
-        if not header:
-            return False  # a browser's first request: not a wrong password
-        scheme, _, token = header.strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "basic" or not token:
-            return False
-        tag = hmac.new(self._key, token.encode("latin-1", "replace"), "sha256").digest()
-        with self._lock:
-            if tag in self._good:
-                self._good.move_to_end(tag)
-                return True
-        try:
-            user, sep, password = base64.b64decode(token, validate=True).decode("utf-8").partition(":")
-        except (binascii.Error, ValueError):
-            return False
-        if not sep:
-            return False
-        user_ok = hmac.compare_digest(user.encode("utf-8"), self.username)
-        about = f"for user {shown(user[:64])}" if user else ""
-        if not self.password.verify(password, client, about, also=user_ok):
-            return False
-        with self._lock:
-            self._good[tag] = None
-            while len(self._good) > self._remember:
-                self._good.popitem(last=False)
-        return True
+def render(template: str, **context) -> bytes:
+    """A page of ``templates/`` as UTF-8."""
+    return assets().templates.get_template(template).render(**context).encode("utf-8")
 
 
 # ------------------------------------------------------------------------------------------------------------ site
@@ -530,6 +324,8 @@ class ResultsSite:
             return self.post_label(int(label_route.group(1)), headers or {}, body, client)
         if path == "/":
             return self.list_page(query)
+        if path == CSS_PATH:
+            return Response(200, assets().css, "text/css; charset=utf-8", {"Cache-Control": CSS_CACHE})
         m = _ROUTE.fullmatch(path)
         if m is None:
             return text(404, "404 not found")
@@ -565,66 +361,41 @@ class ResultsSite:
     def line(self) -> str:
         return self.settings().service.line
 
+    def render(self, status: int, template: str, title: str, **context) -> Response:
+        return Response(status, render(template, title=title, line=self.line, **context))
+
     def _missing_row(self, row_id: int, asset: str | None) -> Response:
         if asset:
             return text(404, f"404 not found: no result {row_id} in the ledger")
-        body = (f'<p class="error">No result {row_id} in the ledger.</p>'
-                f'<p class="nav"><a href="/">All results</a></p>')
-        return Response(404, page("Not found", body, self.line))
+        return self.render(404, "message.html", "Not found", heading=None, message=f"No result {row_id} in the ledger.",
+                           back="All results")
 
     # ---------------------------------------------------------------------------------------------------- list
     def list_page(self, query: str) -> Response:
         try:
             f = parse_filters(query, self.cfg.results)
         except BadRequest as exc:
-            body = (f'<h1>Bad filter</h1><p class="error">{esc(exc)}</p>'
-                    f'<p class="nav"><a href="/">Show all results</a></p>')
-            return Response(400, page("Bad filter", body, self.line))
+            return self.render(400, "message.html", "Bad filter", heading="Bad filter", message=str(exc),
+                               back="Show all results")
         rows = self.ledger.results(f.limit, f.verdict, f.since and f.since.timestamp(),
                                    f.until and f.until.timestamp())
-        chips = "".join(f'<a href="{esc(href)}"{" class=on" if on else ""}>{label}</a>' for label, href, on in (
+        chips = [{"label": label, "href": href, "on": on} for label, href, on in (
             ("All", "/", f == Filters(limit=self.cfg.results)),
             ("Defects", "/?verdict=defect", f == Filters("defect", limit=self.cfg.results)),
             ("Failed", "/?verdict=failed", f == Filters("failed", limit=self.cfg.results)),
-            ("Pending", "/?verdict=pending", f == Filters("pending", limit=self.cfg.results))))
-        options = "".join(f'<option value="{v}"{" selected" if (f.verdict or "any") == v else ""}>{v}</option>'
-                          for v in ("any", *VERDICT_FILTERS))
-        form = (f'<form class="filters" method="get" action="/">'
-                f'<label>Verdict<select name="verdict">{options}</select></label>'
-                f'<label>Since (local time)<input type="datetime-local" name="since" step="1" '
-                f'value="{esc(_local_input(f.since))}"></label>'
-                f'<label>Until<input type="datetime-local" name="until" step="1" '
-                f'value="{esc(_local_input(f.until))}"></label>'
-                f'<label>Rows<input type="number" name="limit" min="1" max="{RESULTS_MAX}" value="{f.limit}"></label>'
-                f'<button type="submit">Show</button></form>')
-        head = ('<div class="row head"><span class="c-time">Recorded</span><span class="c-name">Image</span>'
-                '<span class="c-verdict">Verdict</span><span class="c-cov num">Coverage</span>'
-                '<span class="c-n num">Defects</span><span class="c-big num">Largest px</span>'
-                '<span class="c-model">Model</span></div>')
-        labels = self.ledger.current_labels([r.id for r in rows])
-        items = "".join(self._list_row(r, labels.get(r.id)) for r in rows)
-        if not rows:
-            items = '<p class="empty">No results match these filters.</p>'
+            ("Pending", "/?verdict=pending", f == Filters("pending", limit=self.cfg.results)))]
         what = f"{len(rows)} result{'s' if len(rows) != 1 else ''}, newest first"
         if len(rows) == f.limit:
             what += f" (the newest {f.limit}; set Until or raise Rows for older ones)"
-        body = (f'<h1>Results</h1><nav class="chips">{chips}</nav>{form}<p class="count">{esc(what)}</p>'
-                f'<div class="rows">{head}{items}</div>')
-        return Response(200, page(f"Results · line {self.line}", body, self.line))
-
-    @staticmethod
-    def _list_row(r: Row, label: Label | None = None) -> str:
-        name = os.path.basename(r.path)
-        largest = "–" if r.largest_area is None or not r.n_defects else f"{r.largest_area:,}"
-        n = "–" if r.n_defects is None else str(r.n_defects)
-        return (f'<a class="row" href="/result/{r.id}"><span class="c-time">{fmt_time(r.seen_at, True)}</span>'
-                f'<span class="c-name" title="{esc(name)}">{esc(elide(name))}</span>'
-                f'<span class="c-verdict">{badge(r, label)}</span><span class="c-cov num">{fmt_pct(r.coverage)}</span>'
-                f'<span class="c-n num">{n}</span><span class="c-big num">{largest}</span>'
-                f'<span class="c-model" title="{esc(r.model_id or "")}">{short_model(r.model_id)}</span></a>')
+        return self.render(200, "list.html", f"Results · line {self.line}", chips=chips,
+                           verdicts=("any", *VERDICT_FILTERS), verdict=f.verdict or "any",
+                           since=_local_input(f.since), until=_local_input(f.until), limit=f.limit,
+                           results_max=RESULTS_MAX, count=what, rows=rows,
+                           labels=self.ledger.current_labels([r.id for r in rows]))
 
     # -------------------------------------------------------------------------------------------------- result
-    def result_page(self, r: Row, labels_html: str | None = None, query: str = "") -> Response:
+    def result_page(self, r: Row, query: str = "", label_error: str = "", form: dict | None = None) -> Response:
+        """One result; ``label_error`` and ``form``: the label form sent back with why it was not saved."""
         try:
             result = json.loads(r.result_json) if r.result_json else {}
         except ValueError:
@@ -637,94 +408,44 @@ class ResultsSite:
         if current is not None:
             label += f" · {LABEL_TEXT[current.kind]}"
         prev_id, next_id = self.ledger.neighbours(r.id)
-        nav = ['<a href="/">All results</a>']
-        nav.append(f'<a href="/result/{prev_id}" rel="prev">← Older</a>' if prev_id else
-                   '<span class="off">← Older</span>')
-        nav.append(f'<a href="/result/{next_id}" rel="next">Newer →</a>' if next_id else
-                   '<span class="off">Newer →</span>')
-        nav.append(f'<a href="/result/{r.id}/image.png">Original image</a>')
         settings = self.settings()
         th = result.get("coverage_threshold")
         th_note = "" if isinstance(th, (int, float)) else " (current setting)"
         th = th if isinstance(th, (int, float)) else settings.alarm.coverage_threshold
-        over = r.coverage is not None and r.coverage > th
-        facts = [("Coverage", f'<span class="{"over" if over else ""}">{fmt_pct(r.coverage)}</span>'),
-                 ("Alarm threshold", f"<span>{fmt_pct(th)}</span>{esc(th_note)}"),
-                 ("Defects", f"<span>{'–' if r.n_defects is None else r.n_defects}</span>"),
-                 ("Largest defect", f"<span>{'–' if not r.n_defects else f'{r.largest_area:,} px'}</span>")]
-        facts_html = "".join(f'<div class="fact"><b>{k}</b>{v}</div>' for k, v in facts)
-        meta = (f'recorded {fmt_time(r.seen_at)} · line {esc(result.get("line", "–"))} · '
-                f'model {esc(r.model_id or "–")}<br>{esc(r.path)}')
-        body = [f'<div class="banner {cls}"><span class="v">{esc(label)}</span>'
-                f'<span class="f">{esc(name)}</span><span class="meta">{meta}</span></div>',
-                f'<nav class="nav">{"".join(nav)}</nav>']
-        if r.state == "failed":
-            body.append(f'<p class="error">Not scored ({esc(r.error_kind or "?")}): {esc(r.error or "")}</p>')
+        mismatch = None
         if r.verdict == "mismatch" and result.get("mismatch") and result.get("mismatch_reason") in QUALITY_REASONS:
-            body.append(f'<p class="notice">Not judged: an acquisition problem, {esc(result["mismatch"])}. The '
-                        'material is not inspected while the microscope acquires such images: ask its operator.</p>')
+            mismatch = "acquisition"
         elif r.verdict == "mismatch" and result.get("mismatch"):
-            body.append(f'<p class="notice">Not scored against this model: {esc(result["mismatch"])}. A recipe '
-                        'changeover needs its own model (monitor install-model), a focus or detector fault a look at '
-                        'the microscope.</p>')
-        body.append(f'<div class="split"><div>{self._overlay_figure(r, name, settings)}</div>'
-                    f'<div><div class="facts">{facts_html}</div>{self._defect_table(r, result)}'
-                    f'{self._labels_html(r, saved=query == "labelled=1") if labels_html is None else labels_html}'
-                    '</div></div>')
-        details = [("File", esc(name)), ("Path", esc(r.path)), ("Recorded", fmt_time(r.seen_at)),
-                   ("Scoring started", fmt_time(r.started_at)), ("Finished", fmt_time(r.finished_at)),
-                   ("Scoring time", fmt_secs(r.score_seconds)), ("File to result", fmt_secs(r.e2e_seconds)),
-                   ("Attempts", str(r.attempts)), ("Line", esc(result.get("line", "–"))),
-                   ("Model", esc(r.model_id or "–")),
-                   ("Max score", "–" if r.max_score is None else f"{r.max_score:.4f}"),
-                   ("Map threshold", esc(result.get("threshold") if result.get("threshold") is not None else "–")),
-                   ("SHA-256", esc(r.sha256 if len(r.sha256) == 64 else "–")), ("Ledger id", str(r.id))]
+            mismatch = "model"
+        acquisition = None
         q = result.get("quality")
         if isinstance(q, dict):  # the acquisition-quality figures (monitor/quality.py)
-            shown_q = (f"{k.replace('_', ' ')} {v}" for k, v in q.items()
-                       if k in ("clipped_low", "clipped_high", "sharpness", "noise"))
-            details.append(("Acquisition", esc(", ".join(shown_q))))
-        if r.state == "failed":
-            details.append(("Error", f"{esc(r.error_kind or '?')}: {esc(r.error or '')}"))
-        body.append("<h2>Details</h2><dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in details) + "</dl>")
-        return Response(200, page(f"{label} · {name}", "".join(body), self.line))
+            acquisition = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in q.items()
+                                    if k in ("clipped_low", "clipped_high", "sharpness", "noise"))
+        return self.render(
+            200, "result.html", f"{label} · {name}", r=r, name=name, banner=label, cls=cls,
+            prev_id=prev_id, next_id=next_id, result_line=result.get("line", "–"),
+            mismatch=mismatch, mismatch_text=result.get("mismatch"),
+            over=r.coverage is not None and r.coverage > th, threshold=th, threshold_note=th_note,
+            overlay=self._overlay(r, settings), defects=self._defects(r, result),
+            labels=self._labels(r, label_error, form, saved=query == "labelled=1"),
+            max_score="–" if r.max_score is None else f"{r.max_score:.4f}",
+            map_threshold=result.get("threshold") if result.get("threshold") is not None else "–",
+            sha256=r.sha256 if len(r.sha256) == 64 else "–", acquisition=acquisition)
 
     # ------------------------------------------------------------------------------------------------- labels
-    def _labels_html(self, r: Row, error: str = "", form: dict | None = None, saved: bool = False) -> str:
+    def _labels(self, r: Row, error: str = "", form: dict | None = None, saved: bool = False) -> dict | None:
+        """What the label section shows (``_labels.html``); None: no section (the image was not scored)."""
         if r.state != "done":
-            return ""
-        labels = self.ledger.labels(r.id)
-        out = ['<h2 id="label">Operator label</h2>']
-        if saved:
-            out.append('<p class="done">Label saved.</p>')
-        if labels:
-            items = "".join(f'<li><b>{esc(LABEL_TEXT[x.kind])}</b> by {esc(x.who)} {fmt_time(x.at)}'
-                            f'{" (" + esc(x.source) + ")" if x.source != "web" else ""}'
-                            f'{": " + esc(x.note) if x.note else ""}</li>' for x in labels)
-            out.append(f'<ul class="count">{items}</ul>')
-            if len(labels) > 1:
-                out.append('<p class="count">The last label is the one that counts.</p>')
-        if self.writer is None:
-            if not labels:
-                out.append('<p class="count">No label. Labelling from this page is off (web.write_password_hash); '
-                           f'on the line PC: <code>monitor label {r.id} --false-alarm|--confirmed</code></p>')
-            return "".join(out)
-        if error:
-            out.append(f'<p class="error">{esc(error)}</p>')
-        form = form or {}
-        kinds = [k for k in LABEL_KINDS if k != "false_alarm" or r.verdict == "defect"]
-        want = form.get("kind")  # nothing chosen in advance: the operator says which
-        radios = "".join(f'<label><input type="radio" name="kind" value="{k}" required'
-                         f'{" checked" if k == want else ""}>{esc(LABEL_TEXT[k])}</label>' for k in kinds)
-        out.append(f'<form class="label" method="post" action="/result/{r.id}/label">'
-                   f'<input type="hidden" name="csrf" value="{self.csrf_token(r.id)}">'
-                   f'<fieldset><legend class="count">This image is</legend>{radios}</fieldset>'
-                   f'<label>Your name<input name="by" required maxlength="{WHO_CHARS}" autocomplete="name" '
-                   f'value="{esc(form.get("by", ""))}"></label>'
-                   f'<label>Note<input name="note" maxlength="{NOTE_CHARS}" value="{esc(form.get("note", ""))}">'
-                   f'</label><label>Write password<input type="password" name="password" required '
-                   f'autocomplete="current-password"></label><button type="submit">Save label</button></form>')
-        return "".join(out)
+            return None
+        out = {"given": self.ledger.labels(r.id), "saved": saved, "form": self.writer is not None}
+        if self.writer is not None:
+            form = form or {}
+            out.update(error=error, csrf=self.csrf_token(r.id), who_chars=WHO_CHARS, note_chars=NOTE_CHARS,
+                       kinds=[k for k in LABEL_KINDS if k != "false_alarm" or r.verdict == "defect"],
+                       want=form.get("kind"),  # nothing chosen in advance: the operator says which
+                       by=form.get("by", ""), note=form.get("note", ""))
+        return out
 
     def csrf_token(self, row_id: int, now: float | None = None) -> str:
         issued = str(int(now if now is not None else time.time()))
@@ -764,7 +485,7 @@ class ResultsSite:
             return text(400, "400 bad request: the form has more fields than the label form's")
 
         def again(status: int, why: str) -> Response:
-            resp = self.result_page(row, self._labels_html(row, why, form))
+            resp = self.result_page(row, label_error=why, form=form)
             resp.status = status
             return resp
         if not self._csrf_ok(row_id, form.get("csrf", "")):
@@ -787,54 +508,45 @@ class ResultsSite:
         return Response(303, b"", "text/plain; charset=utf-8", {"Location": f"/result/{row_id}?labelled=1#label"})
 
     @staticmethod
-    def _overlay_figure(r: Row, name: str, settings: Config) -> str:
+    def _overlay(r: Row, settings: Config) -> dict:
+        """What the result page shows in place of the overlay, or the overlay (``_overlay.html``)."""
         if r.state != "done":
             why = "not scored yet" if r.state == "pending" else "the image could not be scored"
-            return f'<p class="notice">No overlay: {why}.</p>'
+            return {"show": "none", "why": why}
         if r.verdict == "mismatch" and r.coverage is None and not r.overlay:
-            return (f'<p class="notice">No overlay: the image was not scored (it does not fit the model). '
-                    f'<a href="/result/{r.id}/image.png">Open the original image</a>.</p>')
+            return {"show": "unscored"}
         if not r.overlay:
             mode = settings.output.overlays
             if mode == "all" or (mode == "alarms" and r.verdict in ("defect", "mismatch")):
-                return '<p class="notice">No overlay: it could not be written (see the daemon\'s log).</p>'
+                return {"show": "unwritten"}
             which = {"alarms": "for defect and mismatch images only", "all": "for every image"}.get(mode,
                                                                                                "for no image")
-            return (f'<p class="notice">No overlay was written for this image (output.overlays: {esc(mode)} '
-                    f'writes them {which}). <a href="/result/{r.id}/image.png">Open the original image</a>.</p>')
+            return {"show": "off", "mode": mode, "which": which}
         if not os.path.isfile(r.overlay):
-            return (f'<p class="notice">The overlay file is gone (removed by retention or by hand): '
-                    f'{esc(r.overlay)}. <a href="/result/{r.id}/image.png">Open the original image</a>.</p>')
-        src = f"/result/{r.id}/overlay.png"
-        if r.verdict == "mismatch" and r.coverage is None:  # not scored: the image and its reason, no heat map
-            return (f'<figure><a href="{src}"><img src="{src}" alt="{esc(name)} as acquired, not judged" '
-                    f'></a><figcaption>The image as acquired, not judged (tap to open full size)</figcaption></figure>')
-        return (f'<figure><a href="{src}"><img src="{src}" alt="Overlay of {esc(name)}: defects outlined and numbered" '
-                f'></a><figcaption>Overlay: heat map of the anomaly score, defects outlined in white and numbered as '
-                f'in the table (tap to open full size)</figcaption></figure>')
+            return {"show": "gone"}
+        # not scored: the image and its reason, no heat map
+        return {"show": "acquired" if r.verdict == "mismatch" and r.coverage is None else "heatmap",
+                "src": f"/result/{r.id}/overlay.png"}
 
     @staticmethod
-    def _defect_table(r: Row, result: dict) -> str:
+    def _defects(r: Row, result: dict) -> dict | None:
+        """The defect table's rows (``_defects.html``); None: no table (not scored)."""
         defects = result.get("defects")
         if r.state != "done" or (r.verdict == "mismatch" and r.coverage is None):  # not scored
-            return ""
+            return None
         if not isinstance(defects, list) or not defects:
-            return "<h2>Defects</h2><p class=\"count\">No defects found.</p>"
-        cells = []
+            return {"found": False, "rows": []}
+        rows = []
         for i, d in enumerate(defects, 1):
             if not isinstance(d, dict):
                 continue
             bbox, cen = d.get("bbox") or [], d.get("centroid") or []
-            box = f"{bbox[0]}, {bbox[1]} · {bbox[2]}×{bbox[3]}" if len(bbox) == 4 else "–"
-            c = f"{cen[0]}, {cen[1]}" if len(cen) == 2 else "–"
-            area = d.get("area")
-            peak = d.get("peak")
-            cells.append(f'<tr><td class="num">{i}</td><td class="num">'
-                         f'{esc(f"{area:,}" if isinstance(area, int) else "–")}</td><td>{esc(box)}</td>'
-                         f'<td>{esc(c)}</td><td class="num">{esc(peak if peak is not None else "–")}</td></tr>')
-        return ('<h2>Defects</h2><div class="scroll"><table class="defects"><thead><tr><th class="num">#</th>'
-                '<th class="num">Area px</th><th>Box x, y · w×h</th><th>Centroid x, y</th><th class="num">Peak</th>'
-                f'</tr></thead><tbody>{"".join(cells)}</tbody></table></div>')
+            area, peak = d.get("area"), d.get("peak")
+            rows.append({"n": i, "area": f"{area:,}" if isinstance(area, int) else "–",
+                         "box": f"{bbox[0]}, {bbox[1]} · {bbox[2]}×{bbox[3]}" if len(bbox) == 4 else "–",
+                         "centroid": f"{cen[0]}, {cen[1]}" if len(cen) == 2 else "–",
+                         "peak": peak if peak is not None else "–"})
+        return {"found": True, "rows": rows}
 
     # -------------------------------------------------------------------------------------------------- images
     @staticmethod
@@ -965,6 +677,11 @@ class ResultsServer:
 
     def start(self) -> int:
         cfg = self.cfg
+        try:
+            assets()
+        except (OSError, ValueError, jinja2.TemplateError) as exc:
+            raise WebError(f"results page: its templates or style sheet cannot be read from the package "
+                           f"monitor.web (a broken installation?): {exc}") from None
         tls = None
         if cfg.certfile:
             try:
