@@ -17,7 +17,7 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed tools
 	$(BIN)/ruff check monitor tests bench
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 3
 
 # The real Prometheus, promtool, Alertmanager and amtool the tests run against: Debian's packages unpacked into
 # .tools/ (apt-get download + dpkg-deb -x), never installed, so no service is created or enabled on this host.
