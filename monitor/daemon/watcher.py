@@ -365,35 +365,18 @@ class Intake(threading.Thread):
 
     # ----------------------------------------------------------------------------------------------------- loop
     def run(self) -> None:
+        """One thread: each turn takes at most one file event (waiting a settle tick for it), does the periodic
+        jobs, handles the event, then the lost-events re-scan and the settling candidates."""
         tick = min(self.cfg.poll_seconds, max(self.cfg.settle_seconds / 4, 0.05))
         while not self._halt.is_set():
             try:
                 kind, path = self.q.get(timeout=tick)
             except queue.Empty:
-                kind = None
+                kind, path = None, None
             try:
-                self._check_folder()
-                if self._rescan_at is not None and time.monotonic() >= self._rescan_at and self.folder_ok:
-                    self._rescan_at = None
-                    n = self.scan()
-                    if self._rescan_at is None:
-                        log.info("the ledger takes writes again: re-scan recorded %d image(s)", n)
-                if self._next_rescan is not None and time.monotonic() >= self._next_rescan:
-                    self._next_rescan = time.monotonic() + self.cfg.rescan_seconds
-                    n = self.scan() if self.folder_ok else 0
-                    if n:  # found by the periodic re-scan only: some event was lost
-                        log.warning("periodic re-scan recorded %d image(s) no event had announced", n)
-                if kind == COMPLETE:
-                    self._candidates.pop(path, None)
-                    self._record(path)
-                elif kind == MOVED:
-                    self._moved(*path)
-                elif kind == CANDIDATE:
-                    self._candidates.setdefault(path, (-1, -1, time.monotonic()))
-                elif kind == WRITING:  # native: written here, so its close event will come
-                    self._candidates.pop(path, None)
-                elif kind == ATTRIB:
-                    self._retake(path)
+                self._periodic()
+                if kind is not None:
+                    self._dispatch(kind, path)
                 if self.overflow.is_set():
                     self.overflow.clear()
                     log.warning("file events were lost (an event queue overflowed: watch.queue_size=%d or the "
@@ -402,6 +385,35 @@ class Intake(threading.Thread):
                 self._settle()
             except Exception:  # the intake must not die: log, and the next scan or event catches up
                 log.exception("intake error on %s", path if kind else "settle")
+
+    def _periodic(self) -> None:
+        """The export folder's own check (gone, made anew), the re-scan retried after the ledger refused a write,
+        and the periodic re-scan (``watch.rescan_seconds``) that finds images whose events were lost."""
+        self._check_folder()
+        now = time.monotonic()
+        if self._rescan_at is not None and now >= self._rescan_at and self.folder_ok:
+            self._rescan_at = None
+            n = self.scan()
+            if self._rescan_at is None:
+                log.info("the ledger takes writes again: re-scan recorded %d image(s)", n)
+        if self._next_rescan is not None and now >= self._next_rescan:
+            self._next_rescan = now + self.cfg.rescan_seconds
+            n = self.scan() if self.folder_ok else 0
+            if n:  # found by the periodic re-scan only: some event was lost
+                log.warning("periodic re-scan recorded %d image(s) no event had announced", n)
+
+    def _dispatch(self, kind: str, path) -> None:
+        if kind == COMPLETE:
+            self._candidates.pop(path, None)
+            self._record(path)
+        elif kind == MOVED:
+            self._moved(*path)
+        elif kind == CANDIDATE:
+            self._candidates.setdefault(path, (-1, -1, time.monotonic()))
+        elif kind == WRITING:  # native: written here, so its close event will come
+            self._candidates.pop(path, None)
+        elif kind == ATTRIB:
+            self._retake(path)
 
     def _settle(self) -> None:
         now = time.monotonic()
