@@ -204,7 +204,7 @@ def test_one_verdict_for_coverage_and_defect_size(coverage, largest, max_area, w
     assert decide(None, 0.001, max_area) == "no-threshold"
 
 
-def test_monitor_score_and_the_daemon_agree_when_a_defect_is_too_large(daemon, saved_model, tmp_path):
+def test_monitor_score_and_the_daemon_give_one_result_when_a_defect_is_too_large(daemon, saved_model, tmp_path):
     img, _ = defective_image(SHAPE, kinds=("bead",), seed=11)
     alarm = {"coverage_threshold": 0.9, "max_defect_area": 20, "peak_margin": 0}  # only the size rule can raise it
     d = daemon(alarm=alarm).start()
@@ -215,7 +215,12 @@ def test_monitor_score_and_the_daemon_agree_when_a_defect_is_too_large(daemon, s
     out = subprocess.run([sys.executable, "-m", "monitor", "score", str(tmp_path / "img" / "big.png"), "--model",
                           str(saved_model), "--config", str(d.config)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert row["verdict"] == json.loads(out.stdout)["verdict"] == "defect"
+    score = json.loads(out.stdout)
+    assert row["verdict"] == score["verdict"] == "defect"
+    # one judgement (monitor/judge.py): the same result document, but for where and when it was made
+    mine = ("image", "sha256", "line", "model_id", "scored_at", "score_seconds", "timings", "overlay")
+    daemon_doc = json.loads(row["result_json"])
+    assert {k: v for k, v in daemon_doc.items() if k not in mine} == {k: v for k, v in score.items() if k not in mine}
 
 
 def test_an_export_folder_made_anew_is_watched_again(daemon):
