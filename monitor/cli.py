@@ -81,7 +81,7 @@ def cmd_score(args) -> int:
             print(json.dumps({"image": str(path), "error": exc.reason}))
             failed += 1
             continue
-        unfit = judge.check(cfg, model, path, img, info, time.perf_counter() - t0)
+        unfit = judge.check(cfg, model, img, info, t0)
         if unfit is not None:  # not scored against a model it does not fit
             out = {"image": str(path), **unfit.document, "model_id": model.model_id}
             if args.overlay and unfit.mismatch_reason in QUALITY_REASONS:  # an acquisition problem: image, reason

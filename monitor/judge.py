@@ -71,14 +71,16 @@ def read(cfg: Config, model: Model, path: str | Path, sha256: str | None = None)
     return read_image(path, cfg.image.for_model(model.meta.training_pixels), sha256, info), info
 
 
-def check(cfg: Config, model: Model, path: str | Path, image: np.ndarray, info: dict,
-          seconds: float = 0.0) -> Judgement | None:
+def check(cfg: Config, model: Model, image: np.ndarray, info: dict, started: float | None = None,
+          clock=time.perf_counter) -> Judgement | None:
     """The ``mismatch`` judgement of an image that does not fit the model or cannot be judged (not scored: another
     recipe's image, or a blurred, noisy or clipped one, says nothing about the material); None when it can be
-    scored. ``info`` gets the image's quality figures."""
+    scored. ``info`` gets the image's quality figures. ``started``: when its reading began, on ``clock`` (the
+    judgement's seconds then include the reading and the checks)."""
     why = misfit(model.fitted_on, image, info, cfg.mismatch, model.quality_reference)
     if why is None:
         return None
+    seconds = 0.0 if started is None else clock() - started
     doc = {"verdict": "mismatch", "mismatch": why[1], "mismatch_reason": why[0], "score_seconds": round(seconds, 4),
            "alarm": False}
     if "quality" in info:
@@ -100,7 +102,8 @@ def conclude(cfg: Config, path: str | Path, image: np.ndarray, info: dict, ins: 
              seconds: float) -> Judgement:
     """The judgement of a scored image: its verdict and result document (defects with their areas in um2 when the
     pixel size is known, the quality figures, the reason of a coverage mismatch)."""
-    um = cfg.image.pixel_size_um or pixel_size_um(path)
+    # the pixel size from the tags read with the image (a file renamed since may no longer be at ``path``)
+    um = cfg.image.pixel_size_um or (info["pixel_size_um"] if "pixel_size_um" in info else pixel_size_um(path))
     doc = {**ins.summary(), "score_seconds": round(seconds, 4), "alarm": ins.verdict == "defect",
            "coverage_threshold": cfg.alarm.coverage_threshold, "max_defect_area": cfg.alarm.max_defect_area,
            "pixel_size_um": um}
@@ -121,7 +124,7 @@ def judge(cfg: Config, model: Model, path: str | Path, sha256: str | None = None
     """Read, check and score one image file (``ImageError`` when it cannot be read)."""
     t0 = time.perf_counter()
     image, info = read(cfg, model, path, sha256)
-    unfit = check(cfg, model, path, image, info, time.perf_counter() - t0)
+    unfit = check(cfg, model, image, info, t0)
     if unfit is not None:
         return unfit
     ins = inspect(cfg, model, [image])[0]

@@ -38,8 +38,15 @@ def module_name(path: Path, root: Path = PACKAGE) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _is_module(name: str, root: Path) -> bool:
+    """``name`` (monitor.x.y) is a module or a package of the tree at ``root``."""
+    f = root.parent / name.replace(".", "/")
+    return f.with_suffix(".py").exists() or (f / "__init__.py").exists()
+
+
 def imports(path: Path, root: Path = PACKAGE) -> list[tuple[int, str]]:
-    """(line, absolute module name) of every import of the package's own modules in ``path``."""
+    """(line, absolute module name) of every import of the package's own modules in ``path``: import statements
+    anywhere (inside functions too), relative ones resolved, and ``importlib.import_module("monitor...")``."""
     name = module_name(path, root)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = []
@@ -53,11 +60,15 @@ def imports(path: Path, root: Path = PACKAGE) -> list[tuple[int, str]]:
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
-            # "from monitor.model import quality" imports the module monitor.model.quality
-            found += [(node.lineno, f"{mod}.{a.name}" if layer_of(f"{mod}.{a.name}") >= 0 and
-                       (root.parent / f"{mod}.{a.name}".replace(".", "/")).with_suffix(".py").exists() else mod)
+            # "from monitor.model import quality" imports the module monitor.model.quality, "from monitor import
+            # daemon" the package monitor.daemon
+            found += [(node.lineno, f"{mod}.{a.name}" if _is_module(f"{mod}.{a.name}", root) else mod)
                       for a in node.names]
-    return [(line, m) for line, m in found if m == "monitor" or m.startswith("monitor.")]
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "import_module"
+              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+              and not node.args[0].value.startswith(".")):
+            found.append((node.lineno, node.args[0].value))
+    return sorted((line, m) for line, m in found if m == "monitor" or m.startswith("monitor."))
 
 
 def violations(root: Path = PACKAGE) -> list[str]:
@@ -69,7 +80,9 @@ def violations(root: Path = PACKAGE) -> list[str]:
             continue
         for line, mod in imports(path, root):
             theirs = layer_of(mod)
-            if theirs > mine:
+            if not _is_module(mod, root) or theirs < 0:
+                out.append(f"{path.relative_to(root.parent)}:{line}: imports {mod}, which is no module of the package")
+            elif theirs > mine:
                 out.append(f"{path.relative_to(root.parent)}:{line}: the {LAYERS[mine][0]} layer imports {mod} "
                            f"of the {LAYERS[theirs][0]} layer above it")
     return out
@@ -87,9 +100,21 @@ def test_the_contract_catches_a_wrong_import(tmp_path):
     (pkg / "model" / "__init__.py").write_text("")
     (pkg / "model" / "overlay.py").write_text("def f():\n    from monitor.daemon.worker import Worker\n")
     (pkg / "model" / "quality.py").write_text("from ..web import site\nfrom . import overlay\n")
+    (pkg / "model" / "images.py").write_text("import importlib\nfrom monitor import daemon\nfrom .. import web\n"
+                                             "importlib.import_module('monitor.daemon.worker')\n"
+                                             "from monitor.worker import Worker\n")
+    for sub in ("daemon", "web"):
+        (pkg / sub).mkdir()
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "daemon" / "worker.py").write_text("")
+    (pkg / "web" / "site.py").write_text("")
     assert violations(pkg) == [
+        "monitor/model/images.py:2: the model layer imports monitor.daemon of the daemon layer above it",
+        "monitor/model/images.py:3: the model layer imports monitor.web of the web layer above it",
+        "monitor/model/images.py:4: the model layer imports monitor.daemon.worker of the daemon layer above it",
+        "monitor/model/images.py:5: imports monitor.worker, which is no module of the package",
         "monitor/model/overlay.py:2: the model layer imports monitor.daemon.worker of the daemon layer above it",
-        "monitor/model/quality.py:1: the model layer imports monitor.web of the web layer above it"]
+        "monitor/model/quality.py:1: the model layer imports monitor.web.site of the web layer above it"]
 
 
 @pytest.mark.parametrize("module, layer", [("monitor.model.scorers.dfr", "model"), ("monitor.ledger", "base"),

@@ -241,5 +241,6 @@ def test_the_metadata_is_typed_and_round_trips_through_model_json(fitted_model, 
     assert back.meta.training_images == ["/a.png"] and back.meta.method == "patch_dictionary"
     assert back.meta.saved() == {k: json.loads((tmp_path / "m" / "model.json").read_text())[k] for k in ModelMeta.SAVED}
     # a model.json of an older version (keys missing) or a newer one (keys unknown here) still reads
-    old = ModelMeta.from_json({"method": "patch_dictionary", "future_key": 1})
-    assert old.fitted_on is None and old.training_images == [] and not hasattr(old, "future_key")
+    old = ModelMeta.from_json({"method": "patch_dictionary", "future_key": 1, "training_sha256": None})
+    assert old.fitted_on is None and old.training_images == old.training_sha256 == []
+    assert not hasattr(old, "future_key")

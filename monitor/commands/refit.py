@@ -52,7 +52,7 @@ def _unusable(model, cfg: Config, row: Row) -> str | None:
         image, info = judge.read(cfg, model, row.path, row.sha256)
     except ImageError as exc:
         return "gone or changed since it was scored" if exc.kind in ("missing", "changed") else exc.reason
-    unfit = judge.check(cfg, model, row.path, image, info)
+    unfit = judge.check(cfg, model, image, info)
     return None if unfit is None else f"does not fit the model in use: {unfit.document['mismatch']}"
 
 

@@ -140,7 +140,7 @@ class Worker(threading.Thread):
             t0 = time.monotonic()
             try:
                 image, info = self._read(row, model, cfg)  # bounded before any pixel is decoded
-                unfit = judge.check(cfg, model, row.path, image, info, time.monotonic() - t0)
+                unfit = judge.check(cfg, model, image, info, t0, time.monotonic)
                 if unfit is not None:
                     done.append(self._record(row, unfit, model, cfg))
                     continue
@@ -160,18 +160,19 @@ class Worker(threading.Thread):
         try:
             inspections = judge.inspect(cfg, model, [im for _, im, _, _ in ready])
             share = (time.monotonic() - t0) / len(ready)
-            results = [judge.conclude(cfg, row.path, im, info, ins, read + share)
-                       for (row, im, info, read), ins in zip(ready, inspections)]
+            results = [(ins, read + share) for (_, _, _, read), ins in zip(ready, inspections)]
         except Exception as exc:
             if len(ready) > 1:  # find the culprit: one by one, so that only it fails
-                results = [self._judge_one(model, cfg, *r) for r in ready]
+                results = [self._inspect_one(model, cfg, im, read) for _, im, _, read in ready]
             else:
                 results = [_failure(exc)]
         finally:
             self.last_progress = time.monotonic()
-        for (row, *_), res in zip(ready, results):
-            done.append(self._failed(row, res, model) if isinstance(res, Failure) else
-                        self._record(row, res, model, cfg))
+        for (row, image, info, _), res in zip(ready, results):
+            if isinstance(res, Failure):
+                done.append(self._failed(row, res, model))
+            else:  # outside the scoring's try: a bug from here on leaves the row pending, retried, as any other
+                done.append(self._record(row, judge.conclude(cfg, row.path, image, info, *res), model, cfg))
         return done
 
     def _read(self, row: Row, model: Model, cfg: Config):
@@ -186,13 +187,13 @@ class Worker(threading.Thread):
             return judge.read(cfg, model, now.path, _content_hash(now))
 
     @staticmethod
-    def _judge_one(model: Model, cfg: Config, row: Row, image, info: dict, read: float):
+    def _inspect_one(model: Model, cfg: Config, image, read: float):
+        """(inspection, seconds) of one image, or its Failure."""
         t0 = time.monotonic()
         try:
-            ins = judge.inspect(cfg, model, [image])[0]
+            return judge.inspect(cfg, model, [image])[0], read + time.monotonic() - t0
         except Exception as exc:
             return _failure(exc)
-        return judge.conclude(cfg, row.path, image, info, ins, read + time.monotonic() - t0)
 
     def _record(self, row: Row, j: judge.Judgement, model: Model, cfg: Config) -> Row:
         """Record a judgement: the alarm state, the output files, the ledger row, the metrics and the log line.

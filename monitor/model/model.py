@@ -76,9 +76,11 @@ class ModelMeta:
 
     @classmethod
     def from_json(cls, d: dict) -> "ModelMeta":
-        """From a model.json; keys of a newer version that this one does not know are left out."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """From a model.json; keys of a newer version that this one does not know are left out, and a list written
+        as null reads as empty."""
+        lists = {f.name for f in fields(cls) if f.default_factory is list}
+        return cls(**{k: ([] if v is None and k in lists else v) for k, v in d.items()
+                      if k in {f.name for f in fields(cls)}})
 
     def saved(self) -> dict:
         return {k: getattr(self, k) for k in self.SAVED}

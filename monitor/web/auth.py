@@ -2,8 +2,7 @@
 PBKDF2 hash, wrong ones throttled per client address (``Guesses``: five free, then a lockout that doubles up to
 ``MAX_LOCKOUT``).
 
-Its log lines are the results page's (the logger ``monitor.web.site``), as they were before this module was split
-out of it.
+Its log lines are the results page's (the logger ``monitor.web.site``): one logger for everything the page says.
 """
 
 from __future__ import annotations
