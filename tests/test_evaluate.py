@@ -27,6 +27,18 @@ def test_pro_perfect_and_coverage_per_region():
     assert pro_auc(normal, regions) == pytest.approx(1.0, abs=1e-3)
     c = defect_coverage(normal, regions, 0.05)
     assert c["median"] == 1.0 and c["share_over_85"] == 1.0
+    assert c["small"] == {"max_pixels": 200, "n_defects": 2, "median": 1.0, "share_over_85": 1.0}  # both < 200 px
+
+
+def test_the_small_defects_breakdown_counts_only_components_under_200_pixels():
+    maps = [np.zeros((40, 40), np.float32)]
+    masks = [np.zeros((40, 40), bool)]
+    masks[0][:15, :15] = True  # 225 px: not small, found
+    masks[0][30:32, 30:32] = True  # 4 px: small, missed
+    maps[0][:15, :15] = 2.0
+    maps[0][0, 39] = 1.0  # normal pixels spread so that the 5% threshold sits below 2
+    c = defect_coverage(normal_scores(maps, masks), region_scores(maps, masks))
+    assert c["median"] == 0.5 and c["small"]["n_defects"] == 1 and c["small"]["median"] == 0.0
 
 
 def test_pro_half_when_one_region_is_missed():

@@ -119,15 +119,24 @@ def pro_auc(normal: np.ndarray, regions: list[np.ndarray], max_fpr: float = 0.3,
     return float(np.trapezoid(p, f) / max_fpr)
 
 
+SMALL_DEFECT_PIXELS = 200  # true components smaller than this are "small" in the per-size breakdown
+
+
 def defect_coverage(normal: np.ndarray, regions: list[np.ndarray], fpr: float = 0.05) -> dict:
-    """Per-defect coverage at the threshold that gives ``fpr`` on normal pixels (Napoletano et al.)."""
+    """Per-defect coverage at the threshold that gives ``fpr`` on normal pixels (Napoletano et al.); ``small``: the
+    same over the true components of fewer than ``SMALL_DEFECT_PIXELS`` pixels (``regions`` hold one score per
+    pixel of a component)."""
     t = float(np.quantile(normal, 1 - fpr))
     cov = np.array([float(_above(r, np.array([t]))[0]) for r in regions])
+    small = np.array([c for c, r in zip(cov, regions) if len(r) < SMALL_DEFECT_PIXELS])
     return {
         "fpr": fpr, "threshold": t, "n_defects": len(cov),
         "median": float(np.median(cov)), "p25": float(np.quantile(cov, 0.25)), "p75": float(np.quantile(cov, 0.75)),
         "mean": float(cov.mean()),
         "share_over_50": float((cov > 0.5).mean()), "share_over_85": float((cov > 0.85).mean()),
+        "small": {"max_pixels": SMALL_DEFECT_PIXELS, "n_defects": len(small),
+                  "median": float(np.median(small)) if len(small) else None,
+                  "share_over_85": float((small > 0.85).mean()) if len(small) else None},
     }
 
 
