@@ -17,7 +17,7 @@ import numpy as np
 
 from monitor.config import Config
 from monitor.model.artifact import ArtifactError
-from monitor.model.images import pixel_size_um, read_image
+from monitor.model.images import ImageLimits, pixel_size_um, read_image
 from monitor.model.mismatch import misfit
 from monitor.model.model import Inspection, Model, expectations
 
@@ -64,11 +64,16 @@ def warm(model: Model) -> None:
                  model.meta.image_shape[0], secs)
 
 
+def limits(cfg: Config, model: Model) -> ImageLimits:
+    """The image limits under the configuration and the model (``image``, bounded by its training images)."""
+    return cfg.image.for_model(model.meta.training_pixels)
+
+
 def read(cfg: Config, model: Model, path: str | Path, sha256: str | None = None) -> tuple[np.ndarray, dict]:
-    """(image, info) of ``path`` within the image limits of the configuration and the model (``ImageError``
-    otherwise); with ``sha256``, exactly the content recorded (kind ``changed`` otherwise)."""
+    """(image, info) of ``path`` within ``limits`` (``ImageError`` otherwise); with ``sha256``, exactly the
+    content recorded (kind ``changed`` otherwise)."""
     info: dict = {}
-    return read_image(path, cfg.image.for_model(model.meta.training_pixels), sha256, info), info
+    return read_image(path, limits(cfg, model), sha256, info), info
 
 
 def check(cfg: Config, model: Model, image: np.ndarray, info: dict, started: float | None = None,
@@ -91,9 +96,6 @@ def check(cfg: Config, model: Model, image: np.ndarray, info: dict, started: flo
 def inspect(cfg: Config, model: Model, images: list[np.ndarray]) -> list[Inspection]:
     """The model's inspections of ``images`` (one batched pass) under the configuration's alarm settings."""
     a = cfg.alarm
-    if len(images) == 1:
-        return [model.inspect(images[0], a.coverage_threshold, a.max_defect_area, cfg.mismatch.max_coverage,
-                              a.peak_margin)]
     return model.inspect_batch(images, a.coverage_threshold, a.max_defect_area, cfg.mismatch.max_coverage,
                                a.peak_margin)
 

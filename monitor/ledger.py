@@ -194,13 +194,20 @@ def lock_ledger(path: str | os.PathLike) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        other = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        other = _holder_pid(fd) or "?"
         os.close(fd)
         raise LedgerError(f"{path}: another monitor (pid {other}) runs on this ledger; two would score every image "
                           "twice (output.ledger must differ per line)") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd
+
+
+def _holder_pid(fd: int) -> int | None:
+    """The pid ``lock_ledger`` wrote into the lock file open at ``fd``; None when it holds none (not yet written,
+    or not a number)."""
+    text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else None
 
 
 def ledger_holder(path: str | os.PathLike) -> int | None:
@@ -213,8 +220,7 @@ def ledger_holder(path: str | os.PathLike) -> int | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:  # held: a monitor runs on this ledger
-            pid = int(os.pread(fd, 32, 0).decode("ascii", "replace").strip() or 0)
-            return pid if pid > 0 else None
+            return _holder_pid(fd)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
@@ -586,7 +592,7 @@ class Ledger(LedgerQueries):
         ``at`` = now, ``before`` = ``at - backlog_seconds`` (``None``: every image is scored, ``before`` = 0), and
         kept, so that a restart skips the same images. A ledger that already holds images (one upgraded from
         before 0.5.0) scores every image, as it did."""
-        with self._lock:  # one daemon writes a ledger (service.lock_ledger)
+        with self._lock:  # one daemon writes a ledger (lock_ledger)
             got = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN ('backlog_before', 'backlog_at')"))
             if "backlog_before" in got:
                 return float(got["backlog_before"]), float(got.get("backlog_at", "0")), False

@@ -136,7 +136,7 @@ def test_history_and_label_of_a_damaged_ledger_are_a_clear_error(tmp_path):
                                   ["hash-password", "--help"], ["check-config", "--help"]])
 def test_commands_that_never_score_do_not_import_torch(args):
     """torch costs about 1.5 s of every start; the method configurations live in a module of their own
-    (monitor/methods.py) and the scorers are imported when first named."""
+    (monitor/model/methods.py) and the scorers are imported when first named."""
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", "monitor", *args], capture_output=True, text=True,
                        cwd=ROOT, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]

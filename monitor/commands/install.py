@@ -20,6 +20,7 @@ import signal
 from pathlib import Path
 
 from monitor.config import Config
+from monitor.judge import load_model
 from monitor.ledger import ledger_holder
 from monitor.model.artifact import ArtifactError, load_artifact
 from monitor.model.model import Model
@@ -43,8 +44,6 @@ def previous_link(target: Path) -> Path:
 
 def validate(model_dir: Path, cfg: Config) -> Model:
     """The model at ``model_dir`` loads and fits ``cfg`` (method, backbone, mode, a threshold to judge by)."""
-    from monitor.judge import load_model
-
     if not (model_dir / "model.json").is_file():
         raise InstallError(f"{model_dir}: not a model directory (no model.json); `monitor fit --out` makes one")
     try:  # as the daemon will load it, on the CPU and torch: only the model itself is checked here

@@ -117,11 +117,11 @@ class Worker(threading.Thread):
                 refused = False
 
     def limits(self):
-        """The image limits of the model and configuration now (``image``, bounded by the training images): the
-        intake refuses a file too large for them before hashing it."""
+        """The image limits of the model and configuration now (``judge.limits``): the intake refuses a file too
+        large for them before hashing it."""
         with self._lock:
             model, cfg = self._model, self.cfg
-        return cfg.image.for_model(model.meta.training_pixels)
+        return judge.limits(cfg, model)
 
     def process(self, rows: list[Row]) -> list[Row]:
         """Judge ``rows`` (oldest first): read and check each, then one batched inspection of those that can be

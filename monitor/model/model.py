@@ -232,25 +232,25 @@ class Model:
              runtime: str = "auto") -> "Model":
         """Load a model; ``expect`` (e.g. {"backbone": ..., "mode": ...}) must match the model's configuration;
         ``runtime``: where the CPU forward pass runs (``Backbone.use_runtime``)."""
-        meta, arrays = load_artifact(directory)
-        method = meta.get("method")
+        raw, arrays = load_artifact(directory)
+        meta = ModelMeta.from_json(raw)
+        method = meta.method
         if method not in METHOD_NAMES:
             raise ArtifactError(f"{directory}: unknown method {method!r}")
-        if meta.get("quality") is not None:
+        if meta.quality is not None:
             try:
-                quality.check_reference(meta["quality"])
+                quality.check_reference(meta.quality)
             except ValueError as exc:
                 raise ArtifactError(f"{directory}: {exc}") from None
-        cfg = meta["scorer"]["config"]
+        cfg = meta.scorer["config"]
         for key, want in (expect or {}).items():
             if key in cfg and cfg[key] != want:
                 raise ArtifactError(f"{directory}: model was made with {key}={cfg[key]!r}, "
                                     f"the configuration asks for {key}={want!r}; refit or change the configuration")
         scorer_cls, _ = scorers.METHODS[method]
         try:
-            scorer = scorer_cls.from_state(meta["scorer"], arrays, device)
+            scorer = scorer_cls.from_state(meta.scorer, arrays, device)
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{directory}: cannot rebuild the {method} scorer: {exc}") from None
         runtime = scorer.use_runtime(runtime)
-        return cls(scorer, Threshold.from_dict(meta.get("threshold")), DefectConfig(**meta["defects"]),
-                   ModelMeta.from_json(meta), runtime)
+        return cls(scorer, Threshold.from_dict(meta.threshold), DefectConfig(**meta.defects), meta, runtime)

@@ -19,7 +19,7 @@ on: every value put into a page is HTML-escaped (and shown printable, ``files.sh
 built itself. The style is one file, ``static/monitor.css``; the pages carry no inline style or script, so the
 Content-Security-Policy allows styles from this site only. With ``web.username``/``web.password_hash`` every page
 but /healthz needs HTTP basic auth (``auth``); with ``web.certfile``/``web.keyfile`` the server speaks TLS. The
-server is ``httpd.GuardedServer``: the handshake in the connection's thread, every connection bounded in time and
+server is ``server.GuardedServer``: the handshake in the connection's thread, every connection bounded in time and
 number. Reads go through a read-only ledger connection of their own; a label is written by the daemon's ledger (the
 ``labeller`` callback). Requests are logged at debug level.
 
@@ -76,7 +76,7 @@ SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "n
                     # and the origin check needs the real one; other sites still get no referrer
                     "Referrer-Policy": "same-origin"}
 CONNECTION_TIMEOUT = 15.0  # seconds a client may take over one read or write (the TLS handshake included)
-REQUEST_DEADLINE = 60.0  # seconds a connection may last, the request and the reply together (``httpd``)
+REQUEST_DEADLINE = 60.0  # seconds a connection may last, the request and the reply together (``server``)
 NAME_CHARS = 28  # longer file names are elided in the middle on the list
 _ROUTE = re.compile(r"/result/([1-9][0-9]{0,17})(?:/(overlay|image)\.png)?")
 _LABEL_ROUTE = re.compile(r"/result/([1-9][0-9]{0,17})/label")

@@ -1,7 +1,7 @@
 """Scoring methods behind one interface: ``fit(normal images)``, ``score(image) -> ScoreResult``, ``state()``,
 ``from_state()``. ``METHODS`` maps the configuration's ``model.method`` to (scorer class, its config class).
 
-The configurations (``monitor/methods.py``) and ``base`` import without torch; the scorer classes and ``METHODS``
+The configurations (``monitor/model/methods.py``) and ``base`` import without torch; the scorer classes and ``METHODS``
 are imported when first named (PEP 562), so that a command that never scores never pays for torch."""
 
 from monitor.model.methods import DFRConfig, PatchDictionaryConfig, PIADEConfig, SSIMAutoencoderConfig
