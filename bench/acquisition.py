@@ -28,13 +28,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import re
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -47,6 +45,7 @@ from monitor.model.images import read_image, read_mask  # noqa: E402
 from monitor.model.mismatch import misfit  # noqa: E402
 from monitor.model.model import Model  # noqa: E402
 from monitor.model.scorers import PatchDictionaryConfig  # noqa: E402
+from monitor.model.synth import change, parse  # noqa: E402
 
 ENVELOPE = {"brightness": (0.1, -0.1), "contrast": (0.8, 1.25), "gamma": (0.8, 1.25), "noise": (0.03,)}
 
@@ -61,28 +60,6 @@ def routine_changes() -> list[str]:
 
 BEYOND = ["contrast1.2", "brightness-0.08", "blur0.5", "blur1", "blur2", "noise0.05", "brightness+0.3",
           "brightness-0.3", "contrast2"]
-
-
-def parse(name: str) -> list[tuple[str, float]]:
-    """"brightness+0.1+contrast1.25" -> [("brightness", 0.1), ("contrast", 1.25)]; "none" -> []."""
-    return [(kind, float(v)) for kind, v in re.findall(r"([a-z]+)([+-]?[0-9.]+)", name)]
-
-
-def change(x: np.ndarray, spec: list[tuple[str, float]], seed: int) -> np.ndarray:
-    for kind, v in spec:
-        if kind == "brightness":
-            x = x + v
-        elif kind == "contrast":
-            x = x.mean() + v * (x - x.mean())
-        elif kind == "gamma":
-            x = np.clip(x, 0, 1) ** v
-        elif kind == "noise":
-            x = x + np.random.default_rng(seed).normal(0, v, x.shape)
-        elif kind == "blur":
-            x = cv2.GaussianBlur(np.asarray(x, np.float32), (0, 0), v)
-        elif kind != "none":
-            raise ValueError(f"unknown change {kind!r}")
-    return (np.round(np.clip(x, 0, 1) * 255) / 255).astype(np.float32)
 
 
 def main() -> None:

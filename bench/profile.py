@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from monitor.daemon.alarm import write_outputs
+from monitor.document import ResultDocument
 from monitor.model.images import list_images, read_image
 from monitor.model.model import Model
 from monitor.times import local_time  # noqa: E402
@@ -47,8 +48,8 @@ def main() -> None:
             t1 = time.perf_counter()
             ins = m.inspect(img)
             t2 = time.perf_counter()
-            result = {"image": str(p), "line": "bench", "model_id": m.model_id, "scored_at": local_time(),
-                      **ins.summary()}
+            result = ResultDocument.from_json({"image": str(p), "line": "bench", "model_id": m.model_id,
+                                               "scored_at": local_time(), **ins.summary()})
             write_outputs(out, f"{rt}-{i}", img, ins, result)
             t3 = time.perf_counter()
             row = times[rt]

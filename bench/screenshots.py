@@ -5,8 +5,9 @@
 Fits a small model on synthetic clean mats (as the demo does), starts the daemon, writes a few synthetic images
 into its export folder (TIFF, as SEM software exports them; three with defects drawn, one broken file, one that is
 not a mat), labels one alarm a false alarm, waits for the results and saves the list (`results-list.png`), the page
-of the most defective image (`result-page.png`) and the label section of the labelled one (`result-label.png`) at
-a tablet-like viewport. Needs `make tools` (chromium, chromium-driver). Everything is synthetic.
+of the most defective image (`result-page.png`), the label section of the labelled one (`result-label.png`) and the
+fibre section of a clean one (`result-fibres.png`) at a tablet-like viewport. Needs `make tools` (chromium,
+chromium-driver). Everything is synthetic.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def main() -> int:
         rows = d.wait_finished(len(images), timeout=120)
         worst = max((r for r in rows if r["verdict"] == "defect"), key=lambda r: r["coverage"] or 0)
         other = next(r for r in rows if r["verdict"] == "defect" and r["id"] != worst["id"])
+        clean = next(r for r in rows if r["verdict"] == "ok")
         ledger = Ledger(d.ledger_path)  # as `monitor label` does, from another process
         ledger.label(other["id"], "false_alarm", "Ana (shift B)", "charging artefact, mat is fine")
         ledger.close()
@@ -100,12 +102,13 @@ def main() -> int:
         try:
             for url, name in ((f"http://127.0.0.1:{d.web_port}/", "results-list.png"),
                               (f"http://127.0.0.1:{d.web_port}/result/{worst['id']}", "result-page.png"),
-                              (f"http://127.0.0.1:{d.web_port}/result/{other['id']}#label", "result-label.png")):
+                              (f"http://127.0.0.1:{d.web_port}/result/{other['id']}#label", "result-label.png"),
+                              (f"http://127.0.0.1:{d.web_port}/result/{clean['id']}#fibres", "result-fibres.png")):
                 driver.get(url)  # returns once the page and its overlay image have loaded
                 shot(driver, out / name, args.full)
         finally:
             driver.quit()
-        for name in ("results-list.png", "result-page.png", "result-label.png"):
+        for name in ("results-list.png", "result-page.png", "result-label.png", "result-fibres.png"):
             print(f"screenshots: wrote {out / name}")
     finally:
         d.stop()

@@ -1,4 +1,4 @@
-"""Subcommands: fit, score, evaluate, run, demo, history, label, refit, check-config, install-model, rollback,
+"""Subcommands: fit, score, measure, evaluate, run, demo, history, label, refit, check-config, install-model, rollback,
 hash-password."""
 
 from __future__ import annotations
@@ -83,28 +83,42 @@ def cmd_score(args) -> int:
             continue
         unfit = judge.check(cfg, model, img, info, t0)
         if unfit is not None:  # not scored against a model it does not fit
-            out = {"image": str(path), **unfit.document, "model_id": model.model_id}
+            doc = unfit.document.with_head(image=str(path), model_id=model.model_id)
             if args.overlay and unfit.mismatch_reason in QUALITY_REASONS:  # an acquisition problem: image, reason
-                caption = caption_for({**out, "scored_at": local_time(), "line": line})
+                caption = caption_for(doc.with_head(scored_at=local_time(), line=line))
                 write_png(Path(args.overlay) / f"{path.stem}.png", render_unscored(img, caption))
-            print(json.dumps(out))
+            print(doc.to_json())
             continue
         t1 = time.perf_counter()
         ins = judge.inspect(cfg, model, [img])[0]
         t2 = time.perf_counter()
         j = judge.conclude(cfg, path, img, info, ins, t2 - t0)
-        out = {"image": str(path), **j.document, "model_id": model.model_id,
-               "timings": {"load": round(t1 - t0, 4), "score": round(t2 - t1, 4), "total": round(t2 - t0, 4),
-                           **{k: round(v, 4) for k, v in ins.result.timings.items()}}}
+        t3 = time.perf_counter()  # after the fibre measurement (judge.conclude)
+        doc = j.document.with_head(image=str(path), model_id=model.model_id)
+        out = {**doc.to_dict(), "timings": {"load": round(t1 - t0, 4), "score": round(t2 - t1, 4),
+                                            "total": round(t3 - t0, 4),
+                                            **{k: round(v, 4) for k, v in ins.result.timings.items()}}}
         if args.maps:
             Path(args.maps).mkdir(parents=True, exist_ok=True)
             np.save(Path(args.maps) / f"{path.stem}.npy", ins.result.anomaly_map.astype(np.float32))
         if args.overlay:
-            caption = caption_for({**out, "scored_at": local_time(), "line": line})
+            caption = caption_for(doc.with_head(scored_at=local_time(), line=line))
             pic = render_overlay(img, ins.result.anomaly_map, ins.report, caption, ins.threshold)
             write_png(Path(args.overlay) / f"{path.stem}.png", pic)
         print(json.dumps(out))
     return 1 if failed else 0
+
+
+def cmd_measure(args) -> int:
+    from monitor.commands.measure import measure_images
+
+    if args.pixel_size_um is not None and not args.pixel_size_um > 0:
+        raise ConfigError(f"--pixel-size-um must be > 0, got {args.pixel_size_um}")
+    cfg = _load_cfg(args)
+    if args.overlay and in_export(args.overlay, cfg.watch.dir):
+        raise ConfigError(f"--overlay {args.overlay} lies inside the export folder watch.dir ({cfg.watch.dir}); the "
+                          "monitor never writes there")
+    return measure_images(cfg, args.images, args.json, args.overlay, args.pixel_size_um)
 
 
 def _evaluate_job(job: tuple[str, str], args_ns: dict, queue) -> None:
@@ -436,6 +450,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--overlay", help="folder for overlay PNGs")
     sp.add_argument("--maps", help="folder for raw float32 anomaly maps (.npy, same size as the image)")
     sp.set_defaults(func=cmd_score)
+
+    sp = sub.add_parser("measure", help="the fibres of images: diameter distribution, orientation, porosity, beads "
+                                        "(no model needed)")
+    common(sp)
+    sp.add_argument("images", nargs="+", help="image files or folders")
+    sp.add_argument("--json", action="store_true", help="one JSON object per image (default: one line each)")
+    sp.add_argument("--overlay", help="folder for the fibre overlays (<name>.fibres.png)")
+    sp.add_argument("--pixel-size-um", type=float, help="micrometres per pixel (default: image.pixel_size_um, else the "
+                                                        "SEM's TIFF tags; without either, sizes in pixels only)")
+    sp.set_defaults(func=cmd_measure)
 
     sp = sub.add_parser("evaluate", help="pixel ROC-AUC, PRO, per-defect coverage and time on a labelled data set")
     common(sp)

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from monitor.config import Config
+from monitor.document import ResultDocument
 from monitor.model.artifact import ArtifactError
+from monitor.model.fibres import FibreError, measure
 from monitor.model.images import ImageLimits, pixel_size_um, read_image
 from monitor.model.mismatch import misfit
 from monitor.model.model import Inspection, Model, expectations
@@ -30,7 +32,7 @@ class Judgement:
     its acquisition cannot be judged: ``verdict`` "mismatch", ``mismatch_reason`` says which check)."""
 
     verdict: str  # ok | defect | mismatch | no-threshold (defects.VERDICTS)
-    document: dict  # the result document (the result JSON and the ledger's copy, without the daemon's head)
+    document: ResultDocument  # the result JSON and the ledger's copy, without the daemon's head
     image: np.ndarray
     inspection: Inspection | None
     seconds: float  # reading and scoring
@@ -41,7 +43,7 @@ class Judgement:
 
     @property
     def mismatch_reason(self) -> str | None:
-        return self.document.get("mismatch_reason")
+        return self.document.mismatch_reason
 
 
 def load_model(cfg: Config) -> Model:
@@ -86,10 +88,8 @@ def check(cfg: Config, model: Model, image: np.ndarray, info: dict, started: flo
     if why is None:
         return None
     seconds = 0.0 if started is None else clock() - started
-    doc = {"verdict": "mismatch", "mismatch": why[1], "mismatch_reason": why[0], "score_seconds": round(seconds, 4),
-           "alarm": False}
-    if "quality" in info:
-        doc["quality"] = info["quality"]
+    doc = ResultDocument("mismatch", mismatch=why[1], mismatch_reason=why[0], score_seconds=round(seconds, 4),
+                         quality=info.get("quality"), fibres_reason=f"not measured: {why[1]}")
     return Judgement("mismatch", doc, image, None, seconds)
 
 
@@ -103,22 +103,36 @@ def inspect(cfg: Config, model: Model, images: list[np.ndarray]) -> list[Inspect
 def conclude(cfg: Config, path: str | Path, image: np.ndarray, info: dict, ins: Inspection,
              seconds: float) -> Judgement:
     """The judgement of a scored image: its verdict and result document (defects with their areas in um2 when the
-    pixel size is known, the quality figures, the reason of a coverage mismatch)."""
+    pixel size is known, the quality figures, the reason of a coverage mismatch, the fibre figures when
+    ``fibres.enabled``: their time is added to the judgement's)."""
     # the pixel size from the tags read with the image (a file renamed since may no longer be at ``path``)
     um = cfg.image.pixel_size_um or (info["pixel_size_um"] if "pixel_size_um" in info else pixel_size_um(path))
-    doc = {**ins.summary(), "score_seconds": round(seconds, 4), "alarm": ins.verdict == "defect",
-           "coverage_threshold": cfg.alarm.coverage_threshold, "max_defect_area": cfg.alarm.max_defect_area,
-           "pixel_size_um": um}
-    if "quality" in info:
-        doc["quality"] = info["quality"]
+    summary = ins.summary()
+    summary.pop("verdict")
+    defects = tuple({**d, "area_um2": round(d["area"] * um * um, 4)} if um else d for d in summary.pop("defects"))
+    mismatch = reason = None
     if ins.verdict == "mismatch":
-        doc["mismatch"] = (f"the defect mask covers {100 * ins.report.coverage:.1f}% of the image, over "
-                           f"mismatch.max_coverage {100 * cfg.mismatch.max_coverage:g}%: another material, another "
-                           "magnification, or a focus or detector fault")
-        doc["mismatch_reason"] = "coverage"
-    if um:
-        for d in doc["defects"]:
-            d["area_um2"] = round(d["area"] * um * um, 4)
+        mismatch = (f"the defect mask covers {100 * ins.report.coverage:.1f}% of the image, over "
+                    f"mismatch.max_coverage {100 * cfg.mismatch.max_coverage:g}%: another material, another "
+                    "magnification, or a focus or detector fault")
+        reason = "coverage"
+    fibres, why = None, None
+    if not cfg.fibres.enabled:
+        why = "not measured: fibres.enabled is false"
+    elif mismatch is not None:
+        why = f"not measured: {mismatch}"
+    else:
+        t = time.perf_counter()
+        try:
+            fibres = measure(image, um, cfg.fibres.measure).figures
+        except FibreError as exc:
+            why = f"not measured: {exc}"
+        ins.result.timings["fibres"] = dt = time.perf_counter() - t
+        seconds += dt
+    doc = ResultDocument(verdict=ins.verdict, alarm=ins.verdict == "defect", score_seconds=round(seconds, 4),
+                         defects=defects, coverage_threshold=cfg.alarm.coverage_threshold,
+                         max_defect_area=cfg.alarm.max_defect_area, pixel_size_um=um, quality=info.get("quality"),
+                         mismatch=mismatch, mismatch_reason=reason, fibres=fibres, fibres_reason=why, **summary)
     return Judgement(ins.verdict, doc, image, ins, seconds)
 
 

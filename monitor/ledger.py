@@ -397,17 +397,25 @@ class LedgerQueries:
     def recent_levels(self, model_id: str | None, limit: int) -> list[float]:
         """The score levels of the last ``limit`` clean (ok) images scored by ``model_id``, oldest first (the drift
         window after a restart)."""
+        return self.recent_values(model_id, limit, ("score_level",))
+
+    def recent_values(self, model_id: str | None, limit: int, key: tuple[str, ...]) -> list[float]:
+        """The number at ``key`` (a path into the result document, e.g. ("fibres", "diameter_px", "mean")) of the
+        last ``limit`` clean (ok) images scored by ``model_id`` that have one, oldest first (the drift window and
+        the fibre chart after a restart)."""
         with self._lock:
             got = self._db.execute("SELECT result_json FROM images WHERE state = 'done' AND verdict = 'ok' AND "
                                    "model_id = ? ORDER BY id DESC LIMIT ?", (model_id, limit)).fetchall()
         out = []
         for (text,) in reversed(got):
             try:
-                level = json.loads(text).get("score_level")
+                value = json.loads(text)
+                for k in key:
+                    value = value.get(k)
             except (TypeError, ValueError, AttributeError):
                 continue
-            if isinstance(level, (int, float)):
-                out.append(float(level))
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out.append(float(value))
         return out
 
     def neighbours(self, row_id: int) -> tuple[int | None, int | None]:

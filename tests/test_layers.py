@@ -16,7 +16,7 @@ LAYERS = (
     ("base", ("monitor", "monitor.files", "monitor.passwords", "monitor.ledger", "monitor.times")),
     ("model", ("monitor.model",)),
     ("config", ("monitor.config",)),
-    ("judge", ("monitor.judge",)),
+    ("judge", ("monitor.judge", "monitor.document")),
     ("web", ("monitor.web",)),
     ("daemon", ("monitor.daemon",)),
     ("commands", ("monitor.commands",)),

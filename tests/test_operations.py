@@ -80,7 +80,7 @@ def _route(**labels) -> str:
 
 def test_every_alert_reaches_the_right_receiver():
     want = {"operators": {"critical": "operators-urgent", "warning": "operators"}, "maintenance": "maintenance",
-            "microscope": "microscope"}
+            "microscope": "microscope", "process": "process"}
     table = {}
     for name, rule in rules().items():
         lab = rule["labels"]
@@ -93,6 +93,7 @@ def test_every_alert_reaches_the_right_receiver():
     assert table["SemImageMismatch"] == table["SemScoreDrift"] == "operators"  # warnings: e-mail, not the display
     assert table["SemImageMostlyAbnormal"] == "operators-urgent"  # it may be a film over the whole mat: look now
     assert table["SemAcquisitionProblem"] == "microscope"  # the people who run the SEM, not the line's operators
+    assert table["SemFibreDiameterOutOfControl"] == "process"  # the process engineers steer the fibre diameter
 
 
 def test_every_inhibition_names_existing_alerts():

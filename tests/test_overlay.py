@@ -67,8 +67,8 @@ def test_banner_says_coverage_against_threshold_defects_and_size_in_micrometres(
                 coverage_threshold=0.001, n_defects=6, largest_area=886, pixel_size_um=0.05, model_id="f6f99e719b00")
     text = " | ".join(banner_lines(c))
     assert "coverage 0.18% (alarm above 0.10%)" in text and "6 defects" in text
-    assert "largest #1: 886 px = 2.2 µm²" in text and "spin-line-3" in text and "model f6f99e719b00" in text
-    assert "µm²" not in " ".join(banner_lines(Caption("ok", "a.tif", "now", n_defects=1, largest_area=9)))
+    assert "largest #1: 886 px = 2.2 um2" in text and "spin-line-3" in text and "model f6f99e719b00" in text
+    assert "um2" not in " ".join(banner_lines(Caption("ok", "a.tif", "now", n_defects=1, largest_area=9)))
 
 
 def test_long_names_are_elided_in_the_middle_to_fit():

@@ -58,6 +58,7 @@ def demo_config(workdir: Path, cfg: Config = Config()) -> Config:
 def run_demo(workdir: Path, n_images: int = 12, seed: int = 0, interval: float = 1.0, cfg: Config = Config()) -> int:
     from monitor.commands.fit import fit_model
     from monitor.daemon.service import Service
+    from monitor.document import ResultDocument
 
     workdir = Path(workdir).resolve()
     cfg = demo_config(workdir, cfg)
@@ -83,10 +84,13 @@ def run_demo(workdir: Path, n_images: int = 12, seed: int = 0, interval: float =
         seen.append(row)
         key = row.verdict or f"failed:{row.error_kind}"
         counts[key] = counts.get(key, 0) + 1
+        fibres = ResultDocument.from_json(row.result_json).fibres
         print(json.dumps({"image": name, "truth": truth.get(name, "?"), "verdict": key,
                           "coverage": None if row.coverage is None else round(row.coverage, 5),
                           "defects": row.n_defects, "score_s": None if row.score_seconds is None else
-                          round(row.score_seconds, 3), "end_to_end_s": round(row.e2e_seconds or 0, 3)}), flush=True)
+                          round(row.score_seconds, 3), "end_to_end_s": round(row.e2e_seconds or 0, 3),
+                          "fibre_diameter_px": None if fibres is None else round(fibres.diameter_px.mean, 2)}),
+              flush=True)
         if len(seen) >= n_images:
             done.set()
 

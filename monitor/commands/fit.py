@@ -17,6 +17,7 @@ import numpy as np
 
 from monitor.config import Config
 from monitor.files import file_sha256
+from monitor.model.fibres import reference as fibre_reference
 from monitor.model.images import ImageLimits, read_image
 from monitor.model.mismatch import fitted_on
 from monitor.model.scorers.base import QUIET, Progress, Tick
@@ -86,6 +87,8 @@ def fit_model(cfg: Config, normal_paths: Sequence[Path], val_paths: Sequence[Pat
                           cfg.model.device, progress, [digest(p) for p in normal_paths], cfg.model.runtime,
                           cfg.model.normalize, cfg.model.clip)
         model.meta.fitted_on = fitted_on([im.shape for im in normal], infos)
+        um = [cfg.image.pixel_size_um or info.get("pixel_size_um") for info in infos]
+        model.meta.fibres = fibre_reference(normal, um, cfg.fibres.measure)
         model.meta.training_images = [str(Path(p).resolve()) for p in normal_paths]
         model.meta.validation_images = [str(Path(p).resolve()) for p in val_paths]
         model.meta.validation_sha256 = [digest(p) for p in val_paths]
@@ -93,6 +96,9 @@ def fit_model(cfg: Config, normal_paths: Sequence[Path], val_paths: Sequence[Pat
             model.meta.provenance = provenance
     finally:
         progress.close()
+    if model.meta.fibres is None:
+        log.warning("the fibres of no training image could be measured: the model has no fibre reference and "
+                    "monitor_fibre_diameter_ratio stays NaN")
     if not val:
         log.warning("no --val images: the model has no threshold (nor border calibration) and will give no verdicts")
     model_id = model.save(out)

@@ -53,7 +53,7 @@ def _unusable(model, cfg: Config, row: Row) -> str | None:
     except ImageError as exc:
         return "gone or changed since it was scored" if exc.kind in ("missing", "changed") else exc.reason
     unfit = judge.check(cfg, model, image, info)
-    return None if unfit is None else f"does not fit the model in use: {unfit.document['mismatch']}"
+    return None if unfit is None else f"does not fit the model in use: {unfit.document.mismatch}"
 
 
 def gather(cfg: Config, model, ledger: Ledger, recent: int, seed: int = 0) -> dict:
@@ -143,7 +143,7 @@ def _judge(model, cfg: Config, row: Row) -> dict:
         j = judge.judge(cfg, model, row.path, row.sha256)
     except ImageError as exc:
         return {"verdict": "failed", "coverage": None, "error": exc.reason}
-    return {"verdict": j.verdict, "coverage": j.document.get("coverage")}
+    return {"verdict": j.verdict, "coverage": j.document.coverage}
 
 
 def validate(before, after, cfg: Config, labelled: list) -> tuple[list[dict], bool]:

@@ -6,11 +6,11 @@ never into the export folder.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from monitor.config import AlarmSection
+from monitor.document import ResultDocument
 from monitor.files import atomic_write, shown
 from monitor.model.model import Inspection
 from monitor.model.overlay import Caption, render_overlay, render_unscored, write_png
@@ -34,21 +34,16 @@ class AlarmState:
         return self.active
 
 
-def write_json(path: Path, data: dict) -> None:
-    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
+def caption_for(result: ResultDocument) -> Caption:
+    """The overlay banner of a result (the document the worker records and writes as JSON)."""
+    return Caption(verdict=result.verdict, file_name=shown(Path(result.image or "").name), when=result.scored_at or "",
+                   line=result.line or "", coverage=result.coverage, coverage_threshold=result.coverage_threshold,
+                   n_defects=result.n_defects, largest_area=result.defects[0].get("area") if result.defects else None,
+                   pixel_size_um=result.pixel_size_um, model_id=result.model_id,
+                   note=result.mismatch or "" if result.verdict == "mismatch" else "")
 
 
-def caption_for(result: dict) -> Caption:
-    """The overlay banner of a result (the dict the worker records and writes as JSON)."""
-    return Caption(verdict=result["verdict"], file_name=shown(Path(result["image"]).name), when=result["scored_at"],
-                   line=result.get("line", ""), coverage=result.get("coverage"),
-                   coverage_threshold=result.get("coverage_threshold"), n_defects=result.get("n_defects"),
-                   largest_area=result["defects"][0]["area"] if result.get("defects") else None,
-                   pixel_size_um=result.get("pixel_size_um"), model_id=result.get("model_id"),
-                   note=result.get("mismatch", "") if result["verdict"] == "mismatch" else "")
-
-
-def write_outputs(out_dir: Path, stem: str, image, ins: Inspection | None, result: dict) -> Path:
+def write_outputs(out_dir: Path, stem: str, image, ins: Inspection | None, result: ResultDocument) -> Path:
     """Overlay PNG + result JSON named ``stem``; returns the overlay path. ``ins`` None: an image that was not
     scored (a mismatch of acquisition quality), shown with its banner and no heat map."""
     overlay, js = out_dir / f"{stem}.png", out_dir / f"{stem}.json"
@@ -58,7 +53,7 @@ def write_outputs(out_dir: Path, stem: str, image, ins: Inspection | None, resul
         else:
             write_png(overlay, render_overlay(image, ins.result.anomaly_map, ins.report, caption_for(result),
                                               ins.threshold))
-        write_json(js, {**result, "overlay": str(overlay)})
+        atomic_write(js, (result.with_head(overlay=str(overlay)).to_json(indent=2) + "\n").encode())
     except BaseException:  # no half pair left behind: retention only knows the files of a recorded overlay
         for f in (overlay, js):
             f.unlink(missing_ok=True)

@@ -34,6 +34,9 @@ from monitor.web.server import GuardedServer, server_tls
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 # defect coverage (ratio); dense around the usual alarm thresholds (0.1% by default)
 COVERAGE_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+# metres: a fibre's mean diameter per image, from 50 nm to 20 um (electrospun fibres: tens of nm to a few um)
+DIAMETER_BUCKETS = (5e-8, 1e-7, 1.5e-7, 2e-7, 3e-7, 4e-7, 5e-7, 6e-7, 8e-7, 1e-6, 1.5e-6, 2e-6, 3e-6, 5e-6, 1e-5,
+                    2e-5)
 # failures that are not about the file: out of memory, a CUDA/torch error, anything else
 FAILURE_KINDS = ERROR_KINDS + ("crashed", "out_of_memory", "device", "internal")
 
@@ -69,6 +72,25 @@ TABLE = (
     ("drift_ratio", Gauge, "Score level of the recent clean images over that of the validation images (1 = as "
      "fitted; NaN until drift.min_images)", ()),
     ("drift_images", Gauge, "Clean images in the drift window", ()),
+    ("fibre_diameter_meters", Histogram, "Mean fibre diameter of every measured image (when the pixel size is known)",
+     ()),
+    ("fibre_last_diameter_meters", Gauge, "Mean fibre diameter of the last measured image (NaN: pixel size unknown)",
+     ()),
+    ("fibre_last_diameter_pixels", Gauge, "Mean fibre diameter of the last measured image, in pixels", ()),
+    ("fibre_diameter_ratio", Gauge, "Process chart: mean diameter of the last fibres.window measured ok images over "
+     "the training images' (1 = as fitted; NaN until fibres.min_images or without a fibre reference)", ()),
+    ("fibre_diameter_lower_limit_ratio", Gauge, "Process chart: lower control limit of fibre_diameter_ratio", ()),
+    ("fibre_diameter_upper_limit_ratio", Gauge, "Process chart: upper control limit of fibre_diameter_ratio", ()),
+    ("fibre_window_images", Gauge, "Measured ok images in the fibre chart's window", ()),
+    ("fibre_coherency_ratio", Gauge, "Orientation coherency of the last measured image (0 isotropic, 1 aligned)", ()),
+    ("fibre_orientation_radians", Gauge, "Dominant fibre direction of the last measured image (x axis, y down, [0, "
+     "pi))", ()),
+    ("fibre_porosity_ratio", Gauge, "Share of the last measured image not covered by the top layer of fibres", ()),
+    ("fibre_beads_per_square_meter", Gauge, "Beads per area of the last measured image (NaN: pixel size unknown)",
+     ()),
+    ("fibre_beads_total", Counter, "Beads found in measured images", ()),
+    ("fibre_unmeasured_total", Counter, "Scored images whose fibres could not be measured (the result says why)",
+     ()),
     ("model", Info, "The model in use", ()),
     ("web", Info, "The results page: its external URL (alert annotations link to it)", ()),
     ("build", Info, "Software versions", ()),
@@ -108,7 +130,8 @@ class Metrics:
         for name, kind, doc, labels in TABLE:
             kw = {}
             if kind is Histogram:
-                kw["buckets"] = COVERAGE_BUCKETS if name == "coverage_ratio" else LATENCY_BUCKETS
+                kw["buckets"] = {"coverage_ratio": COVERAGE_BUCKETS,
+                                 "fibre_diameter_meters": DIAMETER_BUCKETS}.get(name, LATENCY_BUCKETS)
             setattr(self, name, kind(name, doc, labels, namespace=namespace, registry=self.registry, **kw))
         for v in VERDICTS:
             self.images_processed_total.labels(verdict=v)
@@ -120,7 +143,11 @@ class Metrics:
             self.mismatches_total.labels(reason=k)
         for k in ("basic", "write"):  # web.AUTH_KINDS (not imported: the metrics do not depend on the page)
             self.web_auth_failures_total.labels(kind=k)
-        self.drift_ratio.set(float("nan"))
+        for g in (self.drift_ratio, self.fibre_last_diameter_meters, self.fibre_last_diameter_pixels,
+                  self.fibre_diameter_ratio, self.fibre_diameter_lower_limit_ratio,
+                  self.fibre_diameter_upper_limit_ratio, self.fibre_coherency_ratio, self.fibre_orientation_radians,
+                  self.fibre_porosity_ratio, self.fibre_beads_per_square_meter):
+            g.set(float("nan"))  # nothing measured yet
         import torch
 
         try:  # the installed distribution's version: importing openvino costs a second and more

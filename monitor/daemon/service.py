@@ -115,6 +115,10 @@ class Service:
         if model.drift_reference is None:
             log.info("model %s has no drift reference (no validation images, or fitted before 0.3.0): "
                      "monitor_drift_ratio stays NaN; refit to get one", model.model_id)
+        if cfg.fibres.enabled and model.meta.fibres is None:
+            log.info("model %s has no fibre reference (fitted before fibres were measured, or none of its training "
+                     "images could be measured): the fibres of every image are measured, but monitor_fibre_diameter_"
+                     "ratio stays NaN; refit to get one", model.model_id)
         self.worker.start()
         self.intake = Intake(cfg.watch, self.ledger, self._recorded, self._rejected, m.ledger_errors_total.inc,
                              self.worker.limits)

@@ -7,8 +7,8 @@ image with its reason, and the worker goes on. The model can be swapped between 
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import sqlite3
 import statistics
 import threading
@@ -22,7 +22,9 @@ import torch
 from monitor import judge
 from monitor.config import Config
 from monitor.daemon.alarm import AlarmState, write_outputs
+from monitor.daemon.chart import FibreChart
 from monitor.daemon.metrics import Metrics
+from monitor.document import ResultDocument
 from monitor.files import fitting_stem, shown
 from monitor.ledger import Ledger, Row
 from monitor.model.images import ImageError
@@ -51,6 +53,7 @@ class Worker(threading.Thread):
         self.last_progress = time.monotonic()  # updated at every loop turn and every image
         self._in_hand: set[int] = set()  # rows this process has started and not yet finished
         self.drift = DriftWindow(cfg.drift.window, model.drift_reference)
+        self.chart = _chart(cfg, model)
 
     # ------------------------------------------------------------------------------------------------ control
     @property
@@ -61,7 +64,8 @@ class Worker(threading.Thread):
     def swap(self, model: Model, cfg: Config) -> None:
         """Use ``model`` and ``cfg`` from the next image on."""
         with self._lock:
-            changed = model.model_id != self._model.model_id or cfg.drift != self.cfg.drift
+            changed = (model.model_id != self._model.model_id or cfg.drift != self.cfg.drift
+                       or cfg.fibres != self.cfg.fibres)
             self._model, self.cfg = model, cfg
             self.alarm.cfg = cfg.alarm
         if changed:
@@ -201,7 +205,8 @@ class Worker(threading.Thread):
         verdict, ins, secs = j.verdict, j.inspection, j.seconds
         before = (self.alarm.active, self.alarm.clean_run)
         active = self.alarm.active if verdict == "mismatch" else self.alarm.update(j.alarm)
-        result = {**_result_head(row, model, cfg), **j.document}
+        result = j.document.with_head(image=row.path, sha256=row.sha256, line=cfg.service.line,
+                                      model_id=model.model_id, scored_at=local_time())
         reason = j.mismatch_reason
         overlay = None
         if ins is None:  # not scored: an acquisition problem gets an overlay (the image and the reason, no heat map)
@@ -215,7 +220,7 @@ class Worker(threading.Thread):
                 row.id, verdict=verdict, alarm=j.alarm, coverage=None if r is None else r.coverage,
                 n_defects=None if r is None else len(r.defects), largest_area=None if r is None else r.largest_area,
                 max_score=None if ins is None else ins.result.image_score, score_seconds=secs,
-                model_id=model.model_id, overlay=overlay, result_json=json.dumps(result))
+                model_id=model.model_id, overlay=overlay, result_json=result.to_json())
         except sqlite3.Error:  # not recorded: scored again later, and the alarm state must not count it twice
             self.alarm.active, self.alarm.clean_run = before
             raise
@@ -225,7 +230,7 @@ class Worker(threading.Thread):
         if reason is not None:
             m.mismatches_total.labels(reason=reason).inc()
         if ins is None:
-            log.warning("MISMATCH %s: %s (not scored; %s)", row.path, result["mismatch"],
+            log.warning("MISMATCH %s: %s (not scored; %s)", row.path, result.mismatch,
                         "pixel_size_tolerance" if reason == "pixel_size" else
                         "an acquisition problem" if reason in QUALITY_REASONS else f"mismatch.{reason}")
             return self._finished(done)
@@ -241,7 +246,7 @@ class Worker(threading.Thread):
             log.warning("ALARM %s: coverage %.4f%%, %d defect(s), %.2f s, overlay %s", row.path,
                         100 * (r.coverage if r else 0), len(r.defects) if r else 0, secs, overlay)
         elif verdict == "mismatch":
-            log.warning("MISMATCH %s: %s; %.2f s, overlay %s", row.path, result["mismatch"], secs, overlay)
+            log.warning("MISMATCH %s: %s; %.2f s, overlay %s", row.path, result.mismatch, secs, overlay)
         else:  # one line per image: the journal shows the line's pace, not only its alarms
             log.info("%s: %s, coverage %s, %s defect(s), %.2f s", row.path, verdict,
                      "-" if r is None else f"{100 * r.coverage:.4f}%", "-" if r is None else len(r.defects), secs)
@@ -249,10 +254,33 @@ class Worker(threading.Thread):
         if verdict == "ok" and ins.level is not None and model is self.model:  # not a model swapped out meanwhile
             self.drift.add(ins.level)
             self._drift_gauges()
+        self._fibres(result, cfg, model)
         return self._finished(done)
 
+    def _fibres(self, result: ResultDocument, cfg: Config, model: Model) -> None:
+        """The fibre metrics of a scored image, and the process chart of its mean diameter (ok images only)."""
+        m, f = self.metrics, result.fibres
+        if f is None:
+            if cfg.fibres.enabled and result.verdict != "mismatch":
+                m.fibre_unmeasured_total.inc()
+            return
+        um = f.pixel_size_um
+        nan = float("nan")
+        m.fibre_last_diameter_pixels.set(f.diameter_px.mean)
+        m.fibre_last_diameter_meters.set(f.diameter_px.mean * um * 1e-6 if um else nan)
+        if um:
+            m.fibre_diameter_meters.observe(f.diameter_px.mean * um * 1e-6)
+        m.fibre_coherency_ratio.set(f.coherency)
+        m.fibre_orientation_radians.set(math.radians(f.orientation_deg))
+        m.fibre_porosity_ratio.set(f.porosity)
+        m.fibre_beads_per_square_meter.set(f.beads_per_mm2 * 1e6 if f.beads_per_mm2 is not None else nan)
+        m.fibre_beads_total.inc(len(f.beads))
+        if result.verdict == "ok" and model is self.model:
+            self.chart.add(f.diameter_px.mean)
+            self._chart_gauges()
+
     @staticmethod
-    def _write_outputs(row: Row, cfg: Config, image, ins, result: dict) -> str | None:
+    def _write_outputs(row: Row, cfg: Config, image, ins, result: ResultDocument) -> str | None:
         """The overlay and result JSON of ``row``; None when they cannot be written (logged; the ledger has it)."""
         try:
             # printable (names that are not UTF-8 shown as \xNN) and short enough (names of 255 bytes)
@@ -266,13 +294,25 @@ class Worker(threading.Thread):
 
     # -------------------------------------------------------------------------------------------------- drift
     def restore_drift(self) -> None:
-        """The drift window from the ledger: the last clean images of the model in use (after a restart, a
-        reload, a new model)."""
+        """The drift window and the fibre chart from the ledger: the last clean images of the model in use (after a
+        restart, a reload, a new model)."""
         model = self.model
         self.drift = DriftWindow(self.cfg.drift.window, model.drift_reference)
         for level in self.ledger.recent_levels(model.model_id, self.cfg.drift.window):
             self.drift.add(level)
         self._drift_gauges()
+        self.chart = _chart(self.cfg, model)
+        for v in self.ledger.recent_values(model.model_id, self.cfg.fibres.window, ("fibres", "diameter_px", "mean")):
+            self.chart.add(v)
+        self._chart_gauges()
+
+    def _chart_gauges(self) -> None:
+        n = self.cfg.fibres.min_images
+        lo, hi = self.chart.limits(n)
+        self.metrics.fibre_diameter_ratio.set(self.chart.ratio(n))
+        self.metrics.fibre_diameter_lower_limit_ratio.set(lo)
+        self.metrics.fibre_diameter_upper_limit_ratio.set(hi)
+        self.metrics.fibre_window_images.set(len(self.chart))
 
     def _drift_gauges(self) -> None:
         self.metrics.drift_images.set(len(self.drift))
@@ -318,10 +358,9 @@ class DriftWindow:
         return float(statistics.median(self.levels)) / self.reference
 
 
-def _result_head(row: Row, model: Model, cfg: Config) -> dict:
-    """What every result JSON starts with: the image, its content, the line, the model, the time."""
-    return {"image": row.path, "sha256": row.sha256, "line": cfg.service.line, "model_id": model.model_id,
-            "scored_at": local_time()}
+def _chart(cfg: Config, model: Model) -> FibreChart:
+    f = cfg.fibres
+    return FibreChart(f.window, model.meta.fibres, f.sigmas, f.min_band)
 
 
 def _content_hash(row: Row) -> str | None:

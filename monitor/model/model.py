@@ -53,6 +53,7 @@ class ModelMeta:
     training_pixels: int | None = None  # pixels of the largest training image (``image.max_training_ratio``)
     image_shape: list[int] | None = None  # [H, W] of the first training image (the warm-up image)
     quality: dict | None = None  # ``quality.reference`` (0.4.0 on)
+    fibres: dict | None = None  # ``fibres.reference`` of the training images (after 0.4.0)
     drift_reference: dict | None = None  # the validation images' score levels (0.3.0 on)
     fitted_on: dict | None = None  # ``mismatch.fitted_on`` (0.3.0 on)
     training_images: list[str] = field(default_factory=list)
@@ -72,7 +73,7 @@ class ModelMeta:
 
     SAVED = ("method", "scorer", "threshold", "defects", "training_sha256", "fit_seconds", "training_pixels",
              "image_shape", "fitted_on", "training_images", "validation_images", "validation_sha256", "provenance",
-             "drift_reference", "quality")  # what ``Model.save`` writes (the artifact adds the rest)
+             "drift_reference", "quality", "fibres")  # what ``Model.save`` writes (the artifact adds the rest)
 
     @classmethod
     def from_json(cls, d: dict) -> "ModelMeta":

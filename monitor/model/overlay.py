@@ -4,7 +4,8 @@ Made to be read at the line in two seconds, at the image's own resolution: a ban
 DEFECT, green OK, grey otherwise) with the file name, coverage against the alarm threshold, the number of defects
 and the largest one, line, time and model; the defects outlined and numbered as in the result JSON (largest first);
 under the image, the heat map's colour scale up to the pixel threshold. Drawing is OpenCV; text is Pillow's embedded
-FreeType font (no font file to install; OpenCV's Hershey fonts have no "µ" and blur at small sizes).
+FreeType font (no font file to install; OpenCV's Hershey fonts blur at small sizes). That font has no "µ", "²" or
+"–" (they come out as empty boxes): the pictures write "um", "um2" and "-".
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def _percent(x: float) -> str:
 def _area(px: int, pixel_size_um: float | None) -> str:
     text = f"{px:,} px"
     if pixel_size_um:
-        text += f" = {px * pixel_size_um ** 2:,.1f} µm²"
+        text += f" = {px * pixel_size_um ** 2:,.1f} um2"  # the embedded font has no µ nor ²
     return text
 
 

@@ -34,7 +34,6 @@ import functools
 import hashlib
 import hmac
 import ipaddress
-import json
 import logging
 import os
 import re
@@ -56,6 +55,7 @@ import numpy as np
 from markupsafe import Markup
 
 from monitor.config import RESULTS_MAX, Config, WebSection
+from monitor.document import ResultDocument
 from monitor.files import link_problem, shown
 from monitor.ledger import LABEL_KINDS, NOTE_CHARS, VERDICT_FILTERS, WHO_CHARS, Label, LabelError, LedgerQueries, Row
 from monitor.model.images import ImageError, read_image
@@ -396,12 +396,7 @@ class ResultsSite:
     # -------------------------------------------------------------------------------------------------- result
     def result_page(self, r: Row, query: str = "", label_error: str = "", form: dict | None = None) -> Response:
         """One result; ``label_error`` and ``form``: the label form sent back with why it was not saved."""
-        try:
-            result = json.loads(r.result_json) if r.result_json else {}
-        except ValueError:
-            result = {}
-        if not isinstance(result, dict):
-            result = {}
+        result = ResultDocument.from_json(r.result_json)
         name = os.path.basename(r.path)
         label, cls = verdict_of(r)
         current = self.ledger.current_labels([r.id]).get(r.id)
@@ -409,29 +404,30 @@ class ResultsSite:
             label += f" · {LABEL_TEXT[current.kind]}"
         prev_id, next_id = self.ledger.neighbours(r.id)
         settings = self.settings()
-        th = result.get("coverage_threshold")
-        th_note = "" if isinstance(th, (int, float)) else " (current setting)"
-        th = th if isinstance(th, (int, float)) else settings.alarm.coverage_threshold
+        th = result.coverage_threshold
+        th_note = "" if th is not None else " (current setting)"
+        th = th if th is not None else settings.alarm.coverage_threshold
         mismatch = None
-        if r.verdict == "mismatch" and result.get("mismatch") and result.get("mismatch_reason") in QUALITY_REASONS:
+        if r.verdict == "mismatch" and result.mismatch and result.mismatch_reason in QUALITY_REASONS:
             mismatch = "acquisition"
-        elif r.verdict == "mismatch" and result.get("mismatch"):
+        elif r.verdict == "mismatch" and result.mismatch:
             mismatch = "model"
         acquisition = None
-        q = result.get("quality")
-        if isinstance(q, dict):  # the acquisition-quality figures (monitor/quality.py)
+        q = result.quality
+        if q is not None:  # the acquisition-quality figures (monitor/quality.py)
             acquisition = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in q.items()
                                     if k in ("clipped_low", "clipped_high", "sharpness", "noise"))
         return self.render(
             200, "result.html", f"{label} · {name}", r=r, name=name, banner=label, cls=cls,
-            prev_id=prev_id, next_id=next_id, result_line=result.get("line", "–"),
-            mismatch=mismatch, mismatch_text=result.get("mismatch"),
+            prev_id=prev_id, next_id=next_id, result_line=result.line or "–",
+            mismatch=mismatch, mismatch_text=result.mismatch,
             over=r.coverage is not None and r.coverage > th, threshold=th, threshold_note=th_note,
             overlay=self._overlay(r, settings), defects=self._defects(r, result),
             labels=self._labels(r, label_error, form, saved=query == "labelled=1"),
             max_score="–" if r.max_score is None else f"{r.max_score:.4f}",
-            map_threshold=result.get("threshold") if result.get("threshold") is not None else "–",
-            sha256=r.sha256 if len(r.sha256) == 64 else "–", acquisition=acquisition)
+            map_threshold=result.threshold if result.threshold is not None else "–",
+            sha256=r.sha256 if len(r.sha256) == 64 else "–", acquisition=acquisition,
+            fibres=self._fibres(r, result))
 
     # ------------------------------------------------------------------------------------------------- labels
     def _labels(self, r: Row, error: str = "", form: dict | None = None, saved: bool = False) -> dict | None:
@@ -529,17 +525,15 @@ class ResultsSite:
                 "src": f"/result/{r.id}/overlay.png"}
 
     @staticmethod
-    def _defects(r: Row, result: dict) -> dict | None:
+    def _defects(r: Row, result: ResultDocument) -> dict | None:
         """The defect table's rows (``_defects.html``); None: no table (not scored)."""
-        defects = result.get("defects")
+        defects = result.defects
         if r.state != "done" or (r.verdict == "mismatch" and r.coverage is None):  # not scored
             return None
-        if not isinstance(defects, list) or not defects:
+        if not defects:
             return {"found": False, "rows": []}
         rows = []
         for i, d in enumerate(defects, 1):
-            if not isinstance(d, dict):
-                continue
             bbox, cen = d.get("bbox") or [], d.get("centroid") or []
             area, peak = d.get("area"), d.get("peak")
             rows.append({"n": i, "area": f"{area:,}" if isinstance(area, int) else "–",
@@ -547,6 +541,47 @@ class ResultsSite:
                          "centroid": f"{cen[0]}, {cen[1]}" if len(cen) == 2 else "–",
                          "peak": peak if peak is not None else "–"})
         return {"found": True, "rows": rows}
+
+    @staticmethod
+    def _fibres(r: Row, result: ResultDocument) -> dict | None:
+        """The fibre section (``_fibres.html``): the figures and the diameter histogram's bars; None: no section
+        (not scored, or a result of a version that did not measure fibres)."""
+        f = result.fibres
+        if r.state != "done" or (f is None and not result.fibres_reason):
+            return None
+        if f is None:
+            return {"reason": result.fibres_reason.removeprefix("not measured: ")}
+        um = f.pixel_size_um
+
+        def size(px: float) -> str:
+            return f"{px:.2f} px" + (f" · {px * um:.3g} µm" if um else "")
+
+        d = f.diameter_px
+        facts = [("Mean diameter", size(d.mean)), ("Median", size(d.median)), ("Spread (sd)", size(d.std)),
+                 ("p10 – p90", f"{d.p10:.1f} – {d.p90:.1f} px"),
+                 ("Orientation", f"{f.orientation_deg:.0f}°"), ("Coherency", f"{f.coherency:.2f}"),
+                 ("Porosity", f"{100 * f.porosity:.1f}%"),
+                 ("Beads", f"{len(f.beads)}" + (f" · {f.beads_per_mm2:,.0f}/mm²" if f.beads_per_mm2 is not None
+                                                 else ""))]
+        w, h, base = 480, 150, 128
+        edges, counts = f.histogram_edges_px, f.histogram_counts
+        span = (edges[-1] - edges[0]) or 1.0
+        top = max(counts) if counts and max(counts) > 0 else 1
+
+        def x_of(v: float) -> float:
+            return round(w * (v - edges[0]) / span, 1)
+
+        bars = [{"x": x_of(a), "w": max(round(x_of(b) - x_of(a) - 1, 1), 0.5), "h": round((base - 8) * c / top, 1),
+                 "y": round(base - (base - 8) * c / top, 1), "title": f"{a:g}–{b:g} px: {c:,} centreline px"}
+                for a, b, c in zip(edges, edges[1:], counts)]
+        ticks = [{"x": 0, "anchor": "start", "label": f"{edges[0]:g} px"},
+                 {"x": w / 2, "anchor": "middle", "label": f"{(edges[0] + edges[-1]) / 2:g} px"},
+                 {"x": w, "anchor": "end", "label": f"{edges[-1]:g} px"}]
+        note = (f"Measured along {d.n:,} centreline pixels away from crossings and borders; orientation in degrees "
+                "from the image's x axis (y down), coherency 0 = isotropic, 1 = all parallel; porosity: the share "
+                "not covered by the top layer." + ("" if um else " Pixel size unknown: sizes in pixels."))
+        return {"reason": None, "facts": facts, "bars": bars, "ticks": ticks, "w": w, "h": h, "base": base,
+                "mean_x": x_of(min(d.mean, edges[-1])), "mean": size(d.mean), "note": note}
 
     # -------------------------------------------------------------------------------------------------- images
     @staticmethod
