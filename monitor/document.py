@@ -83,7 +83,7 @@ class ResultDocument:
         if isinstance(data, (str, bytes)):
             try:
                 data = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: a text nested thousands deep
                 data = None
         if not isinstance(data, dict):
             return cls("unknown")
@@ -107,7 +107,7 @@ class ResultDocument:
         if isinstance(fib, dict):
             try:
                 got["fibres"] = Fibres.from_dict(fib)
-            except (KeyError, TypeError, ValueError):
+            except Exception:  # whatever a damaged or foreign copy holds: the page must still show the rest
                 got["fibres_reason"] = "the fibre figures of this result cannot be read"
         verdict = data.get("verdict")
         return cls(verdict if isinstance(verdict, str) else "unknown",

@@ -127,6 +127,9 @@ def conclude(cfg: Config, path: str | Path, image: np.ndarray, info: dict, ins: 
             fibres = measure(image, um, cfg.fibres.measure).figures
         except FibreError as exc:
             why = f"not measured: {exc}"
+        except Exception as exc:  # a bug in the measurement must not cost the verdict, nor hold up the line
+            log.exception("%s: the fibre measurement failed", path)
+            why = f"not measured: internal error ({type(exc).__name__})"
         ins.result.timings["fibres"] = dt = time.perf_counter() - t
         seconds += dt
     doc = ResultDocument(verdict=ins.verdict, alarm=ins.verdict == "defect", score_seconds=round(seconds, 4),

@@ -403,9 +403,12 @@ class LedgerQueries:
         """The number at ``key`` (a path into the result document, e.g. ("fibres", "diameter_px", "mean")) of the
         last ``limit`` clean (ok) images scored by ``model_id`` that have one, oldest first (the drift window and
         the fibre chart after a restart)."""
+        path = "$." + ".".join(key)  # the images without one are not counted in the limit
         with self._lock:
-            got = self._db.execute("SELECT result_json FROM images WHERE state = 'done' AND verdict = 'ok' AND "
-                                   "model_id = ? ORDER BY id DESC LIMIT ?", (model_id, limit)).fetchall()
+            got = self._db.execute(
+                "SELECT result_json FROM images WHERE state = 'done' AND verdict = 'ok' AND model_id = ? AND "
+                "CASE WHEN json_valid(result_json) THEN json_type(result_json, ?) END IN ('real', 'integer') "
+                "ORDER BY id DESC LIMIT ?", (model_id, path, limit)).fetchall()
         out = []
         for (text,) in reversed(got):
             try:

@@ -111,10 +111,35 @@ def test_sizes_in_micrometres_when_the_pixel_size_is_known_and_none_without():
 
 
 @pytest.mark.parametrize("image,why", [(np.full(SIZE, 0.5, np.float32), "uniform"),
-                                       (np.zeros(SIZE, np.float32), "uniform")])
+                                       (np.zeros(SIZE, np.float32), "uniform"),
+                                       (np.zeros((0, 5), np.float32), "gray image"),
+                                       (np.full(SIZE, np.nan, np.float32), "not finite")])
 def test_an_image_without_fibres_says_why(image, why):
     with pytest.raises(FibreError, match=why):
         measure(image)
+
+
+def test_a_narrow_16_bit_range_is_measured_as_the_full_range():
+    img = known_mat(SIZE, widths=(8.0, 1.0), n_fibres=10, seed=13).image
+    full = measure(img).figures.diameter_px.mean
+    narrow = measure(0.40 + img * 0.004).figures.diameter_px.mean  # 260 of 65536 levels, under 2 of 256
+    assert narrow == pytest.approx(full, rel=0.02)
+
+
+def test_a_bug_in_the_measurement_costs_the_fibres_not_the_verdict(fitted_model, monkeypatch):
+    from monitor import judge
+    from monitor.config import Config
+    from monitor.model.synth import fiber_mat
+    from tests.conftest import SHAPE
+
+    def broken(*a, **k):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(judge, "measure", broken)
+    img = fiber_mat(SHAPE, seed=300)
+    j = judge.conclude(Config(), "x.png", img, {}, judge.inspect(Config(), fitted_model, [img])[0], 0.1)
+    assert j.verdict in ("ok", "defect") and j.document.fibres is None
+    assert j.document.fibres_reason == "not measured: internal error (RuntimeError)"
 
 
 def test_too_few_measurable_stretches_say_why():
@@ -135,8 +160,17 @@ def test_the_figures_travel_in_the_result_document_and_back():
     assert set(d["beads"]) >= {"count", "per_mm2"}
 
 
-@pytest.mark.parametrize("text", ["", "not json", "[1, 2]", '{"verdict": 3, "coverage": "x", "fibres": {"a": 1}}',
-                                  '{"verdict": "ok", "defects": [1, {"area": 5}], "alarm": "yes"}'])
+FIBRES_OK = ('"diameter_px": {"mean": 7, "median": 7, "std": 1, "p10": 6, "p90": 8, "n": 500}, "orientation_deg": 1, '
+             '"coherency": 0.1, "porosity": 0.5, "image_pixels": 100')
+
+
+@pytest.mark.parametrize("text", [
+    "", "not json", "[1, 2]", '{"verdict": 3, "coverage": "x", "fibres": {"a": 1}}',
+    '{"verdict": "ok", "defects": [1, {"area": 5}], "alarm": "yes"}',
+    '{"verdict": "ok", "fibres": {%s, "beads": [1, 2], "histogram": {"edges_px": [0, 1], "counts": [3]}}}' % FIBRES_OK,
+    '{"verdict": "ok", "fibres": {%s, "beads": {}, "histogram": {"edges_px": [], "counts": []}}}' % FIBRES_OK,
+    '{"verdict": "ok", "fibres": {%s, "beads": {}, "histogram": {"edges_px": [0, 1], "counts": [Infinity]}}}'
+    % FIBRES_OK, "[" * 100000 + "]" * 100000])
 def test_a_damaged_or_old_result_document_reads_leniently(text):
     doc = ResultDocument.from_json(text)
     assert isinstance(doc.verdict, str) and doc.coverage is None and doc.fibres is None
@@ -332,3 +366,20 @@ def test_an_image_the_quality_checks_reject_gets_no_fibres_and_says_why(fitted_m
     assert j is not None and j.verdict == "mismatch" and j.mismatch_reason == "focus"
     d = j.document.to_dict()
     assert d["fibres"] is None and d["fibres_reason"].startswith("not measured: out of focus")
+
+
+def test_the_chart_restored_from_the_ledger_takes_the_last_measured_ok_images_of_the_model(tmp_path):
+    from monitor.ledger import Ledger
+
+    led = Ledger(tmp_path / "ledger.sqlite")
+    docs = [("ok", "m", {"fibres": {"diameter_px": {"mean": 7.0}}}), ("ok", "m", {"fibres": None}),
+            ("defect", "m", {"fibres": {"diameter_px": {"mean": 99.0}}}), ("ok", "other", {"fibres": {
+                "diameter_px": {"mean": 98.0}}}), ("ok", "m", "{not json"), ("ok", "m", {"fibres": {"diameter_px": {
+                    "mean": 8.0}}}), ("ok", "m", {"fibres": None})]
+    for i, (verdict, model, doc) in enumerate(docs):
+        row, _ = led.record(str(tmp_path / f"{i}.png"), 100, i, f"{i:064x}")
+        led.start(row.id)
+        led.finish(row.id, verdict=verdict, alarm=False, coverage=0.0, n_defects=0, largest_area=0, max_score=1.0,
+                   score_seconds=0.1, model_id=model, result_json=doc if isinstance(doc, str) else json.dumps(doc))
+    assert led.recent_values("m", 2, ("fibres", "diameter_px", "mean")) == [7.0, 8.0]  # unmeasured ones skipped
+    led.close()

@@ -2,8 +2,9 @@
 
 A Shewhart chart of means: the centre is the mean of the training images' per-image mean diameters (the model's
 fibre reference), the limits +-``sigmas`` standard deviations of a mean of n images (their image-to-image sd over
-sqrt(n)), and never closer than ``min_band`` of the centre: the measurement itself moves by up to 3.5% when the
-SEM's tone curve changes (README), which must not read as a process change. The daemon exports the ratio of the
+sqrt(n)), and never closer than ``min_band`` of the centre: the measurement itself moves by up to 2.2% on
+NanoTWICE when the SEM operator changes brightness, contrast, gamma or noise (docs/fibres.md), which must not read
+as a process change. The daemon exports the ratio of the
 window's mean to the centre and the two limits as ratios; the alert rule SemFibreDiameterOutOfControl compares them.
 """
 

@@ -1,6 +1,7 @@
 """The mat itself: fibre diameter distribution, orientation, porosity and beads of one SEM image (numpy and OpenCV).
 
-What DiameterJ (Hotaling et al. 2015) does offline in ImageJ after a manual segmentation, in about 50 ms:
+What DiameterJ (Hotaling et al. 2015) does offline in ImageJ after a manual segmentation, in 40 to 65 ms (1024x700,
+2 cores; docs/fibres.md):
 
 1. **Segmentation of the top layer.** SEM fibres are bright on a darker, deeper background. A 3x3 median (noise;
    it commutes with any monotone change of the tone curve), Otsu's split of the image's own histogram into fibre
@@ -9,7 +10,7 @@ What DiameterJ (Hotaling et al. 2015) does offline in ImageJ after a manual segm
    fibres are not widened (drawn 4 px fibres blurred by 0.8 px: +0.3% of mean diameter, at Otsu's own threshold
    +5.5%). The cut follows brightness and contrast exactly (affine-equivariant), a gamma change only partly (on
    NanoTWICE's normal images a gamma of 0.8 moves the mean diameter by up to 2.2%; on drawn mats with softer edges
-   by up to 4.4%). Cutting a partly histogram-equalised copy instead halves the gamma effect but moves the cut off
+   by up to 5.9%). Cutting a partly histogram-equalised copy instead halves the gamma effect but moves the cut off
    the half height (+7% on drawn 8 px fibres), so it is not done. Specks under ``min_area`` pixels are dropped.
 2. **Diameters on the centreline** (DiameterJ's method): the Euclidean distance transform of the mask, sampled on
    its ridge (a pixel at least as far from the background as both neighbours across the fibre, farther than one
@@ -139,7 +140,10 @@ class Fibres:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Fibres":
+        """The figures of ``to_dict``; ValueError (or KeyError, TypeError) for anything else."""
         b, h = d["beads"], d["histogram"]
+        if not (isinstance(b, dict) and isinstance(h, dict) and len(h["edges_px"]) == len(h["counts"]) + 1 >= 2):
+            raise ValueError("not the figures of a measurement")
         return cls(Stats.from_dict(d["diameter_px"]),
                    None if d.get("diameter_um") is None else Stats.from_dict(d["diameter_um"]),
                    float(d["orientation_deg"]), float(d["coherency"]), float(d["porosity"]),
@@ -166,10 +170,15 @@ def _r(v: float, digits: int = 4) -> float:
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
-    """A float image in [0, 1] (or uint8) as uint8."""
+    """The image as uint8 over its own range (its minimum to 0, its maximum to 255): a 16-bit export that uses a
+    narrow part of its range keeps its 256 levels. An affine map, so the cut below is the same."""
     if image.dtype == np.uint8:
         return image
-    return np.clip(np.asarray(image, np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    x = np.asarray(image, np.float32)
+    lo, hi = float(x.min()), float(x.max())
+    if hi <= lo:
+        return np.zeros(x.shape, np.uint8)
+    return np.clip((x - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
 
 
 def _quantile(u: np.ndarray, where: np.ndarray, q: float) -> int:
@@ -317,8 +326,10 @@ def histogram(diameters: np.ndarray) -> tuple[tuple[float, ...], tuple[int, ...]
 
 def measure(image: np.ndarray, pixel_size_um: float | None = None, cfg: FibreConfig = FibreConfig()) -> Measurement:
     """The figures of a gray image (float in [0, 1] or uint8, (H, W)); FibreError when it cannot be measured."""
-    if image.ndim != 2:
+    if image.ndim != 2 or image.size == 0:
         raise FibreError(f"a gray image is needed, got shape {image.shape}")
+    if not np.isfinite(image).all():
+        raise FibreError("the image holds values that are not finite numbers")
     mask = segment(image, cfg.min_area)
     if not mask.any():
         raise FibreError("no fibres found: the image has no bright structure")
