@@ -101,7 +101,7 @@ class DriftSection:
 class FibreSection:
     """The mat's figures of every judged image (monitor.model.fibres) and the process chart of its mean diameter."""
 
-    enabled: bool = True  # measure the fibres of every scored image (about 45 ms per 1024x700 image on 2 cores)
+    enabled: bool = True  # measure the fibres of every scored image (40 to 65 ms per 1024x700 image on 2 cores)
     window: int = 20  # the chart: the mean diameter of the last this many measured ok images of the model in use ...
     min_images: int = 5  # ... once it holds this many (fewer: the gauge is NaN)
     sigmas: float = 3.0  # control limits: the training images' mean +- sigmas x their image-to-image sd / sqrt(window)
