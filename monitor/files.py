@@ -11,6 +11,7 @@ import hashlib
 import os
 import secrets
 import stat
+import unicodedata
 from pathlib import Path
 
 NAME_MAX = 255  # bytes in one file name on Linux file systems
@@ -63,12 +64,27 @@ _CONTROLS.update({c: f"\\u{c:04x}" for c in (*range(0x80, 0xA0), 0x061C, *range(
                                                0xFEFF)})
 
 
+# characters that show as nothing, or as a blank, without being a format character: the combining grapheme joiner,
+# the Hangul fillers, the blank Braille pattern, the variation selectors ("ITIA\u3164.tif" looks like "ITIA.tif")
+_INVISIBLE = frozenset((0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x2800, 0x3164, 0xFFA0, *range(0xFE00, 0xFE10),
+                        *range(0xE0100, 0xE01F0)))
+
+
+def _escaped(c: str) -> str:
+    n = ord(c)
+    if n < 0xA0 or not (n in _INVISIBLE or unicodedata.category(c) == "Cf"):
+        return c
+    return f"\\u{n:04x}" if n <= 0xFFFF else f"\\U{n:08x}"
+
+
 def shown(text: str) -> str:
     """``text`` (a path or name) printable on one line: bytes that are not UTF-8 (kept by Python as surrogates)
     and control characters (a newline would forge a log line, an escape sequence recolour a terminal) as
-    ``\\xNN``, C1 controls and bidirectional or invisible format characters as ``\\uXXXX``. The path itself stays
-    as it is for opening the file."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").translate(_CONTROLS)
+    ``\\xNN``, C1 controls, every format character (Unicode category Cf: bidirectional controls, zero widths, the
+    soft hyphen, tags, ...) and the other invisible characters (``_INVISIBLE``) as ``\\uXXXX``: "ITIA\u00ad1142.tif"
+    must not read as a second "ITIA1142.tif". The path itself stays as it is for opening the file."""
+    out = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").translate(_CONTROLS)
+    return out if out.isascii() else "".join(map(_escaped, out))
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:

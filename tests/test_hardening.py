@@ -954,3 +954,33 @@ def test_closing_the_server_ends_its_open_connections(guarded):
         assert s.recv(1) == b""  # closed by the server at once, not after the 60 s deadline
     finally:
         s.close()
+
+
+INVISIBLE = ["\u00ad", "\u2064", "\u180e", "\u206a", "\u206f", "\ufff9", "\ufffb", "\U000e0041", "\u3164", "\u115f",
+             "\u2800", "\u034f"]
+
+
+def test_invisible_and_format_characters_in_names_are_shown_escaped_on_the_page_and_in_the_log(daemon):
+    """A soft hyphen, an invisible operator, the Mongolian vowel separator, deprecated format characters,
+    interlinear annotations, tag characters, the Hangul fillers, the blank Braille pattern and the combining
+    grapheme joiner show as nothing: "ITIA\\u00ad1142.tif" would read as a second "ITIA1142.tif". Every character
+    of Unicode category Cf and these invisibles are shown as \\uXXXX (\\UXXXXXXXX) on the page and in the log."""
+    from monitor.files import shown
+
+    d = daemon().start()
+    names = [f"ITIA{c}1142.png" for c in INVISIBLE[:6]] + ["ITIA1142" + "".join(INVISIBLE[6:]) + ".png"]
+    for i, name in enumerate(names):
+        write_renamed(d.export, name, _clean(60 + i))
+    d.wait_finished(len(names))
+    log = d.log_text()
+    status, body = _page(d.web_port, "/")
+    assert status == 200
+    for name in names:
+        escaped = shown(name)
+        assert escaped != name and escaped.isascii(), name
+        assert escaped in log and escaped in body, escaped
+    for c in INVISIBLE:
+        assert c not in log and c not in body, hex(ord(c))
+    for row in d.rows():
+        status, body = _page(d.web_port, f"/result/{row['id']}")
+        assert status == 200 and not any(c in body for c in INVISIBLE)

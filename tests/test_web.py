@@ -697,6 +697,28 @@ def test_the_lockout_doubles_up_to_five_minutes_and_a_right_password_clears_it()
     assert len(g._failed) == 3
 
 
+def test_a_locked_out_address_gets_no_200_for_the_right_password_even_while_an_operator_is_signed_in():
+    """A guesser on the operator's address (or behind the same NAT) must not learn the password from the cache of
+    accepted credentials: the lockout holds for the right password too. Credentials accepted for one address are
+    not remembered for another."""
+    from monitor.passwords import MIN_ITERATIONS, hash_password
+    from monitor.web.auth import BasicAuth, Guesses, Locked
+
+    now = [0.0]
+    auth = BasicAuth("operator", hash_password("a long password", MIN_ITERATIONS))
+    auth.password.guesses = Guesses(clock=lambda: now[0])
+    right, wrong = basic("operator", "a long password")["Authorization"], basic("operator", "x")["Authorization"]
+    assert auth.check(right, "10.0.0.7")  # the operator signs in: remembered for 10.0.0.7
+    for _ in range(6):
+        assert not auth.check(wrong, "10.0.0.7")  # a guesser on the same address: locked out after the 6th
+    with pytest.raises(Locked):
+        auth.check(right, "10.0.0.7")  # before the fix: True from the cache, the guess confirmed
+    assert auth.check(right, "10.0.0.8")  # another address is not locked
+    now[0] += 1.5
+    assert auth.check(right, "10.0.0.7")  # the lockout over: the right password clears it
+    assert len(auth._good) == 2  # one entry per address
+
+
 def test_hash_password_refuses_a_short_password(monkeypatch, capsys):
     from monitor.cli import main
 

@@ -108,9 +108,11 @@ class Password:
 
 class BasicAuth:
     """HTTP basic auth against one user and a PBKDF2 hash (``Password``). Verified credentials are remembered (as
-    an HMAC under a key of this process, at most ``remember`` of them) so that a page with its images costs one
-    PBKDF2, not three, and an operator already signed in is not locked out by a guesser on the same address; a
-    wrong password is never remembered."""
+    an HMAC of the client address and the credentials under a key of this process, at most ``remember`` of them)
+    so that a page with its images costs one PBKDF2, not three; a wrong password is never remembered. The lockout
+    comes first, for remembered credentials too: a guesser locked out on an address must not learn the password
+    from a 200 that the cache gives while an operator on that address is signed in (the operator waits out the
+    lockout as well), and credentials remembered for one address do nothing for another."""
 
     def __init__(self, username: str, password_hash: str, remember: int = 32,
                  on_failure: Callable[[str], None] | None = None):
@@ -129,7 +131,8 @@ class BasicAuth:
         token = token.strip()
         if scheme.lower() != "basic" or not token:
             return False
-        tag = hmac.new(self._key, token.encode("latin-1", "replace"), "sha256").digest()
+        self.password.guesses.check(client)  # raises Locked: before the cache, whatever the credentials
+        tag = hmac.new(self._key, f"{client}\n{token}".encode("latin-1", "replace"), "sha256").digest()
         with self._lock:
             if tag in self._good:
                 self._good.move_to_end(tag)
