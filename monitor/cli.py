@@ -123,16 +123,17 @@ def cmd_measure(args) -> int:
 
 def _evaluate_job(job: tuple[str, str], args_ns: dict, queue) -> None:
     """One model (``("model", DIR)``) or one method fitted on the data set's own split (``("fit", METHOD)``),
-    evaluated in its own process so that its peak memory is its own."""
-    import resource
-
-    import torch
-
-    from monitor.commands.evaluate import evaluate, load_dataset, roc_plot
-    from monitor.model.images import read_mask
-    from monitor.model.model import Model
-
+    evaluated in its own process so that its peak memory is its own. Whatever goes wrong is put on the queue, the
+    failed imports too."""
     try:
+        import resource
+
+        import torch
+
+        from monitor.commands.evaluate import evaluate, load_dataset, roc_plot
+        from monitor.model.images import read_mask
+        from monitor.model.model import Model
+
         cfg = load_config(args_ns["config"], args_ns["set"])
         ds = load_dataset(args_ns["data"], args_ns["layout"])
         out_dir = Path(args_ns["out"])
@@ -187,7 +188,7 @@ def cmd_evaluate(args) -> int:
         q = ctx.Queue()
         proc = ctx.Process(target=_evaluate_job, args=(job, args_ns, q))
         proc.start()
-        name, rep = q.get()
+        name, rep = _result_of(proc, q, job)
         proc.join()
         if "error" in rep:
             print(f"monitor: evaluate {name}: {rep['error']}", file=sys.stderr)
@@ -198,6 +199,23 @@ def cmd_evaluate(args) -> int:
     (out_dir / "evaluation.md").write_text(markdown_table(reports))
     print(markdown_table(reports))
     return 1 if failed else 0
+
+
+def _result_of(proc, q, job: tuple[str, str]) -> tuple[str, dict]:
+    """The job's (name, report) from its process; an error report when the process ends without one (killed,
+    out of memory, a crash in native code), instead of waiting for it forever."""
+    import queue
+
+    while True:
+        try:
+            return q.get(timeout=2.0)
+        except queue.Empty:
+            if not proc.is_alive():
+                try:  # the result may have come just before the process ended
+                    return q.get(timeout=1.0)
+                except queue.Empty:
+                    return job[1], {"error": f"its process ended without a result (exit code {proc.exitcode}: "
+                                             "killed, out of memory, or a crash)"}
 
 
 def markdown_table(reports: dict) -> str:

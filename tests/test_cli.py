@@ -142,3 +142,23 @@ def test_commands_that_never_score_do_not_import_torch(args):
     assert r.returncode == 0, r.stderr[-2000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
     assert "monitor.cli" in imported and "torch" not in imported and "openvino" not in imported
+
+
+def _dies(job, args_ns, queue):
+    """An evaluation process killed before it reports (as SIGKILL or the OOM killer would end it)."""
+    import os
+
+    os._exit(9)
+
+
+@pytest.mark.nanotwice
+@pytest.mark.skipif(not NANOTWICE.exists(), reason="NanoTWICE data not present")
+def test_evaluate_ends_with_an_error_when_its_process_dies(tmp_path):
+    """It waited forever on the dead process's queue. `monitor evaluate` in a process of its own, with an
+    evaluation job that dies before it reports."""
+    code = ("import sys, monitor.cli as cli, tests.test_cli as t; cli._evaluate_job = t._dies; "
+            f"sys.exit(cli.main(['evaluate', '--data', {str(NANOTWICE)!r}, '--model', {str(tmp_path / 'm')!r}, "
+            f"'--out', {str(tmp_path / 'ev')!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "its process ended without a result (exit code 9" in r.stderr

@@ -984,3 +984,39 @@ def test_invisible_and_format_characters_in_names_are_shown_escaped_on_the_page_
     for row in d.rows():
         status, body = _page(d.web_port, f"/result/{row['id']}")
         assert status == 200 and not any(c in body for c in INVISIBLE)
+
+
+def test_label_counts_that_cannot_be_read_are_said_once_at_warning_then_counted(daemon, monkeypatch):
+    """A ledger that keeps failing when the label counts are read was visible at DEBUG only."""
+    import sqlite3
+
+    d = daemon().start()
+    calls = []
+
+    def fails():
+        calls.append(1)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(d.service, "_sync_labels", fails)
+    before = Daemon.value(d.scrape(), "monitor_ledger_errors_total")
+    d.service._wake.set()
+    wait_for(lambda: len(calls) >= 3, 20, "three failed reads of the label counts")
+    monkeypatch.undo()
+    d.service._wake.set()
+    wait_for(lambda: "the label counts are read again" in d.log_text(), 20, "the recovery line")
+    log = d.log_text()
+    assert log.count("the label counts cannot be read from the ledger (disk I/O error)") == 1
+    assert re.search(r"WARNING monitor\.daemon\.service: the label counts cannot be read", log)
+    assert Daemon.value(d.scrape(), "monitor_ledger_errors_total") >= before + 3
+
+
+def test_refit_writes_its_report_durably(tmp_path, monkeypatch):
+    """Atomically and fsync'd before the rename (files.atomic_write), as every other file the monitor writes."""
+    from monitor.commands.refit import write_report
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real(fd))
+    write_report({"passed": True}, tmp_path / "r" / "refit.json")
+    assert synced and json.loads((tmp_path / "r" / "refit.json").read_text()) == {"passed": True}
+    assert os.listdir(tmp_path / "r") == ["refit.json"]

@@ -15,11 +15,12 @@ from typing import Sequence
 
 import numpy as np
 
-from monitor.config import Config
+from monitor.config import Config, ConfigError
 from monitor.files import file_sha256
 from monitor.model.fibres import reference as fibre_reference
 from monitor.model.images import ImageLimits, read_image
 from monitor.model.mismatch import fitted_on
+from monitor.model.quality import MAX_TOLERANCE, ExposureError
 from monitor.model.scorers.base import QUIET, Progress, Tick
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,17 @@ def read_images(paths: Sequence[Path], limits: ImageLimits, progress: Progress =
     return out
 
 
+def exposure_message(exc: ExposureError, paths: Sequence[Path]) -> str:
+    """Which training images disagree, and what to do."""
+    odd = exc.outliers or range(len(paths))
+    listed = "; ".join(f"{Path(paths[i]).name} (gain {exc.images[i][0]:.2f}, offset {exc.images[i][1]:+.2f})"
+                       for i in odd)
+    return (f"the training images were taken at different exposures (brightness or contrast): {listed}, against "
+            f"the intensities of all of them (at most gain 1+-{MAX_TOLERANCE['gain']:g} and offset "
+            f"+-{MAX_TOLERANCE['offset']:g} are taken as one exposure). No model was written. Fit on images of one "
+            "exposure (one model per recipe), or, if the differences are the material's, set model.normalize: false")
+
+
 def fit_model(cfg: Config, normal_paths: Sequence[Path], val_paths: Sequence[Path], out: Path, quiet: bool = False,
               sha256: dict | None = None, provenance: dict | None = None):
     """Fit ``cfg.model`` on the normal images (threshold and calibration from ``val_paths``) and save it to
@@ -83,9 +95,12 @@ def fit_model(cfg: Config, normal_paths: Sequence[Path], val_paths: Sequence[Pat
         infos: list[dict] = []
         normal = read_images(normal_paths, cfg.image, progress, "read normal", infos, sha256)
         val = read_images(val_paths, cfg.image, progress, "read val", sha256=sha256) if val_paths else []
-        model = Model.fit(cfg.model.method, cfg.model.method_config, normal, val, cfg.threshold, cfg.defects,
-                          cfg.model.device, progress, [digest(p) for p in normal_paths], cfg.model.runtime,
-                          cfg.model.normalize, cfg.model.clip)
+        try:
+            model = Model.fit(cfg.model.method, cfg.model.method_config, normal, val, cfg.threshold, cfg.defects,
+                              cfg.model.device, progress, [digest(p) for p in normal_paths], cfg.model.runtime,
+                              cfg.model.normalize, cfg.model.clip)
+        except ExposureError as exc:  # nothing written: a model that the daemon would refuse, or judge badly
+            raise ConfigError(exposure_message(exc, normal_paths)) from None
         model.meta.fitted_on = fitted_on([im.shape for im in normal], infos)
         um = [cfg.image.pixel_size_um or info.get("pixel_size_um") for info in infos]
         model.meta.fibres = fibre_reference(normal, um, cfg.fibres.measure)

@@ -31,7 +31,7 @@ from pathlib import Path
 from monitor import judge
 from monitor.commands.install import previous_link, versions_dir
 from monitor.config import Config, in_export
-from monitor.files import file_sha256, shown
+from monitor.files import atomic_write, file_sha256, shown
 from monitor.ledger import Ledger, LedgerReader, Row
 from monitor.model.images import ImageError
 from monitor.model.threshold import ThresholdConfig
@@ -262,7 +262,5 @@ def _num(x) -> str:
 
 
 def write_report(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(path)
+    """The report, written atomically and durably (``files.atomic_write``: fsync'd before the rename)."""
+    atomic_write(path, (json.dumps(report, indent=2) + "\n").encode())

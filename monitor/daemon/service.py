@@ -84,6 +84,7 @@ class Service:
         self._stop_lock = threading.Lock()
         self._labels_counted: dict[str, int] = {}  # labels in monitor_labels_total so far, by kind
         self._labels_lock = threading.Lock()
+        self._label_failures = 0  # reads of the label counts that failed in a row (said once at WARNING)
 
     # ---------------------------------------------------------------------------------------------------- start
     def start(self) -> None:
@@ -230,8 +231,17 @@ class Service:
             self._retain()
             try:
                 self._sync_labels()
+                if self._label_failures:
+                    log.info("the label counts are read again (after %d failed tries)", self._label_failures)
+                    self._label_failures = 0
             except Exception as exc:  # sqlite3.Error: a busy or full disk; the next turn tries again
-                log.debug("label counts not read: %s", exc)
+                self._label_failures += 1
+                self.metrics.ledger_errors_total.inc()
+                if self._label_failures == 1:  # said once at WARNING, then counted (monitor_ledger_errors_total)
+                    log.warning("the label counts cannot be read from the ledger (%s); retried every %.0f s, counted "
+                                "in monitor_ledger_errors_total", exc, period)
+                else:
+                    log.debug("label counts not read: %s", exc)
             if self.ledger.lost():  # the state folder removed, the ledger replaced: stop, loudly
                 log.critical("the ledger %s was deleted or replaced while the monitor ran; stopping (nothing it "
                              "wrote from then on could be read back). Restore it, or start again with a new ledger, "

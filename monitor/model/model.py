@@ -125,7 +125,7 @@ class Model:
         intensities are brought to the training images' before the features (``quality.normalize``), so that the
         SEM's brightness and contrast settings do not move the scores, and clipped to the training images' ``clip``
         quantiles."""
-        ref = quality.reference(normal, clip)
+        ref = quality.reference(normal, clip, normalize)  # ExposureError: training images of several exposures
         if normalize:
             ref["normalize"] = True
             normal = [quality.normalize(im, ref) for im in normal]

@@ -124,10 +124,29 @@ def _gradient_p99(x: np.ndarray) -> float:
     return float(np.partition(mag, k)[k])
 
 
-def reference(images: Sequence[np.ndarray], clip_levels: Sequence[float] = CLIP_LEVELS) -> dict:
+# the widest spread of the training images' own intensity maps a model accepts: beyond it they were taken at
+# different exposures (two recipes, brightness changed halfway), and normalize's dead band would be as wide as the
+# changes it is there to correct (the routine envelope: brightness +-10% is an offset of 0.1, contrast x1.25 a gain
+# of 0.25)
+MAX_TOLERANCE = {"gain": 0.5, "offset": 0.25}
+
+
+class ExposureError(ValueError):
+    """Training images of different exposures. ``images``: for each training image, (gain, offset) of its intensity
+    map to the pooled intensities; ``outliers``: the indices of those not of the largest group of one exposure."""
+
+    def __init__(self, images: list[tuple[float, float]], outliers: list[int]):
+        super().__init__("the training images were taken at different exposures")
+        self.images, self.outliers = images, outliers
+
+
+def reference(images: Sequence[np.ndarray], clip_levels: Sequence[float] = CLIP_LEVELS, normalizing: bool = True
+              ) -> dict:
     """What a model records of its training images: their pooled intensity quantiles, the intensities at
     ``clip_levels`` (``normalize`` clips there; level 0 and 1: the range's ends, no clip), the spread of their own
-    intensity maps (``tolerance``), and the median of each figure."""
+    intensity maps (``tolerance``), and the median of each figure. ExposureError when that spread is over
+    ``MAX_TOLERANCE`` and the model is ``normalizing``; without normalisation the spread is not used, and is kept
+    under 1 (what ``check_reference`` accepts)."""
     hist = np.zeros(HIST_BINS)
     for im in images:
         hist += np.bincount(np.minimum((im.ravel() * HIST_BINS).astype(np.int32), HIST_BINS - 1),
@@ -139,6 +158,17 @@ def reference(images: Sequence[np.ndarray], clip_levels: Sequence[float] = CLIP_
     # the training images' own spread of the intensity map: how far content alone moves it (normalize's dead band)
     tolerance = {"gain": round(max(abs(f["gain"] - 1.0) for f in figs), 4),
                  "offset": round(max(abs(f["offset"]) for f in figs), 4)}
+    if not normalizing:
+        tolerance = {k: min(v, 0.9999) for k, v in tolerance.items()}
+    elif any(tolerance[k] > MAX_TOLERANCE[k] for k in tolerance):  # a model that must not be written
+        maps = [(f["gain"], f["offset"]) for f in figs]
+
+        def alike(a, b) -> bool:  # one exposure: within half the accepted spread of each other
+            return abs(a[0] - b[0]) <= MAX_TOLERANCE["gain"] / 2 and abs(a[1] - b[1]) <= MAX_TOLERANCE["offset"] / 2
+
+        # the largest group of images of one exposure; the others are named
+        centre = max(maps, key=lambda m: sum(alike(m, other) for other in maps))
+        raise ExposureError(maps, [i for i, m in enumerate(maps) if not alike(m, centre)])
     return {"levels": list(LEVELS), "quantiles": [round(float(v), 6) for v in q],
             "clip_levels": [float(c) for c in clip_levels], "clip": [round(float(v), 6) for v in clip],
             "tolerance": tolerance,
