@@ -1020,3 +1020,120 @@ def test_refit_writes_its_report_durably(tmp_path, monkeypatch):
     write_report({"passed": True}, tmp_path / "r" / "refit.json")
     assert synced and json.loads((tmp_path / "r" / "refit.json").read_text()) == {"passed": True}
     assert os.listdir(tmp_path / "r") == ["refit.json"]
+
+
+def test_idle_connections_from_four_addresses_do_not_starve_the_scrape_of_a_fifth(tmp_path):
+    """The campaign's attack: eight idle TCP connections from each of four loopback addresses (the per-address
+    cap, 4 x 8 = the metrics endpoint's total of 32), reopened when closed; a scrape from a fifth address failed 16
+    times in 21. Now the longest-waiting unanswered connection of the address holding most is closed for it."""
+    from monitor.daemon.metrics import Metrics
+
+    m = Metrics(line="line1")
+    port = m.serve("127.0.0.1", 0)
+    holders = [f"127.0.0.{i}" for i in range(2, 6)]
+    idle: list[socket.socket] = []
+    stop = threading.Event()
+
+    def gone(s: socket.socket) -> bool:
+        try:
+            return s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (BlockingIOError, TimeoutError):
+            return False
+        except OSError:  # reset by the server
+            return True
+
+    def hold():  # keep eight open from each address, reopening what the server closes
+        while not stop.is_set():
+            for s in [s for s in idle if gone(s)]:
+                idle.remove(s)
+                s.close()
+            for src in holders:
+                while sum(1 for s in idle if s.getsockname()[0] == src) < 8 and not stop.is_set():
+                    try:
+                        idle.append(socket.create_connection(("127.0.0.1", port), timeout=2, source_address=(src, 0)))
+                    except OSError:
+                        break
+            stop.wait(0.05)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        wait_for(lambda: len(idle) >= 32, 10, "32 idle connections")
+        got = []
+        for _ in range(20):
+            try:
+                got.append(b"monitor_alarm" in _scrape_from(port, "127.0.0.6"))
+            except OSError:
+                got.append(False)
+            time.sleep(0.1)
+        assert all(got), f"{got.count(False)} of {len(got)} scrapes failed"
+        assert t.is_alive()  # the attack went on throughout
+    finally:
+        stop.set()
+        t.join(10)
+        for s in idle:
+            s.close()
+        m.close()
+
+
+def _scrape_from(port: int, source: str) -> bytes:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5, source_address=(source, 0))
+    try:
+        conn.request("GET", "/metrics")
+        r = conn.getresponse()
+        assert r.status == 200
+        return r.read()
+    finally:
+        conn.close()
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(ln.split()[1]) for ln in fh if ln.startswith("VmRSS:")) / 1024
+
+
+def test_a_header_flood_before_authentication_is_answered_431_and_costs_no_memory(daemon):
+    """The campaign's attack: sixteen connections that each send about 6 MB of request headers (96 lines of 65,000
+    bytes, under the standard library's per-line and count limits) and stall raised the daemon's RSS by 0.7 GB, for
+    good. Now a request's line and headers may take MAX_HEADER_BYTES: 431, and the connection is closed."""
+    d = daemon(process=True).start()
+    pid = d.proc.pid
+    before = _rss_mb(pid)
+    replies, peak = [], [before]
+    line = b"X-Fill: " + b"a" * 64990 + b"\r\n"
+
+    def flood(src: str):
+        try:
+            s = socket.create_connection(("127.0.0.1", d.web_port), timeout=10, source_address=(src, 0))
+        except OSError:
+            return
+        try:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            for _ in range(96):
+                s.sendall(line)
+        except OSError:
+            pass  # closed by the server: what we want
+        try:
+            replies.append(s.recv(200))
+        except OSError:
+            replies.append(b"")
+        finally:
+            s.close()
+
+    threads = [threading.Thread(target=flood, args=(f"127.0.1.{1 + i % 4}",)) for i in range(16)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        peak.append(_rss_mb(pid))
+        time.sleep(0.05)
+    for t in threads:
+        t.join()
+    after = _rss_mb(pid)
+    print(f"RSS before {before:.0f} MB, peak {max(peak):.0f} MB, after {after:.0f} MB")
+    assert max(peak) - before < 50 and after - before < 50, (before, max(peak), after)
+    assert sum(r.startswith(b"HTTP/1.0 431") for r in replies) >= 12, replies  # a few may see the reset first
+    assert get_page_ok(d.web_port)  # the page still answers
+
+
+def get_page_ok(port: int) -> bool:
+    return _page(port, "/")[0] == 200

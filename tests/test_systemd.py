@@ -55,6 +55,6 @@ def test_units_carry_the_required_settings():
         for key in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "User=sem-monitor", "StateDirectory=",
                     "ReadOnlyPaths=", "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes",
                     "PrivateTmp=yes", "RestrictAddressFamilies=", "DeviceAllow=char-nvidia-frontend rw",
-                    "LimitNOFILE=4096"):
+                    "LimitNOFILE=4096", "MemoryHigh=2G", "MemoryMax=3G"):
             assert key in text, (unit, key)
     assert "%i.yaml" in (ROOT / "systemd" / "monitor@.service").read_text()

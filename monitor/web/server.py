@@ -10,8 +10,13 @@ server with four bounds:
 * every connection is closed ``deadline`` seconds after it was accepted, whatever it is doing (a client trickling
   a byte at a time renews a per-read timeout forever): one reaper thread shuts the socket down, so the blocked
   read in the connection's thread returns;
-* at most ``max_connections`` connections at a time, and ``per_client`` from one address: further ones are
-  closed at once, so a client on one address cannot take every connection from the scraper on another.
+* at most ``max_connections`` connections at a time, and ``per_client`` from one address: a further one from an
+  address that holds ``per_client`` is closed at once; when the total is full, the connection that waits longest
+  without a request being answered on it (in its TLS handshake, its headers, or idle between two requests), from
+  the address that holds the most, is closed to make room: idle connections from several addresses cannot keep a
+  scraper on another one out (the scrape gets through: it is answered within milliseconds of connecting);
+* a request's line and headers together may take ``MAX_HEADER_BYTES``; more is answered 431 and the connection
+  closed, so a client cannot make the server hold megabytes of headers per connection before it is answered.
 """
 
 from __future__ import annotations
@@ -28,6 +33,57 @@ log = logging.getLogger(__name__)
 # how often the accept loop looks at a shutdown request (the stdlib's default of 0.5 s made every stop wait for it,
 # once per server); a select() wake-up ten times a second costs nothing measurable
 POLL_SECONDS = 0.1
+# a request line and its headers, in bytes (a browser's with basic auth and a long URL: under 2 KB); more: 431
+MAX_HEADER_BYTES = 16 * 1024
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Counted:
+    """The connection's reader while the headers are read: at most ``left`` bytes, then _TooLarge."""
+
+    def __init__(self, fp, left: int):
+        self.fp, self.left = fp, left
+
+    def readline(self, size: int = -1) -> bytes:
+        want = self.left + 1 if size < 0 or size > self.left + 1 else size
+        line = self.fp.readline(want)
+        self.left -= len(line)
+        if self.left < 0:
+            raise _TooLarge
+        return line
+
+    def __getattr__(self, name):
+        return getattr(self.fp, name)
+
+
+class GuardedHandler:
+    """Mixed into each endpoint's handler by ``GuardedServer``: the header bound, and telling the server when a
+    request is being answered (a connection is then not the one to close for room)."""
+
+    def parse_request(self):
+        real = self.rfile
+        self.rfile = _Counted(real, MAX_HEADER_BYTES - len(self.raw_requestline))
+        try:
+            ok = super().parse_request()
+        except _TooLarge:
+            self.close_connection = True
+            self.rfile = real
+            self.send_error(431, f"Request header fields too large (more than {MAX_HEADER_BYTES} bytes)")
+            return False
+        finally:
+            self.rfile = real
+        if ok:
+            self.server.answering(self.connection, True)
+        return ok
+
+    def handle_one_request(self):
+        try:
+            super().handle_one_request()
+        finally:
+            self.server.answering(self.connection, False)
 
 
 def server_tls(certfile: str, keyfile: str = "") -> ssl.SSLContext:
@@ -50,10 +106,13 @@ class GuardedServer(ThreadingHTTPServer):
         self.deadline = deadline
         self.max_connections = max_connections
         self.per_client = per_client
-        # accepted socket -> [client address, deadline, the socket read from now (TLS: the wrapped one)]
+        # accepted socket -> [client address, deadline, the socket read from now (TLS: the wrapped one),
+        #                     accepted at, a request is being answered on it]
         self._open: dict[socket.socket, list] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
+        if not issubclass(handler, GuardedHandler):
+            handler = type(handler.__name__, (GuardedHandler, handler), {})
         super().__init__(address, handler)
         self._reaper = threading.Thread(target=self._reap, name=f"{name} reaper", daemon=True)
         self._reaper.start()
@@ -63,17 +122,42 @@ class GuardedServer(ThreadingHTTPServer):
         host = client_address[0]
         with self._lock:
             total = len(self._open)
-            mine = sum(1 for h, _, _ in self._open.values() if h == host)
-            if total >= self.max_connections or mine >= self.per_client:
-                full = True
-            else:
-                self._open[request] = [host, time.monotonic() + self.deadline, request]
-                full = False
+            held: dict[str, int] = {}
+            for h, *_ in self._open.values():
+                held[h] = held.get(h, 0) + 1
+            mine = held.get(host, 0)
+            full = mine >= self.per_client
+            if not full and total >= self.max_connections:
+                # room from the connection that waits longest without being answered, of the address that holds
+                # the most; none (every one is being answered): refused
+                waiting = [(-held[e[0]], e[3], r) for r, e in self._open.items() if not e[4]]
+                if waiting:
+                    _, _, victim = min(waiting, key=lambda w: w[:2])
+                    entry = self._open.pop(victim)
+                    try:  # its thread's blocked read returns; the thread closes its socket
+                        socket.socket.shutdown(entry[2], socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    log.debug("%s: connection from %s closed for one from %s (%d open)", self.name, entry[0],
+                              host, total)
+                else:
+                    full = True
+            if not full:
+                now = time.monotonic()
+                self._open[request] = [host, now + self.deadline, request, now, False]
         if full:
             log.debug("%s: connection from %s refused (%d open, %d from it)", self.name, host, total, mine)
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
+
+    def answering(self, conn, on: bool) -> None:
+        """A request is being answered on ``conn`` (the handler's socket), or no longer."""
+        with self._lock:
+            for entry in self._open.values():
+                if entry[2] is conn:
+                    entry[4] = on
+                    return
 
     def _close(self, request, sock) -> None:
         """Forget a connection, then close its socket: a socket the reaper can still see is never closed (its
@@ -92,7 +176,7 @@ class GuardedServer(ThreadingHTTPServer):
     def _shut(self, expired_before: float | None) -> None:
         """Shut down the connections past their deadline (all: ``None``), under the lock (see ``_close``)."""
         with self._lock:
-            for _, end, s in self._open.values():
+            for _, end, s, *_ in self._open.values():
                 if expired_before is None or end <= expired_before:
                     try:  # the plain socket's shutdown (an SSLSocket's own would drop its TLS state under the reader)
                         socket.socket.shutdown(s, socket.SHUT_RDWR)  # the blocked read or write in its thread returns
