@@ -196,6 +196,8 @@ def test_a_label_without_the_password_or_with_a_forged_token_is_refused(fed):
         ({**good, "csrf": ""}, {}, 403, b"CSRF"),
         ({**good, "csrf": other["csrf"]}, {}, 403, b"CSRF"),  # a token for another result
         (good, {"Origin": "http://evil.example"}, 403, b"cross-site"),
+        # this page's host under another scheme is another origin (the check ignored the scheme)
+        (good, {"Origin": f"https://127.0.0.1:{fed.web_port}"}, 403, b"cross-site"),
         (good, {"Sec-Fetch-Site": "cross-site"}, 403, b"cross-site"),
         ({**good, "by": ""}, {}, 400, b"who labels"),
         ({**good, "kind": "maybe"}, {}, 400, b"must be one of"),

@@ -1137,3 +1137,35 @@ def test_a_header_flood_before_authentication_is_answered_431_and_costs_no_memor
 
 def get_page_ok(port: int) -> bool:
     return _page(port, "/")[0] == 200
+
+
+def _raw(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        out = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return out
+            out += chunk
+
+
+@pytest.mark.parametrize("head", [
+    b"Host: [::1]evil\r\n", b"Host: localhost:evil\r\n", b"Host: localhost\r\nHost: evil.example\r\n",
+    b"Host : evil.example\r\n", b"Host: 127.0.0.1 evil\r\n"])
+def test_a_host_header_that_is_not_one_plain_host_is_refused(daemon, head):
+    """The Host check accepted "[::1]evil", "localhost:evil", a second Host header after a good one, and skipped a
+    malformed "Host :" line (the name with a space is not "Host")."""
+    d = daemon().start()
+    reply = _raw(d.web_port, b"GET / HTTP/1.1\r\n" + head + b"Connection: close\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.0 400"), reply[:300]
+    ok = _raw(d.web_port, b"GET / HTTP/1.1\r\nHost: localhost:8080\r\nConnection: close\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.0 200"), ok[:300]
+
+
+def test_an_http_0_9_request_gets_no_page_without_headers(daemon):
+    """"GET /" alone (HTTP/0.9) got the page with no header at all: no Content-Security-Policy, no no-store."""
+    d = daemon().start()
+    reply = _raw(d.web_port, b"GET /\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.0 400") and b"Content-Security-Policy" in reply  # the headers, and
+    assert b"SEM line monitor" not in reply  # not the page

@@ -75,6 +75,11 @@ class GuardedHandler:
             return False
         finally:
             self.rfile = real
+        if ok and self.request_version == "HTTP/0.9":  # no headers at all in the reply: no CSP, no no-store
+            self.request_version = "HTTP/1.0"
+            self.close_connection = True
+            self.send_error(400, "HTTP/0.9 is not served")
+            return False
         if ok:
             self.server.answering(self.connection, True)
         return ok
@@ -96,6 +101,7 @@ def server_tls(certfile: str, keyfile: str = "") -> ssl.SSLContext:
 
 class GuardedServer(ThreadingHTTPServer):
     daemon_threads = True  # a client that stalls does not hold up the daemon's exit (the deadline closes it anyway)
+    request_queue_size = 128  # the listen backlog (the stdlib's 5 made a burst of connects wait for SYN retries)
 
     def __init__(self, address: tuple[str, int], handler, tls: ssl.SSLContext | None = None, *, name: str,
                  timeout: float = 10.0, deadline: float = 30.0, max_connections: int = 64, per_client: int = 16):

@@ -79,6 +79,8 @@ CONNECTION_TIMEOUT = 15.0  # seconds a client may take over one read or write (t
 REQUEST_DEADLINE = 60.0  # seconds a connection may last, the request and the reply together (``server``)
 NAME_CHARS = 28  # longer file names are elided in the middle on the list
 _ROUTE = re.compile(r"/result/([1-9][0-9]{0,17})(?:/(overlay|image)\.png)?")
+# a Host header: a name or an IPv4 address, or an IPv6 address in brackets, and an optional port; nothing else
+_HOST = re.compile(r"(?:\[([0-9a-f:.]+)\]|([a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9.])?))(?::([0-9]{1,5}))?")
 _LABEL_ROUTE = re.compile(r"/result/([1-9][0-9]{0,17})/label")
 CSRF_SECONDS = 8 * 3600  # a label form stays valid this long (a shift); a restart of the daemon expires it too
 MAX_FORM_BYTES = 8192
@@ -311,6 +313,10 @@ class ResultsSite:
             return text(405, "405 method not allowed: a label is sent by POST", Allow="POST")
         if path == "/healthz":
             return text(200, "ok")
+        hosts = headers.get_all("Host") if hasattr(headers, "get_all") else None
+        # a malformed header line ("Host : x") ends the parsed headers there, as a defect: the rest would be unseen
+        if hosts is not None and len(hosts) > 1 or getattr(headers, "defects", None):
+            return text(400, "400 bad request: more than one Host header, or a malformed header line")
         if not self.host_allowed((headers or {}).get("Host")):
             return text(400, "400 bad request: this results page does not answer to that host name (the Host "
                              "header); add the name to web.allowed_hosts if operators reach the page by it")
@@ -342,14 +348,12 @@ class ResultsSite:
         """The Host a request names: an IP address (any), localhost, this PC's names, ``web.external_url``'s host
         or one of ``web.allowed_hosts``. Any other name is a page reached through someone else's DNS name (DNS
         rebinding: a web site whose name resolves to this PC would read the page with its visitor's browser)."""
-        if host is None:  # HTTP/1.0 without Host: not a browser's request
+        if host is None:  # HTTP/1.0 without Host: not a browser's request (a browser always sends it)
             return True
-        name = host.strip().lower()
-        if name.startswith("["):  # [IPv6]:port
-            name = name[1:].partition("]")[0]
-        elif name.count(":") == 1:
-            name = name.partition(":")[0]
-        name = name.rstrip(".")
+        m = _HOST.fullmatch(host.strip().lower())
+        if m is None:  # "[::1]evil", "localhost:evil", a port of letters
+            return False
+        name = (m.group(1) or m.group(2)).rstrip(".")
         try:
             ipaddress.ip_address(name)
             return True
@@ -463,9 +467,15 @@ class ResultsSite:
             return text(403, "403 forbidden: labelling from the results page is off (set web.write_password_hash)")
         site = headers.get("Sec-Fetch-Site")
         origin = headers.get("Origin")
-        # this server as the browser reached it: its Host, or web.external_url behind a proxy that rewrites Host
-        ours = {headers.get("Host"), urlsplit(self.cfg.external_url).netloc if self.cfg.external_url else None}
-        if site not in (None, "same-origin", "none") or (origin and urlsplit(origin).netloc not in ours - {None}):
+        # this server as the browser reached it: its scheme and Host, or web.external_url behind a proxy that
+        # rewrites Host (scheme included: http://host is another origin than https://host)
+        scheme = "https" if self.cfg.certfile else "http"
+        ours = {f"{scheme}://{headers.get('Host')}" if headers.get("Host") else None}
+        if self.cfg.external_url:
+            ext = urlsplit(self.cfg.external_url)
+            ours.add(f"{ext.scheme}://{ext.netloc}")
+        given = urlsplit(origin) if origin else None
+        if site not in (None, "same-origin", "none") or (given and f"{given.scheme}://{given.netloc}" not in ours):
             return text(403, "403 forbidden: a label must be sent from this results page (cross-site request)")
         if (headers.get("Content-Type") or "").split(";")[0].strip() != "application/x-www-form-urlencoded":
             return text(415, "415 unsupported media type: send the label form (application/x-www-form-urlencoded)")
