@@ -429,7 +429,7 @@ def cmd_hash_password(args) -> int:
 
 
 def version_line() -> str:
-    """``monitor 0.3.0 (Python 3.11.7, torch 2.14.1, openvino 2026.4.1)``, without importing torch."""
+    """``monitor 0.4.0 (Python 3.11.7, torch 2.14.1, openvino 2026.4.1)``, without importing torch."""
     from importlib.metadata import PackageNotFoundError, version
 
     parts = [f"Python {sys.version.split()[0]}"]
@@ -504,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("history", help="print the ledger: what was seen, scored, failed")
     common(sp)
     sp.add_argument("--ledger", help="ledger file (default: output.ledger of the configuration)")
-    sp.add_argument("--since", help="only images seen in the last N s/m/h/d, e.g. 1h")
+    sp.add_argument("--since", help="only images seen in the last N s/m/h/d/w, e.g. 1h")
     sp.add_argument("--alarms", action="store_true", help="only images that raised the alarm")
     sp.add_argument("--limit", type=int, help="only the last N rows")
     sp.add_argument("--json", action="store_true", help="one JSON object per line")

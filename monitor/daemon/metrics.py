@@ -141,7 +141,7 @@ class Metrics:
             self.labels_total.labels(kind=k)
         for k in MISMATCH_REASONS:
             self.mismatches_total.labels(reason=k)
-        for k in ("basic", "write"):  # web.AUTH_KINDS (not imported: the metrics do not depend on the page)
+        for k in ("basic", "write"):  # web.auth.AUTH_KINDS: the metrics use the page's server, not its passwords
             self.web_auth_failures_total.labels(kind=k)
         for g in (self.drift_ratio, self.fibre_last_diameter_meters, self.fibre_last_diameter_pixels,
                   self.fibre_diameter_ratio, self.fibre_diameter_lower_limit_ratio,
