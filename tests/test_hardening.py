@@ -1150,15 +1150,17 @@ def _raw(port: int, request: bytes) -> bytes:
             out += chunk
 
 
-@pytest.mark.parametrize("head", [
-    b"Host: [::1]evil\r\n", b"Host: localhost:evil\r\n", b"Host: localhost\r\nHost: evil.example\r\n",
-    b"Host : evil.example\r\n", b"Host: 127.0.0.1 evil\r\n"])
-def test_a_host_header_that_is_not_one_plain_host_is_refused(daemon, head):
+HOSTS_REFUSED = [b"Host: [::1]evil\r\n", b"Host: localhost:evil\r\n", b"Host: localhost\r\nHost: evil.example\r\n",
+                 b"Host : evil.example\r\n", b"Host: 127.0.0.1 evil\r\n"]
+
+
+def test_a_host_header_that_is_not_one_plain_host_is_refused(daemon):
     """The Host check accepted "[::1]evil", "localhost:evil", a second Host header after a good one, and skipped a
     malformed "Host :" line (the name with a space is not "Host")."""
     d = daemon().start()
-    reply = _raw(d.web_port, b"GET / HTTP/1.1\r\n" + head + b"Connection: close\r\n\r\n")
-    assert reply.startswith(b"HTTP/1.0 400"), reply[:300]
+    for head in HOSTS_REFUSED:
+        reply = _raw(d.web_port, b"GET / HTTP/1.1\r\n" + head + b"Connection: close\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.0 400"), (head, reply[:300])
     ok = _raw(d.web_port, b"GET / HTTP/1.1\r\nHost: localhost:8080\r\nConnection: close\r\n\r\n")
     assert ok.startswith(b"HTTP/1.0 200"), ok[:300]
 
