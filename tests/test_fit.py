@@ -195,7 +195,7 @@ print("threads", sorted(t.name for t in threading.enumerate()))
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_fit_on_images_of_two_exposures_is_refused_with_the_images_named_and_writes_nothing(tmp_path):
+def test_a_fit_on_images_of_two_exposures_is_refused_with_the_images_named_and_writes_nothing(tmp_path, capsys):
     """Two of four training images re-exposed (contrast x0.35 + 5%, x0.5 + 40%): the fit used to write a model that
     `monitor score` and the daemon then refused ("the quality reference's tolerance is not a gain and an offset in
     [0, 1)"). Now the fit refuses, names the two, and writes nothing; without normalisation it fits, and the model
@@ -211,17 +211,18 @@ def test_a_fit_on_images_of_two_exposures_is_refused_with_the_images_named_and_w
         cv2.imwrite(str(tmp_path / f"n{i}.png"), to_uint8(m))
     cv2.imwrite(str(tmp_path / "v.png"), to_uint8(change(fiber_mat((256, 320), seed=80), parse("none"), 0)))
 
-    def fit(*extra):
-        return subprocess.run([sys.executable, "-m", "monitor", "fit", "--normal", *[str(tmp_path / f"n{i}.png")
-                               for i in range(4)], "--val", str(tmp_path / "v.png"), "--out", str(tmp_path / "m"),
-                               "--quiet", "--set", "model.patch_dictionary.k=64", *extra], capture_output=True,
-                              text=True, cwd=ROOT, timeout=300)
+    from monitor.cli import main
 
-    r = fit()
-    assert r.returncode == 2 and "different exposures" in r.stderr and "Traceback" not in r.stderr, r.stderr
-    named = r.stderr.split("different exposures", 1)[1]
+    def fit(*extra) -> int:  # the command as a user runs it, in this process (no interpreter start)
+        return main(["fit", "--normal", *[str(tmp_path / f"n{i}.png") for i in range(4)], "--val",
+                     str(tmp_path / "v.png"), "--out", str(tmp_path / "m"), "--quiet", "--set",
+                     "model.patch_dictionary.k=64", *extra])
+
+    assert fit() == 2
+    err = capsys.readouterr().err
+    assert "different exposures" in err and "Traceback" not in err, err
+    named = err.split("different exposures", 1)[1]
     assert "n2.png" in named and "n3.png" in named and "n0.png" not in named and "n1.png" not in named
     assert not (tmp_path / "m").exists()  # nothing written, not even half
-    r = fit("--set", "model.normalize=false")
-    assert r.returncode == 0, r.stderr
+    assert fit("--set", "model.normalize=false") == 0
     Model.load(tmp_path / "m", "cpu")  # loads (the refusal at load time was the defect)
