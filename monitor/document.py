@@ -7,7 +7,7 @@ keeps the documents of older versions, and a value of the wrong type reads as ab
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from monitor.model.fibres import Fibres
@@ -110,5 +110,4 @@ class ResultDocument:
             except Exception:  # whatever a damaged or foreign copy holds: the page must still show the rest
                 got["fibres_reason"] = "the fibre figures of this result cannot be read"
         verdict = data.get("verdict")
-        return cls(verdict if isinstance(verdict, str) else "unknown",
-                   **{k: v for k, v in got.items() if k in {f.name for f in fields(cls)}})
+        return cls(verdict if isinstance(verdict, str) else "unknown", **got)

@@ -11,7 +11,6 @@ Each public method is one short transaction; the connection is shared between th
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import sqlite3
 import threading
@@ -404,22 +403,12 @@ class LedgerQueries:
         last ``limit`` clean (ok) images scored by ``model_id`` that have one, oldest first (the drift window and
         the fibre chart after a restart)."""
         path = "$." + ".".join(key)  # the images without one are not counted in the limit
-        with self._lock:
+        with self._lock:  # the number read by SQLite itself (a damaged result_json is passed over, not parsed)
             got = self._db.execute(
-                "SELECT result_json FROM images WHERE state = 'done' AND verdict = 'ok' AND model_id = ? AND "
-                "CASE WHEN json_valid(result_json) THEN json_type(result_json, ?) END IN ('real', 'integer') "
-                "ORDER BY id DESC LIMIT ?", (model_id, path, limit)).fetchall()
-        out = []
-        for (text,) in reversed(got):
-            try:
-                value = json.loads(text)
-                for k in key:
-                    value = value.get(k)
-            except (TypeError, ValueError, AttributeError):
-                continue
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                out.append(float(value))
-        return out
+                "SELECT json_extract(result_json, ?) FROM images WHERE state = 'done' AND verdict = 'ok' AND "
+                "model_id = ? AND CASE WHEN json_valid(result_json) THEN json_type(result_json, ?) END "
+                "IN ('real', 'integer') ORDER BY id DESC LIMIT ?", (path, model_id, path, limit)).fetchall()
+        return [float(v) for (v,) in reversed(got)]
 
     def neighbours(self, row_id: int) -> tuple[int | None, int | None]:
         """(the id before ``row_id``, the id after it), None at either end."""

@@ -155,14 +155,12 @@ class Fibres:
 
 @dataclass(frozen=True)
 class Measurement:
-    """``figures`` and what the overlay draws: the valid centreline samples (x, y, diameter in pixels) and the
-    top-layer mask."""
+    """``figures`` and what the overlay draws: the valid centreline samples (x, y, diameter in pixels)."""
 
     figures: Fibres
     xs: np.ndarray  # int32
     ys: np.ndarray  # int32
     diameters: np.ndarray  # float32, pixels
-    mask: np.ndarray  # bool (H, W)
 
 
 def _r(v: float, digits: int = 4) -> float:
@@ -210,24 +208,15 @@ def segment(image: np.ndarray, min_area: int = 30) -> np.ndarray:
     return mask.astype(bool)
 
 
-def _structure(image: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gradient products of the lightly smoothed image, averaged over a Gaussian window of ``sigma`` (0: the whole
-    image, as one-element arrays)."""
-    x = cv2.GaussianBlur(np.asarray(image, np.float32), (0, 0), 1.0)
-    gx, gy = cv2.Sobel(x, cv2.CV_32F, 1, 0), cv2.Sobel(x, cv2.CV_32F, 0, 1)
-    prods = (gx * gx, gx * gy, gy * gy)
-    if sigma <= 0:
-        return tuple(np.array([p.mean(dtype=np.float64)]) for p in prods)  # type: ignore[return-value]
-    return tuple(cv2.GaussianBlur(p, (0, 0), sigma) for p in prods)  # type: ignore[return-value]
-
-
 def orientation(image: np.ndarray) -> tuple[float, float]:
     """(dominant fibre direction in degrees [0, 180) from the x axis, y down; coherency in [0, 1]) of the whole
     image's structure tensor (OrientationJ), on the image at half size (the mat's direction needs no finer scale;
     a quarter of the time)."""
     half = cv2.resize(np.asarray(image, np.float32), (max(1, image.shape[1] // 2), max(1, image.shape[0] // 2)),
                       interpolation=cv2.INTER_AREA)
-    jxx, jxy, jyy = (float(a[0]) for a in _structure(half, 0))
+    x = cv2.GaussianBlur(half, (0, 0), 1.0)
+    gx, gy = cv2.Sobel(x, cv2.CV_32F, 1, 0), cv2.Sobel(x, cv2.CV_32F, 0, 1)
+    jxx, jxy, jyy = (float(p.mean(dtype=np.float64)) for p in (gx * gx, gx * gy, gy * gy))
     trace = jxx + jyy
     if trace <= 0:
         return 0.0, 0.0
@@ -350,7 +339,7 @@ def measure(image: np.ndarray, pixel_size_um: float | None = None, cfg: FibreCon
     figures = Fibres(Stats.of(d), Stats.of(d, um) if um else None, direction, coherency,
                      _r(1.0 - float(m8.mean())), tuple(beads),
                      None if area_mm2 is None else _r(len(beads) / area_mm2, 2), edges, counts, um, int(mask.size))
-    return Measurement(figures, xs[keep].astype(np.int32), ys[keep].astype(np.int32), d, mask)
+    return Measurement(figures, xs[keep].astype(np.int32), ys[keep].astype(np.int32), d)
 
 
 def reference(images, pixel_sizes, cfg: FibreConfig = FibreConfig()) -> dict | None:
