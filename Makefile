@@ -5,9 +5,18 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test install clean install-service uninstall-service tools
 
+# the full install (fitting, every method, CUDA, the tests): torch and its CUDA libraries, about 6 GB
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[fit,test]'
+	touch $@
+
+# the line PC's install (`pip install .`: scoring, the daemon, the page; no torch, about 0.5 GB) with pytest, on
+# which `make test` runs the scoring, daemon and model-install tests again
+SLIM := .venv-slim
+$(SLIM)/.installed: pyproject.toml constraints.txt
+	test -x $(SLIM)/bin/python || $(PY) -m venv $(SLIM)
+	$(SLIM)/bin/pip install --quiet -c constraints.txt -e . pytest pytest-xdist
 	touch $@
 
 install: $(BIN)/.installed
@@ -15,9 +24,12 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/monitor demo --workdir demo-run --images 12
 
-test: $(BIN)/.installed tools
+SLIM_TESTS := tests/test_slim.py tests/test_graph.py tests/test_daemon.py tests/test_install.py
+test: $(BIN)/.installed $(SLIM)/.installed tools
 	$(BIN)/ruff check monitor tests bench
 	$(BIN)/python -m pytest -q -n 3
+	rm -rf .slim-models && $(BIN)/python -m tests.slim_model .slim-models >/dev/null
+	MONITOR_TEST_MODEL=$(CURDIR)/.slim-models $(SLIM)/bin/python -m pytest -q -n 3 -p no:cacheprovider $(SLIM_TESTS)
 
 # The real Prometheus, promtool, Alertmanager and amtool the tests run against: Debian's packages unpacked into
 # .tools/ (apt-get download + dpkg-deb -x), never installed, so no service is created or enabled on this host.
@@ -44,7 +56,7 @@ $(TOOLS_DIR)/.unpacked:
 	touch $@
 
 clean:
-	rm -rf demo-run evaluation $(TOOLS_DIR)
+	rm -rf demo-run evaluation .slim-models $(TOOLS_DIR)
 
 # as root: the code and its own virtualenv under PREFIX, the units, one configuration per line, the system user;
 # see systemd/README.md. DESTDIR=<scratch root> installs there instead (no user, no systemctl).

@@ -1,11 +1,12 @@
-"""Where the time of one image goes, stage by stage, with OpenVINO and with torch, in one run.
+"""Where the time of one image goes, stage by stage, through the model's inference graph and with torch, in one run.
 
     .venv/bin/python bench/profile.py --model MODEL_DIR [--images DIR ...] [--limit 20]
 
-Per image, model loaded: read (decode the TIFF), features (backbone and grid), distances (PCA projection and
-nearest words), map (grid to pixels, blur), defects (mask, components), overlay (draw and write the PNG, which the
-daemon does for alarms only), each the p50 over the images after one warm-up; the two runtimes alternate image by
-image.
+Per image, model loaded: read (decode the TIFF), then for the graph (``runtime: openvino``, the default) graph
+(backbone, projection and nearest words in one OpenVINO model), for torch features (backbone and grid) and
+distances (PCA projection and nearest words), then map (border zones, grid to pixels, blur), defects (mask,
+components), overlay (draw and write the PNG, which the daemon does for alarms only), each the p50 over the images
+after one warm-up; the two paths alternate image by image.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from monitor.model.model import Model
 from monitor.times import local_time  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("read", "features", "distances", "map", "defects", "overlay", "total")
+STAGES = ("read", "graph", "features", "distances", "map", "defects", "overlay", "total")
 
 
 def main() -> None:
@@ -54,11 +55,11 @@ def main() -> None:
             t3 = time.perf_counter()
             row = times[rt]
             row["read"].append(t1 - t0)
-            for s in ("features", "distances", "map", "defects"):
-                row[s].append(ins.result.timings[s])
+            for s, t in ins.result.timings.items():
+                row[s].append(t)
             row["overlay"].append(t3 - t2)
             row["total"].append(t3 - t0)
-    print(json.dumps({rt: {s: round(float(np.median(v)) * 1000, 1) for s, v in row.items()}
+    print(json.dumps({rt: {s: round(float(np.median(v)) * 1000, 1) for s, v in row.items() if v}
                       for rt, row in times.items()}, indent=1), "(ms, p50 per stage)")
 
 

@@ -23,6 +23,7 @@ from monitor.commands.fit import bar, fit_model
 from monitor.commands.install import InstallError
 from monitor.config import Config, ConfigError, in_export, load_config
 from monitor.daemon.metrics import MetricsError
+from monitor.extras import MissingExtra, need_torch
 from monitor.files import shown
 from monitor.ledger import LedgerError
 from monitor.model.artifact import ArtifactError
@@ -39,6 +40,7 @@ def _load_cfg(args) -> Config:
 
 
 def cmd_fit(args) -> int:
+    need_torch("monitor fit")
     cfg = _load_cfg(args)
     if args.method:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, method=args.method))
@@ -70,7 +72,7 @@ def cmd_score(args) -> int:
 
     cfg = _load_cfg(args)
     model = Model.load(args.model, cfg.model.device, expectations(cfg.model.method_config) if args.config else None,
-                       runtime=cfg.model.runtime)
+                       runtime=cfg.model.runtime, precision=cfg.model.precision)
     failed = 0
     line = cfg.service.line if args.config else ""
     for path in list_images(args.images):
@@ -144,7 +146,7 @@ def _evaluate_job(job: tuple[str, str], args_ns: dict, queue) -> None:
             fit_model(cfg, list(ds.train), list(ds.val), mdir, quiet=False)
         else:
             mdir = Path(what)
-        model = Model.load(mdir, cfg.model.device, runtime=cfg.model.runtime)
+        model = Model.load(mdir, cfg.model.device, runtime=cfg.model.runtime, precision=cfg.model.precision)
         name = what if kind == "fit" else Path(what).name
 
         def score(p):
@@ -170,6 +172,7 @@ def _evaluate_job(job: tuple[str, str], args_ns: dict, queue) -> None:
 
 
 def cmd_evaluate(args) -> int:
+    need_torch("monitor evaluate")
     import multiprocessing as mp
 
     from monitor.commands.evaluate import load_dataset
@@ -240,6 +243,7 @@ def markdown_table(reports: dict) -> str:
 
 
 def cmd_demo(args) -> int:
+    need_torch("monitor demo (it fits a model)")
     from monitor.commands.demo import run_demo
 
     return run_demo(Path(args.workdir), args.images, args.seed, args.interval)
@@ -383,6 +387,7 @@ def _lifecycle(res: dict, what: str) -> int:
 
 
 def cmd_refit(args) -> int:
+    need_torch("monitor refit (it fits a candidate model)")
     from monitor.commands.refit import RefitError, inside_export, refit, render, write_report
 
     cfg = _load_cfg(args)
@@ -584,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, ArtifactError, BackboneError, ImageError, LedgerError, MetricsError, InstallError,
-            FileNotFoundError) as exc:
+            MissingExtra, FileNotFoundError) as exc:
         print(f"monitor: error: {exc}", file=sys.stderr)
         return 2
 

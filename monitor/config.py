@@ -19,6 +19,7 @@ from monitor.model.fibres import FibreConfig
 from monitor.model.images import ImageLimits
 from monitor.model.methods import (
     METHOD_NAMES,
+    PRECISIONS,
     RUNTIMES,
     DFRConfig,
     PatchDictionaryConfig,
@@ -41,6 +42,7 @@ class ModelSection:
     method: str = "patch_dictionary"
     device: str = "auto"
     runtime: str = "auto"  # the CPU forward pass: auto (OpenVINO when installed, else torch) | openvino | torch
+    precision: str = "f32"  # the inference graph's arithmetic on the CPU: f32 | bf16 (graph.PRECISIONS)
     normalize: bool = True  # intensities brought to the training images' before the features (quality.normalize)
     clip: tuple[float, ...] = (0.15, 0.85)  # ... and clipped to these quantiles of theirs ([0, 1]: not clipped)
     patch_dictionary: PatchDictionaryConfig = field(default_factory=PatchDictionaryConfig)
@@ -55,6 +57,8 @@ class ModelSection:
             raise ValueError(f"model.device must be auto, cpu or cuda[:N], got {self.device!r}")
         if self.runtime not in RUNTIMES:
             raise ValueError(f"model.runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"model.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         object.__setattr__(self, "clip", tuple(self.clip))
         if len(self.clip) != 2 or not 0 <= self.clip[0] < 0.5 < self.clip[1] <= 1:
             raise ValueError(f"model.clip must be two quantiles, the first in [0, 0.5), the second in (0.5, 1], "

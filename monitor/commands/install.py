@@ -46,9 +46,9 @@ def validate(model_dir: Path, cfg: Config) -> Model:
     """The model at ``model_dir`` loads and fits ``cfg`` (method, backbone, mode, a threshold to judge by)."""
     if not (model_dir / "model.json").is_file():
         raise InstallError(f"{model_dir}: not a model directory (no model.json); `monitor fit --out` makes one")
-    try:  # as the daemon will load it, on the CPU and torch: only the model itself is checked here
+    try:  # as the daemon will load it (its inference graph where it has one), on the CPU
         model = load_model(dataclasses.replace(cfg, model=dataclasses.replace(
-            cfg.model, path=str(model_dir), device="cpu", runtime="torch")))
+            cfg.model, path=str(model_dir), device="cpu")))
     except (ArtifactError, ValueError, RuntimeError, OSError) as exc:
         msg = str(exc)
         raise InstallError(msg if str(model_dir) in msg else f"{model_dir}: {msg}") from None

@@ -148,14 +148,13 @@ class Metrics:
                   self.fibre_diameter_upper_limit_ratio, self.fibre_coherency_ratio, self.fibre_orientation_radians,
                   self.fibre_porosity_ratio, self.fibre_beads_per_square_meter):
             g.set(float("nan"))  # nothing measured yet
-        import torch
-
-        try:  # the installed distribution's version: importing openvino costs a second and more
-            ov = importlib.metadata.version("openvino")
-        except importlib.metadata.PackageNotFoundError:
-            ov = ""
-        self.build.info({"version": __version__, "python": platform.python_version(), "torch": torch.__version__,
-                         "openvino": ov})
+        versions = {}
+        for dist in ("torch", "openvino"):  # the installed distributions' versions, "" when not installed (torch
+            try:  # on a line PC without the fitting extra); importing them would cost seconds
+                versions[dist] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                versions[dist] = ""
+        self.build.info({"version": __version__, "python": platform.python_version(), **versions})
         self._server = None
 
     def restore(self, totals: dict) -> None:

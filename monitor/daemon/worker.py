@@ -11,13 +11,12 @@ import logging
 import math
 import sqlite3
 import statistics
+import sys
 import threading
 import time
 from collections import deque
 from pathlib import Path
 from typing import Callable, NamedTuple
-
-import torch
 
 from monitor import judge
 from monitor.config import Config
@@ -377,7 +376,8 @@ class Failure(NamedTuple):
 
 def _failure(exc: BaseException) -> Failure:
     """The failure of a scoring error, for the ledger and the failed-images metric."""
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
+    torch = sys.modules.get("torch")  # loaded only where the scorer runs on torch (CUDA, other methods)
+    if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
         torch.cuda.empty_cache()
         return Failure("out_of_memory", f"out of memory: {exc}".splitlines()[0][:500])
     if isinstance(exc, MemoryError):

@@ -1,8 +1,10 @@
-"""Model directory: ``arrays.npz`` (plain arrays, loaded with ``allow_pickle=False``) and ``model.json``.
+"""Model directory: ``arrays.npz`` (plain arrays, loaded with ``allow_pickle=False``), ``model.json`` and the
+files a model carries besides (the inference graph: ``scorer.xml`` + ``scorer.bin``, see ``graph.py``).
 
 ``model_id`` is the first 16 hex digits of a sha256 over the arrays (names, dtypes, shapes, bytes) and the
-canonical JSON of the metadata that defines the model (everything except ``created_at`` and ``library_versions``).
-``model.json`` also records the sha256 of ``arrays.npz`` so that any change to either file is caught at load.
+canonical JSON of the metadata that defines the model (everything except ``created_at`` and ``library_versions``),
+which holds the other files' sha256 (``files``). ``model.json`` also records the sha256 of ``arrays.npz`` so that
+any change to any file is caught at load.
 """
 
 from __future__ import annotations
@@ -40,18 +42,29 @@ def compute_model_id(meta: dict, arrays: dict[str, np.ndarray]) -> str:
 
 
 def library_versions() -> dict[str, str]:
-    import sklearn
-    import torch
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-            "scikit-learn": sklearn.__version__}
+    out = {"python": platform.python_version(), "numpy": np.__version__}
+    for dist in ("torch", "scikit-learn", "openvino"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
 
 
-def save_artifact(directory: str | os.PathLike, meta: dict, arrays: dict[str, np.ndarray]) -> str:
-    """Write the model atomically (a temporary sibling directory, then rename). Returns the model_id."""
+def save_artifact(directory: str | os.PathLike, meta: dict, arrays: dict[str, np.ndarray],
+                  files: dict[str, bytes] | None = None) -> str:
+    """Write the model atomically (a temporary sibling directory, then rename) with ``files`` beside (name ->
+    content, their sha256 in ``model.json``'s ``files``). Returns the model_id."""
     directory = Path(directory)
     meta = dict(meta)
     meta["format"] = FORMAT
+    files = files or {}
+    if any(n in ("model.json", "arrays.npz") or Path(n).name != n or n.startswith(".") for n in files):
+        raise ArtifactError(f"bad model file names: {sorted(files)}")
+    if files:
+        meta["files"] = {n: hashlib.sha256(b).hexdigest() for n, b in sorted(files.items())}
     meta["model_id"] = compute_model_id(meta, arrays)
     meta["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     meta["library_versions"] = library_versions()
@@ -59,6 +72,8 @@ def save_artifact(directory: str | os.PathLike, meta: dict, arrays: dict[str, np
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         np.savez(tmp / "arrays.npz", **arrays)
+        for name, content in files.items():
+            (tmp / name).write_bytes(content)
         meta["arrays_sha256"] = file_sha256(tmp / "arrays.npz")
         (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if directory.exists():
@@ -91,6 +106,15 @@ def load_artifact(directory: str | os.PathLike) -> tuple[dict, dict[str, np.ndar
             arrays = {k: z[k] for k in z.files}
     except Exception as exc:  # zipfile/ValueError: a damaged archive
         raise ArtifactError(f"cannot read {apath}: {exc}") from None
+    recorded = meta.get("files") or {}
+    if not isinstance(recorded, dict):
+        raise ArtifactError(f"{mpath}: files must be a mapping of names to sha256")
+    for name, sha in recorded.items():
+        path = directory / str(name)
+        if Path(str(name)).name != name or not path.is_file():
+            raise ArtifactError(f"{directory}: the model's file {name!r} is missing")
+        if file_sha256(path) != sha:
+            raise ArtifactError(f"{path} does not match the sha256 recorded in model.json (corrupt or modified)")
     if compute_model_id(meta, arrays) != meta.get("model_id"):
         raise ArtifactError(f"{directory}: model_id does not match the content (model.json was edited?)")
     return meta, arrays

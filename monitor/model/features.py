@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from monitor.model.backbones import Backbone
+from monitor.model.grid import dense_map
 from monitor.model.methods import MODES  # noqa: F401 (re-exported)
 
 
@@ -168,18 +169,10 @@ def grid_to_map(scores: torch.Tensor, grid: FeatureGrid, sigma: float = 0.0) -> 
         acc = acc.cumsum(0).cumsum(1)[:H, :W]
         cnt = cnt.cumsum(0).cumsum(1)[:H, :W]
         out = (acc / cnt.clamp_min(1)).float()
-    else:
-        gh, gw = s.shape
-        c = grid.cell
-        # align_corners=False maps cell i's centre to pixel (i + 0.5) * c - 0.5 when resized to (gh*c, gw*c)
-        out = F.interpolate(s[None, None], size=(round(gh * c), round(gw * c)), mode="bilinear",
-                            align_corners=False)[0, 0]
-        if out.shape[0] < H or out.shape[1] < W:
-            out = F.pad(out[None], (0, max(0, W - out.shape[1]), 0, max(0, H - out.shape[0])), mode="replicate")[0]
-        out = out[:H, :W]
-    m = out.cpu().numpy().astype(np.float32, copy=False)
-    if sigma > 0:
-        import cv2
+        m = out.cpu().numpy().astype(np.float32, copy=False)
+        if sigma > 0:
+            import cv2
 
-        m = cv2.GaussianBlur(m, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
-    return np.ascontiguousarray(m)
+            m = cv2.GaussianBlur(m, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
+        return np.ascontiguousarray(m)
+    return dense_map(s.cpu().numpy(), (H, W), grid.cell, sigma)

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 METHOD_NAMES = ("patch_dictionary", "ssim_autoencoder", "dfr", "piade")  # model.method
 RUNTIMES = ("auto", "openvino", "torch")  # where the CPU forward pass runs (see openvino_backbone.py)
+# the inference graph's arithmetic on the CPU (graph.py): float32, or bfloat16 products with float32 sums (Intel AMX
+# and AVX-512 BF16; OpenVINO computes in float32 where the CPU has neither)
+PRECISIONS = ("f32", "bf16")
 MODES = ("dense", "crop")  # patch_dictionary.mode: features of the whole image, or of each patch (the paper)
 DICTIONARIES = ("kmeans", "coreset")
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from monitor.extras import cuda_wanted, need_torch
 from monitor.model import quality, scorers
 from monitor.model.artifact import ArtifactError, load_artifact, save_artifact
 from monitor.model.defects import DefectConfig, DefectReport, decide, find_defects
@@ -54,6 +56,7 @@ class ModelMeta:
     image_shape: list[int] | None = None  # [H, W] of the first training image (the warm-up image)
     quality: dict | None = None  # ``quality.reference`` (0.4.0 on)
     fibres: dict | None = None  # ``fibres.reference`` of the training images (after 0.4.0)
+    graph: dict | None = None  # the inference graph's entry (``graph.check``; 0.5.0 on, dense patch dictionary)
     drift_reference: dict | None = None  # the validation images' score levels (0.3.0 on)
     fitted_on: dict | None = None  # ``mismatch.fitted_on`` (0.3.0 on)
     training_images: list[str] = field(default_factory=list)
@@ -70,10 +73,11 @@ class ModelMeta:
     created_at: str | None = None
     library_versions: dict | None = None
     arrays_sha256: str | None = None
+    files: dict | None = None  # the files beside the arrays and their sha256 (the artifact's)
 
     SAVED = ("method", "scorer", "threshold", "defects", "training_sha256", "fit_seconds", "training_pixels",
              "image_shape", "fitted_on", "training_images", "validation_images", "validation_sha256", "provenance",
-             "drift_reference", "quality", "fibres")  # what ``Model.save`` writes (the artifact adds the rest)
+             "drift_reference", "quality", "fibres", "graph")  # what ``Model.save`` writes (the artifact adds the rest)
 
     @classmethod
     def from_json(cls, d: dict) -> "ModelMeta":
@@ -110,6 +114,7 @@ class Model:
         self.threshold = threshold
         self.defects = defects
         self.meta = meta if meta is not None else ModelMeta()
+        self.graph = None  # a fitted model's inference graph (an ``openvino.Model``) until it is saved
 
     @property
     def model_id(self) -> str | None:
@@ -125,6 +130,7 @@ class Model:
         intensities are brought to the training images' before the features (``quality.normalize``), so that the
         SEM's brightness and contrast settings do not move the scores, and clipped to the training images' ``clip``
         quantiles."""
+        need_torch("fitting a model")
         ref = quality.reference(normal, clip, normalize)  # ExposureError: training images of several exposures
         if normalize:
             ref["normalize"] = True
@@ -151,7 +157,14 @@ class Model:
         if val:
             meta.drift_reference = {"quantile": LEVEL_QUANTILE, "median": float(np.median(levels)),
                                     "levels": [round(v, 6) for v in levels]}
-        return cls(scorer, th, defects, meta, runtime)
+        model = cls(scorer, th, defects, meta, runtime)
+        if method == "patch_dictionary":
+            from monitor.model import graph
+
+            built = graph.check(scorer, (val or normal)[0])
+            if built:
+                model.graph, meta.graph = built
+        return model
 
     def warm_up(self) -> float | None:
         """Score one synthetic image of the training images' size, so that the first real image does not pay for
@@ -223,16 +236,24 @@ class Model:
         self.meta.method, self.meta.scorer = self.scorer.method, smeta
         self.meta.threshold = None if self.threshold is None else self.threshold.to_dict()
         self.meta.defects = asdict(self.defects)
+        if self.graph is None:  # a model put together from a fitted one's parts: its graph is not at hand
+            self.meta.graph = None
         meta = self.meta.saved()
-        model_id = save_artifact(directory, meta, arrays)
+        files = {}
+        if self.graph is not None:
+            from monitor.model import graph
+
+            files = graph.serialize(self.graph)
+        model_id = save_artifact(directory, meta, arrays, files)
         self.meta = ModelMeta.from_json(load_artifact(directory)[0])
         return model_id
 
     @classmethod
     def load(cls, directory: str | os.PathLike, device: str = "auto", expect: dict | None = None,
-             runtime: str = "auto") -> "Model":
+             runtime: str = "auto", precision: str = "f32") -> "Model":
         """Load a model; ``expect`` (e.g. {"backbone": ..., "mode": ...}) must match the model's configuration;
-        ``runtime``: where the CPU forward pass runs (``Backbone.use_runtime``)."""
+        ``runtime``: where the CPU forward pass runs: the model's inference graph (``graph.py``) unless "torch" or
+        the model has none, else ``Backbone.use_runtime``; ``precision``: the graph's arithmetic."""
         raw, arrays = load_artifact(directory)
         meta = ModelMeta.from_json(raw)
         method = meta.method
@@ -248,10 +269,24 @@ class Model:
             if key in cfg and cfg[key] != want:
                 raise ArtifactError(f"{directory}: model was made with {key}={cfg[key]!r}, "
                                     f"the configuration asks for {key}={want!r}; refit or change the configuration")
-        scorer_cls, _ = scorers.METHODS[method]
-        try:
-            scorer = scorer_cls.from_state(meta.scorer, arrays, device)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ArtifactError(f"{directory}: cannot rebuild the {method} scorer: {exc}") from None
-        runtime = scorer.use_runtime(runtime)
+        if meta.graph and runtime != "torch" and not cuda_wanted(device):
+            from monitor.model.graph import GraphScorer
+            from monitor.model.methods import PatchDictionaryConfig
+
+            try:
+                scorer = GraphScorer(PatchDictionaryConfig(**cfg), meta.graph, arrays, Path(directory),
+                                     precision=precision)
+            except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # OpenVINO reports a bad IR so
+                raise ArtifactError(f"{directory}: cannot load the inference graph: {exc}") from None
+            runtime = "openvino"
+        else:
+            need_torch(f"scoring this model ({method}" + (", on CUDA)" if cuda_wanted(device) else
+                                                          ", saved without an inference graph)"
+                                                          if not meta.graph else ", runtime torch)"))
+            scorer_cls, _ = scorers.METHODS[method]
+            try:
+                scorer = scorer_cls.from_state(meta.scorer, arrays, device)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ArtifactError(f"{directory}: cannot rebuild the {method} scorer: {exc}") from None
+            runtime = scorer.use_runtime(runtime)
         return cls(scorer, Threshold.from_dict(meta.threshold), DefectConfig(**meta.defects), meta, runtime)

@@ -18,11 +18,12 @@ stays with torch.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 
 import numpy as np
 import torch
+
+from monitor.model.graph import import_openvino  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +36,51 @@ class RuntimeUnavailable(RuntimeError):
     """OpenVINO cannot be used (not installed, or this backbone has no OpenVINO graph)."""
 
 
-def import_openvino():
-    """``openvino`` without its telemetry: a ``None`` in ``sys.modules`` makes ``import openvino_telemetry`` raise
-    ImportError, and every OpenVINO module that imports it then uses ``openvino.tools.ovc.telemetry_stub``."""
-    sys.modules.setdefault("openvino_telemetry", None)
-    import openvino
-
-    return openvino
-
-
 def _fold(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
     """Weights and bias of ``bn(conv(x))`` as one convolution (inference: the running statistics)."""
     g = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     w = conv.weight * g.view(-1, 1, 1, 1)
     b = bn.bias - bn.running_mean * g
     return w.detach().float().numpy(), b.detach().float().numpy()
+
+
+def lite0_nodes(ops, x, net, layers) -> dict:
+    """The OpenVINO nodes of ``layers`` of the EfficientNet-Lite0 ``net`` (a torch module, batch norms folded into
+    the convolutions) applied to the node ``x`` (N, 3, H, W), normalised input."""
+
+    def conv(y, module, bn, act=True, groups=1):
+        w, b = _fold(module, bn)
+        s = module.stride
+        if groups > 1:
+            w = w.reshape(groups, w.shape[0] // groups, w.shape[1], *w.shape[2:])
+            y = ops.group_convolution(y, ops.constant(w), list(s), [0, 0], [0, 0], [1, 1], auto_pad="same_upper")
+        else:
+            y = ops.convolution(y, ops.constant(w), list(s), [0, 0], [0, 0], [1, 1], auto_pad="same_upper")
+        y = ops.add(y, ops.constant(b.reshape(1, -1, 1, 1)))
+        return ops.clamp(y, 0.0, 6.0) if act else y
+
+    want = set(layers)
+    outputs = {}
+    y = conv(x, net._conv_stem, net._bn0)
+    ends = {end: f"stage{i + 1}" for i, end in enumerate(net.stage_ends)}
+    for i, blk in enumerate(net._blocks):
+        z = y
+        if blk.has_expand:
+            z = conv(z, blk._expand_conv, blk._bn0)
+        z = conv(z, blk._depthwise_conv, blk._bn1, groups=blk._depthwise_conv.groups)
+        z = conv(z, blk._project_conv, blk._bn2, act=False)
+        y = ops.add(z, y) if blk.skip else z
+        if ends.get(i) in want:
+            outputs[ends[i]] = y
+        if len(outputs) == len(want):
+            break
+    if len(outputs) < len(want):
+        y = conv(y, net._conv_head, net._bn1)
+        if "head" in want:
+            outputs["head"] = y
+        if "avgpool" in want:
+            outputs["avgpool"] = ops.reduce_mean(y, ops.constant(np.array([2, 3], np.int64)), keep_dims=True)
+    return outputs
 
 
 class OpenVinoLite0:
@@ -64,41 +95,8 @@ class OpenVinoLite0:
         if backbone.name != "efficientnet_lite0":
             raise RuntimeUnavailable(f"no OpenVINO graph for the {backbone.name} backbone")
         self.backbone = backbone
-        net = backbone.net
         x = ops.parameter([-1, 3, -1, -1], np.float32, name="x")
-
-        def conv(y, module, bn, act=True, groups=1):
-            w, b = _fold(module, bn)
-            s = module.stride
-            if groups > 1:
-                w = w.reshape(groups, w.shape[0] // groups, w.shape[1], *w.shape[2:])
-                y = ops.group_convolution(y, ops.constant(w), list(s), [0, 0], [0, 0], [1, 1], auto_pad="same_upper")
-            else:
-                y = ops.convolution(y, ops.constant(w), list(s), [0, 0], [0, 0], [1, 1], auto_pad="same_upper")
-            y = ops.add(y, ops.constant(b.reshape(1, -1, 1, 1)))
-            return ops.clamp(y, 0.0, 6.0) if act else y
-
-        want = set(backbone.layers)
-        outputs = {}
-        y = conv(x, net._conv_stem, net._bn0)
-        ends = {end: f"stage{i + 1}" for i, end in enumerate(net.stage_ends)}
-        for i, blk in enumerate(net._blocks):
-            z = y
-            if blk.has_expand:
-                z = conv(z, blk._expand_conv, blk._bn0)
-            z = conv(z, blk._depthwise_conv, blk._bn1, groups=blk._depthwise_conv.groups)
-            z = conv(z, blk._project_conv, blk._bn2, act=False)
-            y = ops.add(z, y) if blk.skip else z
-            if ends.get(i) in want:
-                outputs[ends[i]] = y
-            if len(outputs) == len(want):
-                break
-        if len(outputs) < len(want):
-            y = conv(y, net._conv_head, net._bn1)
-            if "head" in want:
-                outputs["head"] = y
-            if "avgpool" in want:
-                outputs["avgpool"] = ops.reduce_mean(y, ops.constant(np.array([2, 3], np.int64)), keep_dims=True)
+        outputs = lite0_nodes(ops, x, backbone.net, backbone.layers)
         self.layers = list(backbone.layers)
         model = ov.Model([outputs[n] for n in self.layers], [x], "efficientnet_lite0")
         core = ov.Core()

@@ -24,6 +24,7 @@ import torch
 
 from monitor.model.backbones import build_backbone
 from monitor.model.features import CropExtractor, DenseExtractor, FeatureGrid, grid_to_map
+from monitor.model.grid import border_rings, border_zones, calibrated  # noqa: F401 (border_*: re-exported)
 from monitor.model.methods import PatchDictionaryConfig
 
 from .base import QUIET, Progress, Scorer, ScoreResult, Tick
@@ -109,37 +110,6 @@ def _farthest_points(x: torch.Tensor, k: int, g: torch.Generator, tick: Tick) ->
             tick(256)
     tick(k % 256)
     return selected
-
-
-def border_rings(shape: tuple[int, int]) -> np.ndarray:
-    """(h, w) int array: each grid cell's distance in cells to the nearest edge of the grid (0 = outermost ring)."""
-    h, w = shape
-    y = np.minimum(np.arange(h), np.arange(h)[::-1])
-    x = np.minimum(np.arange(w), np.arange(w)[::-1])
-    return np.minimum(y[:, None], x[None, :])
-
-
-def border_zones(shape: tuple[int, int], rings: int) -> np.ndarray:
-    """(h, w) int array: the calibration zone of each grid cell, for ``rings`` outer rings.
-
-    Zone ``side * rings + r``: ring r (cells to the nearest edge) of side 0 top, 1 bottom, 2 left, 3 right, outside
-    the corners; zone ``4 * rings``: the corner blocks (cells within ``rings`` of two edges), the four corners pooled
-    (16 cells of a grid with 2 rings: a spread from fewer would be noise); zone ``4 * rings + 1``: the interior. The
-    sides differ (on NanoTWICE the top and right rims score about 1 higher than the bottom and left ones, on the
-    validation and the test images alike) and the corners score about twice as high as the rims, so one offset per
-    ring left the corners and two sides hot.
-    """
-    h, w = shape
-    R = rings
-    y, x = np.arange(h)[:, None], np.arange(w)[None, :]
-    dy, dx = np.minimum(y, h - 1 - y), np.minimum(x, w - 1 - x)
-    zone = np.full((h, w), 4 * R + 1)
-    rim_y, rim_x = (dy < R) & (dx >= R), (dx < R) & (dy >= R)
-    side_y = np.where(2 * y < h, 0, 1)  # top or bottom
-    side_x = np.where(2 * x < w, 2, 3)  # left or right
-    zone = np.where(rim_y, side_y * R + dy, zone)
-    zone = np.where(rim_x, side_x * R + dx, zone)
-    return np.where((dy < R) & (dx < R), 4 * R, zone)
 
 
 NN_CHUNK = 1024  # query rows per block of the nearest-word search: a 1024 x 4096 block is 16 MB, cache-sized
@@ -286,7 +256,7 @@ class PatchDictionary(Scorer):
         n_zones = 4 * R + 2  # the last: the interior
         n, s1, s2 = np.zeros(n_zones), np.zeros(n_zones), np.zeros(n_zones)
         for img in images:
-            s = self.patch_scores(self.extract(img)).cpu().numpy().astype(np.float64)
+            s = self.patch_scores(self.extract(img)).astype(np.float64)
             if min(s.shape) <= 2 * R:
                 raise ValueError(f"border calibration needs a grid larger than {2 * R} cells each way, "
                                  f"got {s.shape[1]}x{s.shape[0]}; lower border_rings")
@@ -314,7 +284,8 @@ class PatchDictionary(Scorer):
         return z[idx]
 
     # -------------------------------------------------------------------------------------------------------- score
-    def patch_scores(self, grid: FeatureGrid) -> torch.Tensor:
+    def patch_scores(self, grid: FeatureGrid) -> np.ndarray:
+        """(h, w) float32: each cell's distance to its nearest words, the border zones calibrated."""
         if not self.fitted:
             raise RuntimeError("the scorer is not fitted")
         f = grid.features.reshape(-1, grid.features.shape[-1])
@@ -324,18 +295,8 @@ class PatchDictionary(Scorer):
         if self._nn_buf is None or self._nn_buf.device != z.device:
             self._nn_buf = torch.empty(NN_CHUNK, len(self.words), device=z.device)  # kept: no per-image allocation
         d = nearest_distances(z, self.words, self.config.m, self._w2, self._nn_buf).reshape(grid.grid_shape)
-        n, R = len(self.border_offset), self.config.border_rings
-        if n:
-            if n == 4 * R + 1:
-                zones = border_zones(grid.grid_shape, R)
-            else:  # a model from before the per-side zones: one offset per ring
-                zones = np.minimum(border_rings(grid.grid_shape), n)
-            zones = torch.from_numpy(zones).to(d.device)
-            offset = torch.cat([self.border_offset, self.border_offset.new_zeros(1)])  # interior: unchanged
-            if len(self.border_gain):
-                d = d * torch.cat([self.border_gain, self.border_gain.new_ones(1)])[zones]
-            d = d + offset[zones]
-        return d
+        return calibrated(d.cpu().numpy(), self.border_offset.cpu().numpy(), self.border_gain.cpu().numpy(),
+                          self.config.border_rings)
 
     def score(self, image: np.ndarray) -> ScoreResult:
         return self.score_batch([image])[0]
@@ -353,9 +314,9 @@ class PatchDictionary(Scorer):
             ta = time.perf_counter()
             s = self.patch_scores(grid)
             tb = time.perf_counter()
-            amap = grid_to_map(s, grid, self.config.sigma)
+            amap = grid_to_map(torch.from_numpy(s), grid, self.config.sigma)
             tc = time.perf_counter()
-            out.append(ScoreResult(amap, s.cpu().numpy().astype(np.float32), float(amap.max()),
+            out.append(ScoreResult(amap, s, float(amap.max()),
                                    {"features": (t1 - t0) / len(grids), "distances": tb - ta, "map": tc - tb}))
         return out
 

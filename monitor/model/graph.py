@@ -1,0 +1,238 @@
+"""The fitted patch-dictionary scorer as one OpenVINO graph: image in, each grid cell's distance to its nearest
+dictionary word out. Scoring with it needs numpy, OpenCV and OpenVINO only: no torch.
+
+The graph (``build``, at fit time, from the torch scorer) is the dense scorer op for op:
+
+    image (N, 1, H, W), intensities as ``Model.prepare`` gives them
+      -> resize by ``scale`` (when not 1) -> reflect padding of ``pad`` pixels -> ImageNet-style normalisation
+      -> the backbone (EfficientNet-Lite0, batch norms folded into the convolutions)
+      -> each layer cropped back to the unpadded image, mean-filtered over ``aggregate`` cells, resized to the
+         finest layer's grid, concatenated
+      -> PCA and whitening as one 1x1 convolution: z = (f - mean) . components / scale
+      -> |z - w|^2 = |z|^2 - 2 z.w + |w|^2 for every word w: one 1x1 convolution with the words as its filters
+         and their squared norms as its bias, then the minimum over the words (the mean of the ``m`` smallest)
+      -> square root: (N, h, w) distances
+
+The border zones' gains and offsets (which depend on the grid's size) and the pixel map (bilinear upsampling and
+a Gaussian blur) follow in numpy and OpenCV (``grid.py``), the same code the torch scorer uses, so the two paths
+differ only in the distances. The graph is saved as OpenVINO IR (``scorer.xml`` + ``scorer.bin``: a text graph
+and raw weights, nothing executable) in the model directory, their sha256 recorded in ``model.json`` and checked at
+load (``artifact.load_artifact``). Built once per fit and checked against the torch scorer on the first
+validation image (``fit_graph``): a graph that disagrees is not saved, and the model then needs torch to score.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from monitor.model.grid import calibrated, dense_map
+from monitor.model.methods import PatchDictionaryConfig
+from monitor.model.scorers.base import Scorer, ScoreResult
+
+log = logging.getLogger(__name__)
+
+XML, BIN = "scorer.xml", "scorer.bin"
+# largest |graph - torch| allowed on the check image, as a fraction of the largest torch distance: float32 kernels
+# that sum in another order differ by about 1e-6 of it
+TOLERANCE = 1e-4
+
+
+def import_openvino():
+    """``openvino`` without its telemetry: a ``None`` in ``sys.modules`` makes ``import openvino_telemetry`` raise
+    ImportError, and every OpenVINO module that imports it then uses ``openvino.tools.ovc.telemetry_stub``."""
+    sys.modules.setdefault("openvino_telemetry", None)
+    import openvino
+
+    return openvino
+
+
+class GraphUnavailable(RuntimeError):
+    """This model or configuration has no inference graph (another method or backbone, crop mode)."""
+
+
+def supported(config: PatchDictionaryConfig) -> str | None:
+    """None when ``config`` can be built as a graph, else why not."""
+    if config.mode != "dense":
+        return "crop mode (the paper's reference) runs on torch only"
+    if config.backbone != "efficientnet_lite0":
+        return f"the {config.backbone} backbone has no OpenVINO graph"
+    return None
+
+
+def build(scorer):
+    """The ``openvino.Model`` of a fitted torch ``PatchDictionary`` (needs torch: the backbone's weights)."""
+    from monitor.model.openvino_backbone import lite0_nodes
+
+    c = scorer.config
+    why = supported(c)
+    if why:
+        raise GraphUnavailable(why)
+    ov = import_openvino()
+    import openvino.opset13 as ops
+
+    bb = scorer.backbone
+    const = lambda a: ops.constant(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
+    i64 = lambda a: ops.constant(np.asarray(a, dtype=np.int64))  # noqa: E731
+    image = ops.parameter([-1, 1, -1, -1], np.float32, name="image")
+    y = image
+    if c.scale != 1.0:  # as DenseExtractor: size max(32, round(side * scale)), antialiased when shrinking
+        hw = ops.gather(ops.shape_of(y), i64([2, 3]), i64(0))
+        size = ops.convert(ops.maximum(ops.round(ops.multiply(ops.convert(hw, "f32"), const(c.scale)),
+                                                 "half_to_even"), const(32)), "i64")
+        y = ops.interpolate(y, size, "bilinear_pillow" if c.scale < 1 else "linear_onnx", "sizes",
+                            coordinate_transformation_mode="half_pixel", antialias=c.scale < 1, axes=i64([2, 3]))
+    if c.pad:
+        y = ops.pad(y, i64([0, 0, c.pad, c.pad]), i64([0, 0, c.pad, c.pad]), "reflect")
+    y = ops.divide(ops.subtract(y, const(bb.mean.cpu().numpy().reshape(1, 3, 1, 1))),
+                   const(bb.std.cpu().numpy().reshape(1, 3, 1, 1)))
+    maps = lite0_nodes(ops, y, bb.net, c.layers)
+    finest = min(c.layers, key=lambda n: bb.info(n).stride)
+    parts = {}
+    for name in c.layers:
+        f, q = maps[name], c.pad // bb.info(name).stride
+        if q:
+            f = ops.slice(f, i64([q, q]), i64([-q, -q]), i64([1, 1]), i64([2, 3]))
+        if c.aggregate > 1:
+            a = c.aggregate // 2
+            f = ops.avg_pool(f, [1, 1], [a, a], [a, a], [c.aggregate] * 2, exclude_pad=True)
+        parts[name] = f
+    grid = ops.gather(ops.shape_of(parts[finest]), i64([2, 3]), i64(0))
+    feats = ops.concat([parts[n] if n == finest else
+                        ops.interpolate(parts[n], grid, "linear_onnx", "sizes", axes=i64([2, 3]),
+                                        coordinate_transformation_mode="half_pixel")
+                        for n in c.layers], 1)
+    mean, comps, scale = (getattr(scorer, n).double().cpu().numpy() for n in ("mean", "components", "scale"))
+    proj = comps / scale  # (C, r)
+    z = ops.convolution(feats, const(proj.T[:, :, None, None]), [1, 1], [0, 0], [0, 0], [1, 1])
+    z = ops.add(z, const((-(mean @ proj)).reshape(1, -1, 1, 1)))
+    words = scorer.words.double().cpu().numpy()  # (k, r)
+    # cells as rows: (N, n, r) x (r, k) -> (N, n, k), the minimum over the last (contiguous) axis
+    zs = ops.transpose(ops.reshape(z, i64([0, 0, -1]), special_zero=True), i64([0, 2, 1]))
+    d2 = ops.add(ops.matmul(zs, const(-2 * words.T), False, False), const((words * words).sum(1)[None, None]))
+    z2 = ops.reduce_sum(ops.multiply(zs, zs), i64([2]), keep_dims=True)  # (N, n, 1)
+    if c.m == 1:
+        near = ops.reduce_min(d2, i64([2]), keep_dims=True)
+    else:
+        near = ops.topk(d2, i64(c.m), 2, "min", "value").output(0)
+    dist = ops.sqrt(ops.maximum(ops.add(near, z2), const(0)))
+    dist = ops.reduce_mean(dist, i64([2]), keep_dims=False) if c.m > 1 else ops.squeeze(dist, i64([2]))
+    out = ops.reshape(dist, ops.concat([ops.gather(ops.shape_of(z), i64([0]), i64(0)), grid], 0), False,
+                      name="distances")  # (N, h, w)
+    return ov.Model([out], [image], "patch_dictionary")
+
+
+def cell_of(scorer) -> float:
+    """Image pixels per grid cell of a dense torch scorer."""
+    return min(scorer.backbone.info(n).stride for n in scorer.config.layers) / scorer.config.scale
+
+
+def compile_graph(model, threads: int | None = None, precision: str = "f32"):
+    ov = import_openvino()
+    props = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        props["INFERENCE_NUM_THREADS"] = int(threads)
+    return ov.Core().compile_model(model, "CPU", props), ov.get_version()
+
+
+def check(scorer, image: np.ndarray):
+    """Build the graph of the fitted torch ``scorer`` and check it against the scorer on ``image`` (as the scorer
+    takes it); returns (the ``openvino.Model``, its ``model.json`` entry), or None (logged) when the configuration
+    has no graph or the graph disagrees: the model is then saved without one and needs torch to score."""
+    try:
+        model = build(scorer)
+    except (GraphUnavailable, ImportError) as exc:
+        log.warning("no inference graph for this model (%s): scoring it needs torch", exc)
+        return None
+    compiled, _ = compile_graph(model)
+    got = np.asarray(compiled({0: image[None, None].astype(np.float32)})[0])[0]
+    want = _raw_distances(scorer, scorer.extract(image))
+    worst = float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-12)) if got.shape == want.shape \
+        else float("inf")
+    if not worst <= TOLERANCE:
+        log.error("the inference graph's distances differ from torch's by %.2g of their range (allowed %.0e); "
+                  "the model is saved without it and needs torch to score", worst, TOLERANCE)
+        return None
+    log.info("inference graph checked: its distances match torch's within %.2g of their range on a %dx%d image",
+             worst, image.shape[1], image.shape[0])
+    return model, {"xml": XML, "bin": BIN, "cell": cell_of(scorer), "checked_difference": float(f"{worst:.3g}"),
+                   "checked_shape": [int(v) for v in image.shape]}
+
+
+def serialize(model) -> dict[str, bytes]:
+    """The IR files of ``model`` (name -> content), for ``artifact.save_artifact``."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        import_openvino().save_model(model, str(Path(tmp) / XML), compress_to_fp16=False)
+        return {XML: (Path(tmp) / XML).read_bytes(), BIN: (Path(tmp) / BIN).read_bytes()}
+
+
+def _raw_distances(scorer, grid) -> np.ndarray:
+    """The torch scorer's distances before the border calibration."""
+    from monitor.model.scorers.patch_dictionary import nearest_distances
+
+    f = grid.features.reshape(-1, grid.features.shape[-1])
+    return nearest_distances(scorer.project(f), scorer.words, scorer.config.m).reshape(grid.grid_shape).cpu().numpy()
+
+
+class CpuDevice:
+    """Where a graph scorer runs, as the daemon asks a torch device (``.type``)."""
+
+    type = "cpu"
+
+    def __str__(self) -> str:
+        return "cpu"
+
+
+class GraphScorer(Scorer):
+    """A fitted patch-dictionary model scored through its inference graph (no torch)."""
+
+    method = "patch_dictionary"
+
+    def __init__(self, config: PatchDictionaryConfig, entry: dict, arrays: dict[str, np.ndarray], directory: Path,
+                 threads: int | None = None, precision: str = "f32"):
+        ov = import_openvino()
+        self.config = config
+        self.cell = float(entry["cell"])
+        model = ov.Core().read_model(str(Path(directory) / entry["xml"]), str(Path(directory) / entry["bin"]))
+        self.precision = precision
+        self.compiled, self.version = compile_graph(model, threads, precision)
+        self._request = self.compiled.create_infer_request()
+        empty = np.zeros(0, np.float32)
+        self.border_offset = np.asarray(arrays.get("border_offset", empty), np.float32)
+        self.border_gain = np.asarray(arrays.get("border_gain", empty), np.float32)
+        self.device = CpuDevice()
+
+    def use_runtime(self, runtime: str) -> str:
+        return "openvino"
+
+    def score(self, image: np.ndarray) -> ScoreResult:
+        return self.score_batch([image])[0]
+
+    def score_batch(self, images: Sequence[np.ndarray]) -> list[ScoreResult]:
+        if len({im.shape for im in images}) > 1:
+            return [r for im in images for r in self.score_batch([im])]
+        t0 = time.perf_counter()
+        x = np.stack([np.asarray(im, np.float32) for im in images])[:, None]
+        d = np.array(self._request.infer({0: x})[0])  # the request's output buffer is reused: copied out
+        t1 = time.perf_counter()
+        out = []
+        for i, im in enumerate(images):
+            ta = time.perf_counter()
+            s = calibrated(d[i], self.border_offset, self.border_gain, self.config.border_rings)
+            amap = dense_map(s, im.shape, self.cell, self.config.sigma)
+            out.append(ScoreResult(amap, s, float(amap.max()),
+                                   {"graph": (t1 - t0) / len(images), "map": time.perf_counter() - ta}))
+        return out
+
+    def fit(self, images, progress=None) -> None:
+        raise GraphUnavailable("a model loaded for scoring cannot be fitted again; fit a new one")
+
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        raise GraphUnavailable("a model loaded through its inference graph is not saved again; copy its directory")
