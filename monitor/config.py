@@ -42,7 +42,7 @@ class ModelSection:
     method: str = "patch_dictionary"
     device: str = "auto"
     runtime: str = "auto"  # the CPU forward pass: auto (OpenVINO when installed, else torch) | openvino | torch
-    precision: str = "f32"  # the inference graph's arithmetic on the CPU: f32 | bf16 (graph.PRECISIONS)
+    precision: str = "auto"  # the inference graph's arithmetic on the CPU: auto | f32 | bf16 (methods.PRECISIONS)
     normalize: bool = True  # intensities brought to the training images' before the features (quality.normalize)
     clip: tuple[float, ...] = (0.15, 0.85)  # ... and clipped to these quantiles of theirs ([0, 1]: not clipped)
     patch_dictionary: PatchDictionaryConfig = field(default_factory=PatchDictionaryConfig)

@@ -21,7 +21,7 @@ MAP_TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def graph(saved_model):
-    return Model.load(saved_model, "cpu")
+    return Model.load(saved_model, "cpu", precision="f32")
 
 
 def test_a_fitted_model_carries_its_graph_with_hashes(saved_model):
@@ -43,6 +43,18 @@ def test_the_graph_scores_like_the_torch_scorer(graph, saved_model, defect_sampl
         assert np.abs(a.result.anomaly_map - b.result.anomaly_map).max() <= MAP_TOLERANCE * scale
         assert a.verdict == b.verdict and a.report.coverage == pytest.approx(b.report.coverage, abs=2e-4)
         assert len(a.report.defects) == len(b.report.defects)
+
+
+@needs_fit
+def test_bf16_keeps_the_verdicts_and_the_maps_within_a_few_percent_of_the_threshold(graph, saved_model):
+    """bfloat16 products (where the CPU has them; f32 elsewhere, then this holds trivially)."""
+    bf16 = Model.load(saved_model, "cpu", precision="bf16")
+    th = graph.threshold.value
+    for seed in range(4):
+        img = defective_image(SHAPE, kinds=("bead", "film", "clot"), seed=20 + seed)[0]
+        a, b = bf16.inspect(img), graph.inspect(img)
+        assert np.abs(a.result.anomaly_map - b.result.anomaly_map).max() <= 0.05 * th
+        assert a.verdict == b.verdict and a.report.coverage == pytest.approx(b.report.coverage, abs=0.01)
 
 
 def test_a_batch_through_the_graph_is_its_images_one_by_one(graph):
@@ -77,7 +89,7 @@ def test_scoring_through_the_graph_imports_no_torch(saved_model, defect_sample, 
     code = NO_TORCH + f"""
 import json, numpy as np
 from monitor.model.model import Model
-m = Model.load({str(saved_model)!r}, "auto")
+m = Model.load({str(saved_model)!r}, "auto", precision="f32")
 r = m.inspect(np.load({str(tmp_path / 'img.npy')!r}))
 print(json.dumps({{"verdict": r.verdict, "coverage": r.report.coverage, "runtime": m.runtime,
                   "loaded": sorted(k for k in sys.modules if k.split('.')[0] in ('torch', 'torchvision', 'sklearn')

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 METHOD_NAMES = ("patch_dictionary", "ssim_autoencoder", "dfr", "piade")  # model.method
 RUNTIMES = ("auto", "openvino", "torch")  # where the CPU forward pass runs (see openvino_backbone.py)
-# the inference graph's arithmetic on the CPU (graph.py): float32, or bfloat16 products with float32 sums (Intel AMX
-# and AVX-512 BF16; OpenVINO computes in float32 where the CPU has neither)
-PRECISIONS = ("f32", "bf16")
+# the inference graph's arithmetic on the CPU (graph.py): auto (bf16 where the CPU computes it natively: Intel AMX or
+# AVX-512 BF16; else f32), f32, or bf16 (bfloat16 products, float32 sums)
+PRECISIONS = ("auto", "f32", "bf16")
 MODES = ("dense", "crop")  # patch_dictionary.mode: features of the whole image, or of each patch (the paper)
 DICTIONARIES = ("kmeans", "coreset")
 
@@ -47,6 +47,11 @@ class PatchDictionaryConfig:
     max_fit_patches: int = 200_000
     sigma: float = 4.0
     border_rings: int = 2  # outer grid rings whose scores get a gain and offset per side and corner (--val; 0 = none)
+    # the coarse-to-fine search (m = 1, with --val): each cell first against the coarse_words words most often
+    # nearest on the training images, then against all words where that distance is over the coarse_quantile of the
+    # validation images' cells' distances (0 words: every cell against every word)
+    coarse_words: int = 512
+    coarse_quantile: float = 0.8
     seed: int = 0
 
     def __post_init__(self):
@@ -57,6 +62,10 @@ class PatchDictionaryConfig:
             raise ValueError(f"dictionary must be one of {', '.join(DICTIONARIES)}, got {self.dictionary!r}")
         if not 0 < self.pca_variance <= 1:
             raise ValueError(f"pca_variance must be in (0, 1], got {self.pca_variance}")
+        if self.coarse_words < 0:
+            raise ValueError(f"coarse_words must be >= 0, got {self.coarse_words}")
+        if not 0 < self.coarse_quantile < 1:
+            raise ValueError(f"coarse_quantile must be in (0, 1), got {self.coarse_quantile}")
         if self.border_rings < 0:
             raise ValueError(f"border_rings must be >= 0, got {self.border_rings}")
         for key in ("k", "m", "n_init", "max_fit_patches"):

@@ -250,7 +250,7 @@ class Model:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, device: str = "auto", expect: dict | None = None,
-             runtime: str = "auto", precision: str = "f32") -> "Model":
+             runtime: str = "auto", precision: str = "auto") -> "Model":
         """Load a model; ``expect`` (e.g. {"backbone": ..., "mode": ...}) must match the model's configuration;
         ``runtime``: where the CPU forward pass runs: the model's inference graph (``graph.py``) unless "torch" or
         the model has none, else ``Backbone.use_runtime``; ``precision``: the graph's arithmetic."""

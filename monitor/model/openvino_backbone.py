@@ -44,12 +44,16 @@ def _fold(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> tuple[np.ndarray, 
     return w.detach().float().numpy(), b.detach().float().numpy()
 
 
-def lite0_nodes(ops, x, net, layers) -> dict:
+def lite0_nodes(ops, x, net, layers, gray: bool = False) -> dict:
     """The OpenVINO nodes of ``layers`` of the EfficientNet-Lite0 ``net`` (a torch module, batch norms folded into
-    the convolutions) applied to the node ``x`` (N, 3, H, W), normalised input."""
+    the convolutions) applied to the node ``x`` (N, 3, H, W), normalised input. ``gray``: ``x`` is (N, 1, H, W), the
+    one channel the three would repeat; the stem then sums its filters over the three (the same sums, without
+    writing the image three times)."""
 
     def conv(y, module, bn, act=True, groups=1):
         w, b = _fold(module, bn)
+        if gray and module is net._conv_stem:
+            w = w.sum(axis=1, keepdims=True)
         s = module.stride
         if groups > 1:
             w = w.reshape(groups, w.shape[0] // groups, w.shape[1], *w.shape[2:])

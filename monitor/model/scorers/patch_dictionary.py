@@ -29,7 +29,8 @@ from monitor.model.methods import PatchDictionaryConfig
 
 from .base import QUIET, Progress, Scorer, ScoreResult, Tick
 
-STATE_ARRAYS = ("mean", "components", "scale", "words", "border_offset", "border_gain")
+STATE_ARRAYS = ("mean", "components", "scale", "words", "border_offset", "border_gain", "coarse_words", "coarse_limit")
+OPTIONAL_ARRAYS = ("border_offset", "border_gain", "coarse_words", "coarse_limit")  # older models lack them
 
 
 def resolve_device(device: str) -> torch.device:
@@ -162,8 +163,13 @@ class PatchDictionary(Scorer):
         # per border zone, once calibrated (empty = none): score -> gain * score + offset
         self.border_offset = torch.zeros(0, device=self.device)  # (4 * border_rings + 1,)
         self.border_gain = torch.zeros(0, device=self.device)  # (4 * border_rings + 1,)
+        # the coarse search (``coarse_words`` > 0): the indices of the words most often nearest, and the distance
+        # over which a cell is searched among all words (empty: every cell against every word)
+        self.coarse_words = torch.zeros(0, dtype=torch.long, device=self.device)
+        self.coarse_limit = torch.zeros(0, device=self.device)
         self._w2: torch.Tensor | None = None  # the words' squared norms, once scored
         self._nn_buf: torch.Tensor | None = None  # the nearest-word search's block, allocated at the first image
+        self._coarse: tuple | None = None  # the coarse words, their squared norms and their search block
 
     # ---------------------------------------------------------------------------------------------------- features
     def use_runtime(self, runtime: str) -> str:
@@ -243,20 +249,40 @@ class PatchDictionary(Scorer):
             words = z[greedy_coreset(z, c.k, c.seed, tick=tick)]
         self.mean, self.components, self.scale = mean.float(), comps.float(), scale.float()
         self.words = words.float().contiguous()
-        self._w2 = None
+        self._w2 = self._coarse = None
         self.border_offset = self.border_gain = torch.zeros(0, device=self.device)
+        self.coarse_limit = torch.zeros(0, device=self.device)
+        self.coarse_words = self._most_used(z, c.coarse_words, c.seed)
 
+    def _most_used(self, z: torch.Tensor, n: int, seed: int, sample: int = 50_000) -> torch.Tensor:
+        """The ``n`` words that are nearest to the most of (a seeded sample of) the training rows ``z``, in index
+        order; empty when ``n`` is 0 or not fewer than the words."""
+        if not n or n >= len(self.words) or self.config.m != 1:
+            return torch.zeros(0, dtype=torch.long, device=self.device)
+        g = torch.Generator(device="cpu").manual_seed(seed + 1)
+        rows = z[torch.randperm(len(z), generator=g)[:sample].to(z.device)]
+        w2 = (self.words * self.words).sum(1)
+        nearest = torch.cat([torch.addmm(w2, part, self.words.T, alpha=-2).argmin(1) for part in rows.split(1024)])
+        counts = torch.bincount(nearest, minlength=len(self.words)).double()
+        counts -= torch.arange(len(self.words), device=counts.device) * 1e-9  # ties: the lower index
+        return torch.sort(torch.topk(counts, n).indices).values
     def calibrate(self, images: Sequence[np.ndarray], progress: Progress = QUIET) -> None:
         """Fit the border-zone offsets on defect-free images that did not build the dictionary (validation)."""
         R = self.config.border_rings
         self.border_offset = self.border_gain = torch.zeros(0, device=self.device)
-        if R == 0 or not images:
+        self.coarse_limit = torch.zeros(0, device=self.device)  # every word searched while calibrating
+        if not images:
             return
         tick = progress.phase("calibration", len(images), "images")
         n_zones = 4 * R + 2  # the last: the interior
         n, s1, s2 = np.zeros(n_zones), np.zeros(n_zones), np.zeros(n_zones)
+        raw = []
         for img in images:
             s = self.patch_scores(self.extract(img)).astype(np.float64)
+            raw.append(s.ravel())
+            if R == 0:
+                tick(1)
+                continue
             if min(s.shape) <= 2 * R:
                 raise ValueError(f"border calibration needs a grid larger than {2 * R} cells each way, "
                                  f"got {s.shape[1]}x{s.shape[0]}; lower border_rings")
@@ -265,6 +291,11 @@ class PatchDictionary(Scorer):
             s1 += np.bincount(z, s.ravel(), n_zones)
             s2 += np.bincount(z, s.ravel() ** 2, n_zones)
             tick(1)
+        if len(self.coarse_words):  # the cells of normal images over this quantile are searched among all words
+            limit = np.quantile(np.concatenate(raw), self.config.coarse_quantile)
+            self.coarse_limit = torch.tensor([limit], dtype=torch.float32, device=self.device)
+        if R == 0:
+            return
         mean = s1 / n
         sd = np.sqrt(np.maximum(s2 / n - mean**2, 1e-12))
         gain = np.minimum(sd[-1] / sd[:-1], 1.0)  # damp a zone's wider spread, never amplify
@@ -294,9 +325,27 @@ class PatchDictionary(Scorer):
         z = self.project(f)
         if self._nn_buf is None or self._nn_buf.device != z.device:
             self._nn_buf = torch.empty(NN_CHUNK, len(self.words), device=z.device)  # kept: no per-image allocation
-        d = nearest_distances(z, self.words, self.config.m, self._w2, self._nn_buf).reshape(grid.grid_shape)
+        if len(self.coarse_limit):
+            d = self._coarse_to_fine(z)
+        else:
+            d = nearest_distances(z, self.words, self.config.m, self._w2, self._nn_buf)
+        d = d.reshape(grid.grid_shape)
         return calibrated(d.cpu().numpy(), self.border_offset.cpu().numpy(), self.border_gain.cpu().numpy(),
                           self.config.border_rings)
+
+    def _coarse_to_fine(self, z: torch.Tensor) -> torch.Tensor:
+        """Each cell's distance to its nearest word among the ``coarse_words`` most used, then among all words
+        for the cells where that is over ``coarse_limit``: exact over the limit (where defects and the threshold
+        are), an upper bound under it (a cell of a normal image is over it in 1 - ``coarse_quantile`` of cases)."""
+        if self._coarse is None:
+            ws = self.words[self.coarse_words].contiguous()
+            self._coarse = (ws, (ws * ws).sum(1), torch.empty(NN_CHUNK, len(ws), device=z.device))
+        ws, ws2, buf = self._coarse
+        d = nearest_distances(z, ws, 1, ws2, buf)
+        sel = torch.nonzero(d > self.coarse_limit[0]).squeeze(1)
+        if len(sel):
+            d[sel] = nearest_distances(z[sel], self.words, 1, self._w2, self._nn_buf)
+        return d
 
     def score(self, image: np.ndarray) -> ScoreResult:
         return self.score_batch([image])[0]
@@ -334,7 +383,7 @@ class PatchDictionary(Scorer):
         obj = cls(cfg, device)
         obj.backbone.check_weights(meta["backbone_sha256"])
         for name in STATE_ARRAYS:
-            if name in arrays or not name.startswith("border_"):  # older models lack them: uncalibrated / gain 1
+            if name in arrays or name not in OPTIONAL_ARRAYS:  # older models lack them: uncalibrated, gain 1, exact
                 setattr(obj, name, torch.from_numpy(np.asarray(arrays[name])).to(obj.device))
         if len(obj.border_offset) not in (0, cfg.border_rings, 4 * cfg.border_rings + 1):
             raise ValueError(f"border_offset has {len(obj.border_offset)} entries, the configuration's "
