@@ -66,6 +66,7 @@ LINES ?=
 LINE ?= line1
 DESTDIR ?=
 DEPS_FROM ?=
+EXTRAS ?=
 install-service uninstall-service:
 	PREFIX='$(PREFIX)' EXPORT='$(EXPORT)' LINES='$(LINES)' LINE='$(LINE)' DESTDIR='$(DESTDIR)' \
-	  DEPS_FROM='$(DEPS_FROM)' PY='$(PY)' systemd/install.sh $(if $(filter uninstall-service,$@),uninstall,install)
+	  DEPS_FROM='$(DEPS_FROM)' EXTRAS='$(EXTRAS)' PY='$(PY)' systemd/install.sh $(if $(filter uninstall-service,$@),uninstall,install)

@@ -92,7 +92,7 @@ def run(name: str, python: str, code: str, model: str, images: list[Path]) -> di
             proc.terminate()
             proc.wait(60)
             sock.close()
-        venv = Path(python).resolve().parent.parent
+        venv = Path(python).absolute().parent.parent  # the link, not the interpreter it points at
         du = subprocess.run(["du", "-sm", str(venv)], capture_output=True, text=True).stdout.split()[0]
         return {"start_to_ready_s": round(ready, 2), "rss_at_ready_mb": ready_rss,
                 "images": len(images), "images_judged_s": round(burst, 1),

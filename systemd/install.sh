@@ -6,8 +6,10 @@
 #   LINES     "line1 line2": one monitor@LINE instance each (configuration /etc/sem-line-monitor/LINE.yaml);
 #             empty: one monitor.service (/etc/sem-line-monitor/config.yaml) for the line named LINE (default line1)
 #   DESTDIR   a scratch root to install into instead of / (no user, no chown, no systemctl; for tests and packaging)
+#   EXTRAS    empty: the line PC's runtime (scoring, the daemon, the page: no torch, about 0.5 GB); "fit": also what
+#             fitting and refitting need (torch, torchvision, the backbone's weights, scikit-learn: about 6 GB)
 #   DEPS_FROM a site-packages folder whose packages the new virtualenv uses instead of installing its own
-#             (tests: saves the 5 GB torch install); empty: pip installs the tested set (constraints.txt)
+#             (tests); empty: pip installs the tested set (constraints.txt)
 #   PY        the Python that makes the virtualenv (default python3.11)
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -61,7 +63,7 @@ if [ -n "${DEPS_FROM:-}" ]; then
     echo "$DEPS_FROM" > "$site/sem-line-monitor-deps.pth"
     say "dependencies from $DEPS_FROM"
 else
-    $pip install -c "$here/constraints.txt" "$here"
+    $pip install -c "$here/constraints.txt" "$here${EXTRAS:+[$EXTRAS]}"
 fi
 "$root$prefix/.venv/bin/python" -m monitor --version
 

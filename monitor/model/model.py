@@ -56,7 +56,7 @@ class ModelMeta:
     image_shape: list[int] | None = None  # [H, W] of the first training image (the warm-up image)
     quality: dict | None = None  # ``quality.reference`` (0.4.0 on)
     fibres: dict | None = None  # ``fibres.reference`` of the training images (after 0.4.0)
-    graph: dict | None = None  # the inference graph's entry (``graph.check``; 0.5.0 on, dense patch dictionary)
+    graph: dict | None = None  # the inference graph's entry (``graph.check``; after 0.4.0, dense patch dictionary)
     drift_reference: dict | None = None  # the validation images' score levels (0.3.0 on)
     fitted_on: dict | None = None  # ``mismatch.fitted_on`` (0.3.0 on)
     training_images: list[str] = field(default_factory=list)
