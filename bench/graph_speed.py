@@ -4,15 +4,17 @@ model's inference graph (f32 and bf16, with the model's coarse-to-fine search), 
     .venv/bin/python bench/graph_speed.py --model MODEL_DIR [--images DIR ...] [--limit 20] [--rounds 3]
 
 Per path, model loaded: start (load, compile, the warm-up image), then per image read + judge (score, defects:
-``Model.inspect``), p50 and p95 over the images and rounds; in each round every path scores all the images in turn
-(a path's caches stay its own while it runs, as in the daemon; the rounds spread the shared machine's moods over
-all paths). Also the largest difference of each path's maps from the 0.4.0 path's (relative to the threshold),
-and the verdicts and coverages that differ.
+``Model.inspect``), p50 and p95 over the images and rounds; in each round every path is loaded, scores all the
+images and is let go before the next (one model in the process at a time, as in the daemon: two compiled OpenVINO
+models keep two thread pools busy on the same cores; the rounds spread the shared machine's moods over all paths).
+Also the largest difference of each path's maps from the 0.4.0 path's (relative to the threshold), and the verdicts
+and coverages that differ.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import time
@@ -46,24 +48,27 @@ def main() -> None:
     a = ap.parse_args()
     paths = list_images(a.images)[: a.limit]
     names = a.paths.split(",")
-    models, start = {}, {}
-    for n in names:
-        t = time.perf_counter()
-        models[n] = load(a.model, n)
-        models[n].inspect(read_image(paths[0]))
-        start[n] = time.perf_counter() - t
+    start = {}
     times = {n: [] for n in names}
     results = {n: [] for n in names}
+    threshold = None
     for r in range(a.rounds):
-        for n, m in models.items():
+        for n in names:
+            t = time.perf_counter()
+            m = load(a.model, n)
+            m.inspect(read_image(paths[0]))
+            start.setdefault(n, time.perf_counter() - t)
+            threshold = m.threshold.value
             for p in paths:
                 t = time.perf_counter()
                 ins = m.inspect(read_image(p))
                 times[n].append(time.perf_counter() - t)
                 if r == 0:
                     results[n].append(ins)
+            del m
+            gc.collect()
     ref = results[names[0]]
-    th = models[names[0]].threshold.value
+    th = threshold
     rows = {}
     for n in names:
         diff = max(float(np.abs(r.result.anomaly_map - q.result.anomaly_map).max()) for r, q in zip(results[n], ref))
