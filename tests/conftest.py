@@ -27,7 +27,7 @@ os.environ["PATH"] = f"{ROOT / '.tools' / 'root' / 'usr' / 'bin'}{os.pathsep}{os
 # small and fast, same code path as the default: real pretrained weights, dense mode. 3x3 aggregation as in the
 # demo: on the synthetic mats it separates defects from clean images far better than the NanoTWICE default's none
 # (bench: median defect/clean coverage ratio 87 vs 7.7), while on real SEM images none is better (README)
-SMALL = PatchDictionaryConfig(k=512, aggregate=3)
+SMALL = PatchDictionaryConfig(k=512, aggregate=3, coarse_words=128)  # the coarse search on, as by default
 # the synthetic mats' ends are clipped already (over 5% of their pixels at 0 and at 1): the default 15%/85% clip of
 # the normalisation (model.clip) would cut into the fibres themselves, so the test models clip nothing
 SYNTH_CLIP = (0.0, 1.0)

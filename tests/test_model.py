@@ -245,3 +245,23 @@ def test_the_metadata_is_typed_and_round_trips_through_model_json(fitted_model, 
     old = ModelMeta.from_json({"method": "patch_dictionary", "future_key": 1, "training_sha256": None})
     assert old.fitted_on is None and old.training_images == old.training_sha256 == []
     assert not hasattr(old, "future_key")
+
+
+def test_the_coarse_search_is_exact_over_its_limit_and_an_upper_bound_under_it(fitted_model, defect_sample):
+    """The coarse-to-fine search against every cell against every word, on a defect image: cells over the limit
+    get the exact distance (the defects, the threshold), the others at most the limit and never less than exact."""
+    import copy
+
+    sc = fitted_model.scorer
+    assert len(sc.coarse_words) == sc.config.coarse_words < len(sc.words)
+    assert len(sc.coarse_limit) == 1
+    exact = copy.copy(sc)
+    exact.coarse_limit = sc.coarse_limit[:0]
+    grid = sc.extract(fitted_model.prepare(defect_sample[0]))
+    a, b = sc.patch_scores(grid), exact.patch_scores(grid)
+    limit = float(sc.coarse_limit[0])
+    over = b > limit * 1.001
+    assert over.any() and (~over).any()
+    assert np.allclose(a[over], b[over], rtol=1e-5)
+    assert (a >= b - 1e-4).all() and (a[~over] <= limit * 1.001).all()
+    assert 0.05 < (a != b).mean() < 0.95  # the coarse search did skip words for part of the cells
