@@ -27,7 +27,7 @@ demo: $(BIN)/.installed
 SLIM_TESTS := tests/test_slim.py tests/test_graph.py tests/test_daemon.py tests/test_install.py
 test: $(BIN)/.installed $(SLIM)/.installed tools
 	$(BIN)/ruff check monitor tests bench
-	$(BIN)/python -m pytest -q -n 3
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile
 	rm -rf .slim-models && $(BIN)/python -m tests.slim_model .slim-models >/dev/null
 	MONITOR_TEST_MODEL=$(CURDIR)/.slim-models $(SLIM)/bin/python -m pytest -q -n 3 -p no:cacheprovider $(SLIM_TESTS)
 

@@ -33,9 +33,20 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from throughput import drop, start, wait_done  # noqa: E402
+
+def _throughput():
+    """bench/throughput.py by its path: bench/ on sys.path would shadow the standard library's ``profile`` with
+    bench/profile.py for whatever imports it later in the process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_throughput", ROOT / "bench" / "throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+drop, start, wait_done = (getattr(_throughput(), n) for n in ("drop", "start", "wait_done"))
 
 from monitor.commands.evaluate import load_dataset, percentiles  # noqa: E402
 

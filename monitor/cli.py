@@ -20,15 +20,13 @@ import numpy as np
 
 from monitor import __version__
 from monitor.commands.fit import bar, fit_model
-from monitor.commands.install import InstallError
 from monitor.config import Config, ConfigError, in_export, load_config
-from monitor.daemon.metrics import MetricsError
-from monitor.extras import MissingExtra, need_torch
+from monitor.errors import MonitorError
+from monitor.extras import need_torch
 from monitor.files import shown
 from monitor.ledger import LedgerError
-from monitor.model.artifact import ArtifactError
 from monitor.model.images import ImageError, list_images, read_image
-from monitor.model.methods import METHOD_NAMES, BackboneError
+from monitor.model.methods import METHOD_NAMES
 from monitor.passwords import ITERATIONS
 from monitor.times import iso_time, parse_duration
 
@@ -57,8 +55,11 @@ def cmd_fit(args) -> int:
     model, model_id, secs = fit_model(cfg, normal, val, Path(args.out), args.quiet)
     th = model.threshold
     print(json.dumps({"model_id": model_id, "out": str(args.out), "fit_seconds": round(secs, 2),
-                      "n_normal": len(normal), "n_val": len(val),
+                      "n_normal": len(normal), "n_val": len(val), "inference_graph": model.meta.graph is not None,
                       "threshold": None if th is None else th.to_dict()}, indent=2))
+    if model.meta.graph is None:
+        print("monitor: warning: the model has no inference graph (see the log above): scoring it needs torch, "
+              "the [fit] extra, not the line PC's install", file=sys.stderr)
     return 0
 
 
@@ -342,7 +343,7 @@ def cmd_label(args) -> int:
                 lab = ledger.label(row.id, "false_alarm" if args.false_alarm else "confirmed",
                                    args.by or os.environ.get("SUDO_USER") or getpass.getuser(), args.note or "", "cli")
         except (LookupError, LabelError) as exc:
-            raise ConfigError(f"label {args.image}: {exc}") from None
+            raise LabelError(f"label {args.image}: {exc}") from None
     finally:
         ledger.close()
     print(json.dumps({**lab.to_dict(), "at": iso_time(lab.at), "image": row.path, "verdict": row.verdict}))
@@ -388,15 +389,12 @@ def _lifecycle(res: dict, what: str) -> int:
 
 def cmd_refit(args) -> int:
     need_torch("monitor refit (it fits a candidate model)")
-    from monitor.commands.refit import RefitError, inside_export, refit, render, write_report
+    from monitor.commands.refit import inside_export, refit, render, write_report
 
     cfg = _load_cfg(args)
-    try:
-        if args.report:
-            inside_export(Path(args.report), cfg, "--report")
-        report = refit(cfg, args.recent, Path(args.out) if args.out else None, args.apply, args.seed, args.quiet)
-    except RefitError as exc:
-        raise ConfigError(f"refit: {exc}") from None
+    if args.report:
+        inside_export(Path(args.report), cfg, "--report")
+    report = refit(cfg, args.recent, Path(args.out) if args.out else None, args.apply, args.seed, args.quiet)
     path = Path(args.report) if args.report else Path(report["candidate_dir"]) / "refit.json"
     write_report(report, path)
     print(render(report))
@@ -588,8 +586,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _warning_line
     try:
         return args.func(args)
-    except (ConfigError, ArtifactError, BackboneError, ImageError, LedgerError, MetricsError, InstallError,
-            MissingExtra, FileNotFoundError) as exc:
+    except MonitorError as exc:  # what the user can act on: one line, its exit code
+        print(f"monitor: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except FileNotFoundError as exc:
         print(f"monitor: error: {exc}", file=sys.stderr)
         return 2
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from monitor.errors import MonitorError
 from monitor.model.defects import DefectConfig
 from monitor.model.fibres import FibreConfig
 from monitor.model.images import ImageLimits
@@ -32,7 +33,7 @@ from monitor.passwords import parse_hash
 from monitor.times import parse_duration
 
 
-class ConfigError(ValueError):
+class ConfigError(MonitorError, ValueError):
     pass
 
 
@@ -42,7 +43,7 @@ class ModelSection:
     method: str = "patch_dictionary"
     device: str = "auto"
     runtime: str = "auto"  # the CPU forward pass: auto (OpenVINO when installed, else torch) | openvino | torch
-    precision: str = "auto"  # the inference graph's arithmetic on the CPU: auto | f32 | bf16 (methods.PRECISIONS)
+    precision: str = "f32"  # the inference graph's arithmetic on the CPU: f32 | bf16 | auto (methods.PRECISIONS)
     normalize: bool = True  # intensities brought to the training images' before the features (quality.normalize)
     clip: tuple[float, ...] = (0.15, 0.85)  # ... and clipped to these quantiles of theirs ([0, 1]: not clipped)
     patch_dictionary: PatchDictionaryConfig = field(default_factory=PatchDictionaryConfig)

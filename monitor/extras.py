@@ -8,10 +8,12 @@ from __future__ import annotations
 import importlib.util
 import os
 
+from monitor.errors import MonitorError
+
 FIT = "sem-line-monitor[fit]"
 
 
-class MissingExtra(RuntimeError):
+class MissingExtra(MonitorError, RuntimeError):
     """This installation lacks the packages a command needs."""
 
 

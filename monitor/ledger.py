@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from monitor.errors import MonitorError
 from monitor.files import shown
 
 # 2: operator labels (the labels table); 3: the meta table (watch.backlog's moment); older ledgers are upgraded in
@@ -139,7 +140,7 @@ NOTE_CHARS = 500  # the longest note a label keeps
 WHO_CHARS = 80
 
 
-class LabelError(ValueError):
+class LabelError(MonitorError, ValueError):
     """A label that cannot be given (no such result, not scored, a false alarm on an image that raised none)."""
 
 
@@ -161,7 +162,7 @@ def check_label(row: "Row | None", kind: str, who: str, note: str) -> None:
     if any(not c.isprintable() and c not in "\n\t" for c in note):
         raise LabelError("the note must not hold control characters")
 
-class LedgerError(RuntimeError):
+class LedgerError(MonitorError, RuntimeError):
     pass
 
 

@@ -141,3 +141,54 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     rep.sections = [(title, text.encode("utf-8", "backslashreplace").decode("utf-8")) for title, text in rep.sections]
+
+
+@pytest.fixture
+def new_daemon(tmp_path, saved_model):
+    """Daemons on the suite's small model, stopped at the end: ``new_daemon(process=False, **sections)``."""
+    from tests.daemon import Daemon, InProcessDaemon
+
+    started = []
+
+    def make(process: bool = False, **sections) -> "Daemon":
+        """In this process unless the test is about the process (signals, exit codes, a second process)."""
+        d = (Daemon if process else InProcessDaemon)(tmp_path / f"d{len(started)}", saved_model, **sections)
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        if d.alive():
+            d.stop()
+
+
+@pytest.fixture
+def guarded():
+    """A GuardedServer (the results page's and the metrics endpoint's) answering "ok", with short bounds."""
+    from http.server import BaseHTTPRequestHandler
+
+    from monitor.web.server import GuardedServer
+
+    class Ok(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    servers = []
+
+    def make(**bounds) -> int:
+        server = GuardedServer(("127.0.0.1", 0), Ok, name="test", **bounds)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server.server_address[1]
+
+    make.servers = servers
+    yield make
+    for s in servers:
+        s.shutdown()
+        s.server_close()

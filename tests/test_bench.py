@@ -5,6 +5,7 @@ machine), never part of the suite."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -47,14 +48,43 @@ def test_year_on_a_tiny_ledger(tmp_path):
     assert "monitor history (all 2000 rows" in out and "exit 0" in out
 
 
-@pytest.mark.parametrize("script", ["profile.py", "speed.py"])
-def test_timing_scripts_on_two_synthetic_images(script, saved_model, tmp_path):
+def _two_mats(tmp_path) -> list:
     paths = []
     for i in range(2):
         paths.append(tmp_path / f"mat{i}.png")
         cv2.imwrite(str(paths[-1]), to_uint8(fiber_mat((256, 320), seed=200 + i)))
-    out = _run(BENCH / script, "--model", saved_model, "--images", *paths, "--limit", "2")
-    assert out.strip()
+    return paths
+
+
+def _json_of(out: str) -> dict:
+    """The JSON object a script prints (before any trailing words)."""
+    return json.loads(out[out.index("{"): out.rindex("}") + 1])
+
+
+def test_profile_prints_each_stage_of_both_paths(saved_model, tmp_path):
+    got = _json_of(_run(BENCH / "profile.py", "--model", saved_model, "--images", *_two_mats(tmp_path),
+                        "--limit", "2"))
+    assert {"read", "graph", "map", "defects", "overlay", "total"} <= set(got["openvino"])
+    assert {"read", "features", "distances", "map", "defects", "total"} <= set(got["torch"])
+    assert all(v > 0 for row in got.values() for v in row.values())
+    assert got["openvino"]["total"] >= got["openvino"]["graph"]
+
+
+def test_speed_prints_dense_and_extrapolated_crop_times(saved_model, tmp_path):
+    got = _json_of(_run(BENCH / "speed.py", "--model", saved_model, "--images", *_two_mats(tmp_path),
+                        "--limit", "2", "--crop-rows", "32"))
+    assert got["image"] == "320x256" and 0 < got["dense_seconds"]["p50"] <= got["dense_seconds"]["p95"]
+    assert got["crop"]["patches_per_image"] > got["crop"]["strip_patches"] > 0
+    assert got["speedup_dense_p50_vs_crop"] > 1
+
+
+def test_graph_speed_compares_the_paths_and_their_verdicts(saved_model, tmp_path):
+    got = _json_of(_run(BENCH / "graph_speed.py", "--model", saved_model, "--images", *_two_mats(tmp_path),
+                        "--limit", "2", "--rounds", "1"))
+    assert set(got["paths"]) == {"0.4.0", "graph f32", "graph bf16"} and got["images"] == 2
+    for row in got["paths"].values():
+        assert 0 < row["p50_ms"] <= row["p95_ms"] and row["verdicts_changed"] == 0
+    assert got["paths"]["0.4.0"]["max_map_difference_of_threshold"] == 0
 
 
 @pytest.mark.nanotwice

@@ -1,5 +1,6 @@
 """The command line, run as a user runs it (subprocess of the installed console script's module)."""
 
+import functools
 import json
 import subprocess
 import sys
@@ -10,14 +11,10 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from monitor.model.synth import defective_image, fiber_mat, to_uint8
+from tests.commands import monitor as run_monitor
 from tests.conftest import NANOTWICE, ROOT, SHAPE
 
-
-def monitor(*args, check=True):
-    r = subprocess.run([sys.executable, "-m", "monitor", *map(str, args)], capture_output=True, text=True)
-    if check and r.returncode != 0:
-        raise AssertionError(f"monitor {' '.join(map(str, args))} -> {r.returncode}\n{r.stderr}")
-    return r
+monitor = functools.partial(run_monitor, check=True)  # these commands must succeed unless told
 
 
 def test_fit_then_score_with_overlays_and_maps(tmp_path):

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from monitor.model.synth import defective_image, fiber_mat
+from tests.commands import monitor
 from tests.conftest import SHAPE, SYNTH_CLIP, needs_fit
 from tests.daemon import Daemon, png_bytes, wait_for, write_renamed
 
@@ -333,12 +334,10 @@ def test_history_prints_the_ledger(daemon, clean_png):
     write_renamed(daemon.export, "h1.png", clean_png[0])
     daemon.wait_finished(1)
     daemon.stop()
-    r = subprocess.run([sys.executable, "-m", "monitor", "history", "--config", str(daemon.config), "--json",
-                        "--since", "1h"], capture_output=True, text=True, check=True)
+    r = monitor("history", "--config", daemon.config, "--json", "--since", "1h", check=True)
     rows = [json.loads(x) for x in r.stdout.splitlines()]
     assert [os.path.basename(x["path"]) for x in rows] == ["h1.png"] and rows[0]["state"] == "done"
-    r = subprocess.run([sys.executable, "-m", "monitor", "history", "--config", str(daemon.config)],
-                       capture_output=True, text=True, check=True)
+    r = monitor("history", "--config", daemon.config, check=True)
     assert "h1.png" in r.stdout and "done" in r.stdout
 
 
@@ -417,14 +416,12 @@ def test_history_has_an_alarm_column_and_iso_times(daemon, clean_png, defect_png
     write_renamed(daemon.export, "d.png", defect_png)
     daemon.wait_finished(2)
     daemon.stop()
-    r = subprocess.run([sys.executable, "-m", "monitor", "history", "--config", str(daemon.config)],
-                       capture_output=True, text=True, check=True)
+    r = monitor("history", "--config", daemon.config, check=True)
     head, *rows = r.stdout.splitlines()
     assert head.split()[:6] == ["id", "seen", "state", "verdict", "alarm", "coverage"]
     iso = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d"
     by_name = {row.split()[-1]: row for row in rows}
     assert re.match(rf"\s*\d+\s+{iso}\s+done\s+ok\s+-\s", by_name["c.png"]), by_name
     assert re.match(rf"\s*\d+\s+{iso}\s+done\s+defect\s+ALARM\s", by_name["d.png"]), by_name
-    js = subprocess.run([sys.executable, "-m", "monitor", "history", "--config", str(daemon.config), "--json"],
-                        capture_output=True, text=True, check=True).stdout.splitlines()
+    js = monitor("history", "--config", daemon.config, "--json", check=True).stdout.splitlines()
     assert all(re.fullmatch(iso, json.loads(x)["seen"]) for x in js)

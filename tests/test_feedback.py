@@ -8,8 +8,6 @@ import json
 import os
 import re
 import sqlite3
-import subprocess
-import sys
 import time
 import urllib.parse
 
@@ -23,18 +21,14 @@ from monitor.model.images import list_images
 from monitor.model.synth import defective_image, fiber_mat
 from monitor.passwords import MIN_ITERATIONS, hash_password
 from tests import browser
-from tests.conftest import ROOT, SHAPE, SYNTH_CLIP
+from tests.commands import monitor
+from tests.conftest import SHAPE, SYNTH_CLIP
 from tests.daemon import Daemon, png_bytes, wait_for, write_renamed
 from tests.test_web import Page, get
 
 PW = "line 3 writes"
 SMALL = {"patch_dictionary": {"k": 512, "aggregate": 3}, "clip": list(SYNTH_CLIP)}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
-
-
-def monitor(*args, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "monitor", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300, **kw)
 
 
 def write_pngs(folder, images) -> None:

@@ -15,6 +15,7 @@ from monitor.document import ResultDocument
 from monitor.model.fibres import FibreConfig, FibreError, Fibres, measure, reference
 from monitor.model.images import read_image
 from monitor.model.synth import change, known_mat, parse, to_uint8
+from tests.commands import monitor
 from tests.conftest import NANOTWICE
 
 SIZE = (300, 400)
@@ -214,11 +215,6 @@ def test_the_chart_is_nan_until_it_has_enough_images_and_then_compares_to_the_re
 
 
 # ---------------------------------------------------------------------------------------------- monitor measure
-
-
-def monitor(*args):
-    return subprocess.run([sys.executable, "-m", "monitor", *map(str, args)], capture_output=True, text=True,
-                          timeout=120)
 
 
 def test_measure_prints_json_and_draws_the_overlay_a_bad_file_is_reported_and_the_rest_measured(tmp_path):

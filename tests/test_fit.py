@@ -17,6 +17,7 @@ from monitor.model.scorers import PatchDictionaryConfig
 from monitor.model.scorers.base import Progress
 from monitor.model.scorers.patch_dictionary import coreset_picks, greedy_coreset
 from monitor.model.synth import fiber_mat, to_uint8
+from tests.commands import monitor
 from tests.conftest import NANOTWICE, ROOT, SMALL
 
 import_openvino()  # a dependency: its absence fails here (and without its telemetry, see below)
@@ -75,10 +76,8 @@ def test_monitor_fit_shows_each_phase_with_time_left(tmp_path, normal_images, va
     for i, im in enumerate(normal_images[:2]):
         cv2.imwrite(str(tmp_path / f"n{i}.png"), to_uint8(im))
     cv2.imwrite(str(tmp_path / "v.png"), to_uint8(val_images[0]))
-    proc = subprocess.run([sys.executable, "-m", "monitor", "fit", "--normal", str(tmp_path / "n0.png"),
-                           str(tmp_path / "n1.png"), "--val", str(tmp_path / "v.png"), "--out", str(tmp_path / "m"),
-                           "--set", "model.patch_dictionary.k=64"], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300)
+    proc = monitor("fit", "--normal", tmp_path / "n0.png", tmp_path / "n1.png", "--val", tmp_path / "v.png",
+                   "--out", tmp_path / "m", "--set", "model.patch_dictionary.k=64")
     assert proc.returncode == 0, proc.stderr
     for phase in ("read normal", "extraction", "pca", "dictionary", "calibration", "threshold"):
         lines = [ln for ln in proc.stderr.replace("\r", "\n").splitlines() if f": {phase}:" in ln]

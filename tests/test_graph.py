@@ -127,3 +127,34 @@ def test_what_needs_torch_says_so_in_one_line_without_it(saved_model, tmp_path):
         assert out.returncode == 2, (args, out.stderr)
         lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and "needs torch" in lines[0] and "sem-line-monitor[fit]" in lines[0], out.stderr
+
+
+def test_the_graph_must_be_among_the_model_s_hashed_files(saved_model, tmp_path):
+    """model.json cannot point the graph at files its hashes do not cover (another model's, or outside)."""
+    import shutil
+
+    from monitor.model.artifact import compute_model_id
+
+    for xml, files in (("../other/scorer.xml", None), ("scorer.xml", {})):
+        d = tmp_path / f"m{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(saved_model, d)
+        meta = json.loads((d / "model.json").read_text())
+        meta["graph"]["xml"] = xml
+        if files is not None:
+            meta["files"] = files
+        with np.load(d / "arrays.npz") as z:
+            meta["model_id"] = compute_model_id(meta, {k: z[k] for k in z.files})
+        (d / "model.json").write_text(json.dumps(meta))
+        with pytest.raises(ArtifactError, match="must be among the model's hashed files"):
+            Model.load(d, "cpu")
+
+
+@needs_fit
+def test_a_model_fitted_without_validation_images_keeps_its_graph(tmp_path):
+    """The graph is then checked on a training image, whose cells lie on words (distance about 0)."""
+    from monitor.model.methods import PatchDictionaryConfig
+
+    m = Model.fit("patch_dictionary", PatchDictionaryConfig(k=128, aggregate=3), [fiber_mat(SHAPE, seed=i)
+                                                                                  for i in range(2)], device="cpu")
+    assert m.meta.graph is not None and m.meta.graph["checked_difference"] < 1e-4
+

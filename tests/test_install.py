@@ -18,13 +18,9 @@ import yaml
 from monitor import __version__
 from monitor.model.model import Model
 from monitor.model.scorers import PatchDictionaryConfig
-from tests.conftest import ROOT, needs_fit
+from tests.commands import monitor
+from tests.conftest import FIT, ROOT, needs_fit
 from tests.daemon import Daemon, wait_for
-
-
-def monitor(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "monitor", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
 
 
 def test_metadata_admits_python_3_11_to_3_13():
@@ -190,6 +186,7 @@ def _make_install(root, *extra, target="install-service"):
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+@pytest.mark.skipif(FIT, reason="install-service makes the line PC's install: make test runs this there (.venv-slim)")
 def test_install_service_into_a_scratch_root(tmp_path, saved_model):
     """`make install-service` into a scratch root (DESTDIR): the prefix holds the code and its own virtualenv
     (the dependencies taken from this test's environment: DEPS_FROM), the units verify with `systemd-analyze

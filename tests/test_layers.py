@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "monitor"
 
 # lowest first; a module belongs to the layer of its longest matching prefix
 LAYERS = (
-    ("base", ("monitor", "monitor.files", "monitor.passwords", "monitor.ledger", "monitor.times", "monitor.extras")),
+    ("base", ("monitor", "monitor.files", "monitor.passwords", "monitor.ledger", "monitor.times", "monitor.extras",
+              "monitor.errors")),
     ("model", ("monitor.model",)),
     ("config", ("monitor.config",)),
     ("judge", ("monitor.judge", "monitor.document")),

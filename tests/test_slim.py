@@ -10,16 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.commands import monitor
 from tests.conftest import FIT
 
 pytestmark = pytest.mark.skipif(FIT, reason="checks the line PC's install, which has no torch (make test runs it)")
 
 MAX_MB = 600  # the service's virtualenv on a line PC (the full install with torch and CUDA: 6.2 GB)
-
-
-def monitor(*args):
-    return subprocess.run([sys.executable, "-m", "monitor", *map(str, args)], capture_output=True, text=True,
-                          timeout=120)
 
 
 def test_the_install_has_no_torch_and_stays_small():

@@ -20,6 +20,7 @@ import signal
 from pathlib import Path
 
 from monitor.config import Config
+from monitor.errors import MonitorError
 from monitor.judge import load_model
 from monitor.ledger import ledger_holder
 from monitor.model.artifact import ArtifactError, load_artifact
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 KEEP = 3
 
 
-class InstallError(RuntimeError):
+class InstallError(MonitorError, RuntimeError):
     pass
 
 

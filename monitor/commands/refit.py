@@ -31,6 +31,7 @@ from pathlib import Path
 from monitor import judge
 from monitor.commands.install import previous_link, versions_dir
 from monitor.config import Config, in_export
+from monitor.errors import MonitorError
 from monitor.files import atomic_write, file_sha256, shown
 from monitor.ledger import Ledger, LedgerReader, Row
 from monitor.model.images import ImageError
@@ -41,8 +42,11 @@ log = logging.getLogger(__name__)
 RECENT_POOL = 500  # the newest this many ok results are the pool the recent sample is drawn from
 
 
-class RefitError(RuntimeError):
-    pass
+class RefitError(MonitorError, RuntimeError):
+    """A refit that cannot be made; its message starts with "refit:"."""
+
+    def __str__(self) -> str:
+        return f"refit: {super().__str__()}"
 
 
 def _unusable(model, cfg: Config, row: Row) -> str | None:

@@ -24,6 +24,7 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 
 from monitor import __version__
+from monitor.errors import MonitorError
 from monitor.ledger import LABEL_KINDS
 from monitor.model.defects import VERDICTS
 from monitor.model.images import ERROR_KINDS
@@ -97,7 +98,7 @@ TABLE = (
 )
 
 
-class MetricsError(RuntimeError):
+class MetricsError(MonitorError, RuntimeError):
     pass
 
 

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from monitor.errors import MonitorError
 from monitor.files import file_sha256
 
 FORMAT = "sem-monitor-model/1"
 _VOLATILE = ("created_at", "library_versions", "model_id", "arrays_sha256", "fit_seconds")
 
 
-class ArtifactError(ValueError):
+class ArtifactError(MonitorError, ValueError):
     """A model directory is missing, corrupt, or made for another configuration."""
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,7 +139,7 @@ class LayerInfo:
     stride: int  # input pixels per feature cell
 
 
-class Backbone(nn.Module):
+class Backbone(nn.Module, ABC):
     """A pretrained CNN cut after the last requested layer.
 
     ``forward(x)`` takes a normalised batch (N, 3, H, W) and returns ``{layer: (N, C, H/stride, W/stride)}``.
@@ -206,8 +207,9 @@ class Backbone(nn.Module):
                  torch.get_num_threads())
         return "openvino"
 
+    @abstractmethod
     def _run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """The network's forward pass to the requested layers, on torch."""
 
 
 class _Lite0Backbone(Backbone):

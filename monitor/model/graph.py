@@ -166,13 +166,22 @@ def check(scorer, image: np.ndarray):
     """Build the graph of the fitted torch ``scorer`` and check it against the scorer on ``image`` (as the scorer
     takes it); returns (the ``openvino.Model``, its ``model.json`` entry), or None (logged) when the configuration
     has no graph or the graph disagrees: the model is then saved without one and needs torch to score."""
+    why = supported(scorer.config)
+    if why:
+        log.warning("no inference graph for this model (%s): scoring it needs torch", why)
+        return None
+    if scorer.device.type != "cpu":  # fitted on a GPU: built and checked from a copy on the CPU, in float32
+        from monitor.model.scorers.patch_dictionary import PatchDictionary
+
+        scorer = PatchDictionary.from_state(*scorer.state(), device="cpu")
     try:
         model = build(scorer)
-    except (GraphUnavailable, ImportError) as exc:
-        log.warning("no inference graph for this model (%s): scoring it needs torch", exc)
+        compiled, _ = compile_graph(model)
+        got = np.asarray(compiled({0: image[None, None].astype(np.float32)})[0])[0]
+    except Exception as exc:  # OpenVINO missing or refusing the graph: the model is still good on torch
+        log.error("the inference graph could not be built (%s: %s); the model is saved without it and needs torch "
+                  "to score", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
         return None
-    compiled, _ = compile_graph(model)
-    got = np.asarray(compiled({0: image[None, None].astype(np.float32)})[0])[0]
     want = _raw_distances(scorer, scorer.extract(image))
     worst = _difference(got, want, float(scorer.coarse_limit[0]) if len(scorer.coarse_limit) else None)
     if not worst <= TOLERANCE:
@@ -195,13 +204,15 @@ def serialize(model) -> dict[str, bytes]:
 
 
 def _difference(got: np.ndarray, want: np.ndarray, limit: float | None) -> float:
-    """max |got - want| / max |want|; with a coarse search, a cell whose coarse distance lies at its limit may be
-    searched finely by one path and not by the other (float32 sums in another order): such cells (both values under
-    the limit, at most 0.1% of them) are left out."""
+    """max |got^2 - want^2| / max want^2: squared, as both paths compute them (|z|^2 - 2 z.w + |w|^2), so that a
+    cell at a word (a training image's: distance about 0, where the square root magnifies the rounding of that
+    difference) is compared as fairly as any other. With a coarse search, a cell whose coarse distance lies at its
+    limit may be searched finely by one path and not by the other (float32 sums in another order): such cells (both
+    values under the limit, at most 0.1% of them) are left out."""
     if got.shape != want.shape:
         return float("inf")
-    scale = max(float(np.abs(want).max()), 1e-12)
-    diff = np.abs(got - want) / scale
+    scale = max(float((want.astype(np.float64) ** 2).max()), 1e-12)
+    diff = np.abs(got.astype(np.float64) ** 2 - want.astype(np.float64) ** 2) / scale
     if limit is not None:
         edge = (diff > TOLERANCE) & (np.maximum(got, want) <= limit * (1 + TOLERANCE))
         if edge.sum() <= 0.001 * edge.size:
@@ -219,6 +230,16 @@ def _raw_distances(scorer, grid) -> np.ndarray:
         scorer.border_offset, scorer.border_gain = offset, gain
 
 
+def _omp_threads() -> int | None:
+    """OMP_NUM_THREADS, which torch's CPU path honours too (several monitors on one PC, the test workers)."""
+    import os
+
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return None
+
+
 class CpuDevice:
     """Where a graph scorer runs, as the daemon asks a torch device (``.type``)."""
 
@@ -234,11 +255,16 @@ class GraphScorer(Scorer):
     method = "patch_dictionary"
 
     def __init__(self, config: PatchDictionaryConfig, entry: dict, arrays: dict[str, np.ndarray], directory: Path,
-                 threads: int | None = None, precision: str = "auto"):
+                 files: dict | None = None, threads: int | None = None, precision: str = "f32"):
         ov = import_openvino()
         self.config = config
         self.cell = float(entry["cell"])
-        model = ov.Core().read_model(str(Path(directory) / entry["xml"]), str(Path(directory) / entry["bin"]))
+        names = (entry["xml"], entry["bin"])
+        if not all(isinstance(n, str) and Path(n).name == n and n in (files or {}) for n in names):
+            raise ValueError(f"the graph's files {list(names)} must be among the model's hashed files "
+                             f"{sorted(files or {})}")
+        model = ov.Core().read_model(str(Path(directory) / names[0]), str(Path(directory) / names[1]))
+        threads = threads or _omp_threads()
         self.precision = resolve_precision(precision)
         self.compiled, self.version = compile_graph(model, threads, self.precision)
         log.info("the model's inference graph runs on OpenVINO %s (CPU, %s)", self.version, self.precision)
@@ -275,3 +301,7 @@ class GraphScorer(Scorer):
 
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
         raise GraphUnavailable("a model loaded through its inference graph is not saved again; copy its directory")
+
+    @classmethod
+    def from_state(cls, meta: dict, arrays: dict[str, np.ndarray], device: str = "auto") -> "GraphScorer":
+        raise GraphUnavailable("a graph scorer is loaded with its model directory (Model.load)")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from monitor.errors import MonitorError
 from monitor.files import FileTooLarge, NotRegularFile, open_regular, read_regular
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
@@ -30,7 +31,7 @@ ERROR_KINDS = ("missing", "permission", "empty", "too_large", "too_small", "unre
                "symlink")
 
 
-class ImageError(ValueError):
+class ImageError(MonitorError, ValueError):
     """An image file cannot be used; ``reason`` says why, ``kind`` (one of ERROR_KINDS) says what sort of failure."""
 
     def __init__(self, path: str | os.PathLike, reason: str, kind: str = "corrupt"):

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from monitor.errors import MonitorError
+
 METHOD_NAMES = ("patch_dictionary", "ssim_autoencoder", "dfr", "piade")  # model.method
 RUNTIMES = ("auto", "openvino", "torch")  # where the CPU forward pass runs (see openvino_backbone.py)
-# the inference graph's arithmetic on the CPU (graph.py): auto (bf16 where the CPU computes it natively: Intel AMX or
-# AVX-512 BF16; else f32), f32, or bf16 (bfloat16 products, float32 sums)
-PRECISIONS = ("auto", "f32", "bf16")
+# the inference graph's arithmetic on the CPU (graph.py): f32, bf16 (bfloat16 products, float32 sums), or auto (bf16
+# where the CPU computes it natively: Intel AMX or AVX-512 BF16; else f32)
+PRECISIONS = ("f32", "bf16", "auto")
 MODES = ("dense", "crop")  # patch_dictionary.mode: features of the whole image, or of each patch (the paper)
 DICTIONARIES = ("kmeans", "coreset")
 
 
-class BackboneError(RuntimeError):
+class BackboneError(MonitorError, RuntimeError):
     """A backbone cannot be built: unknown name or layer, missing or mismatching weights."""
 
 
@@ -51,7 +53,7 @@ class PatchDictionaryConfig:
     # nearest on the training images, then against all words where that distance is over the coarse_quantile of the
     # validation images' cells' distances (0 words: every cell against every word)
     coarse_words: int = 512
-    coarse_quantile: float = 0.8
+    coarse_quantile: float = 0.9
     seed: int = 0
 
     def __post_init__(self):

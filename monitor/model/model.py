@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -10,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from monitor.extras import cuda_wanted, need_torch
+from monitor.extras import MissingExtra, cuda_wanted, need_torch
 from monitor.model import quality, scorers
 from monitor.model.artifact import ArtifactError, load_artifact, save_artifact
 from monitor.model.defects import DefectConfig, DefectReport, decide, find_defects
@@ -18,6 +19,8 @@ from monitor.model.methods import METHOD_NAMES
 from monitor.model.scorers import ScoreResult
 from monitor.model.scorers.base import QUIET, Progress
 from monitor.model.threshold import Threshold, ThresholdConfig, fit_threshold
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,18 @@ class ModelMeta:
         return {k: getattr(self, k) for k in self.SAVED}
 
 
+def _keep_the_coarse_search_under(scorer, threshold: float) -> None:
+    """The coarse search's distances are upper bounds under its limit: keep them under the map's threshold in every
+    border zone (gain x limit + offset), or search every cell against every word."""
+    limit = float(scorer.coarse_limit[0])
+    gain, offset = scorer.border_gain.cpu().numpy(), scorer.border_offset.cpu().numpy()
+    highest = max([limit] + ([float(v) for v in (gain * limit + offset)] if len(gain) == len(offset) else []))
+    if highest >= threshold:
+        log.warning("the coarse search's limit (%.2f, %.2f in the border zones) is not under the threshold %.2f: "
+                    "every cell is searched against every word", limit, highest, threshold)
+        scorer.coarse_limit = scorer.coarse_limit[:0]
+
+
 LEVEL_QUANTILE = 0.99  # the drift gauge compares this quantile of an image's patch scores with the validation images'
 
 
@@ -157,6 +172,8 @@ class Model:
         if val:
             meta.drift_reference = {"quantile": LEVEL_QUANTILE, "median": float(np.median(levels)),
                                     "levels": [round(v, 6) for v in levels]}
+        if th is not None and len(getattr(scorer, "coarse_limit", ())):
+            _keep_the_coarse_search_under(scorer, th.value)
         model = cls(scorer, th, defects, meta, runtime)
         if method == "patch_dictionary":
             from monitor.model import graph
@@ -168,7 +185,8 @@ class Model:
 
     def warm_up(self) -> float | None:
         """Score one synthetic image of the training images' size, so that the first real image does not pay for
-        the runtime's first pass at that size (OpenVINO compiles for it and checks it against torch: about 2 s).
+        the runtime's first pass at that size (OpenVINO compiles its kernels for it; a model without a graph also
+        checks its backbone on OpenVINO against torch: about 2 s).
         Returns the seconds it took, None for a model that does not record its image size (fitted before 0.2.0)."""
         shape = self.meta.image_shape
         if not shape or getattr(getattr(self.scorer, "config", None), "mode", None) == "crop":
@@ -250,7 +268,7 @@ class Model:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, device: str = "auto", expect: dict | None = None,
-             runtime: str = "auto", precision: str = "auto") -> "Model":
+             runtime: str = "auto", precision: str = "f32") -> "Model":
         """Load a model; ``expect`` (e.g. {"backbone": ..., "mode": ...}) must match the model's configuration;
         ``runtime``: where the CPU forward pass runs: the model's inference graph (``graph.py``) unless "torch" or
         the model has none, else ``Backbone.use_runtime``; ``precision``: the graph's arithmetic."""
@@ -274,10 +292,15 @@ class Model:
             from monitor.model.methods import PatchDictionaryConfig
 
             try:
-                scorer = GraphScorer(PatchDictionaryConfig(**cfg), meta.graph, arrays, Path(directory),
+                scorer = GraphScorer(PatchDictionaryConfig(**cfg), meta.graph, arrays, Path(directory), meta.files,
                                      precision=precision)
+            except ImportError as exc:
+                raise MissingExtra(f"{directory}: scoring through the model's inference graph needs OpenVINO "
+                                   f"({exc}); pip install openvino") from None
             except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # OpenVINO reports a bad IR so
-                raise ArtifactError(f"{directory}: cannot load the inference graph: {exc}") from None
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                log.debug("the inference graph of %s: %s", directory, exc)
+                raise ArtifactError(f"{directory}: cannot load the inference graph: {first}") from None
             runtime = "openvino"
         else:
             need_torch(f"scoring this model ({method}" + (", on CUDA)" if cuda_wanted(device) else

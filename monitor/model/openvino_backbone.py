@@ -41,7 +41,7 @@ def _fold(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> tuple[np.ndarray, 
     g = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     w = conv.weight * g.view(-1, 1, 1, 1)
     b = bn.bias - bn.running_mean * g
-    return w.detach().float().numpy(), b.detach().float().numpy()
+    return w.detach().float().cpu().numpy(), b.detach().float().cpu().numpy()
 
 
 def lite0_nodes(ops, x, net, layers, gray: bool = False) -> dict:

@@ -56,6 +56,7 @@ from markupsafe import Markup
 
 from monitor.config import RESULTS_MAX, Config, WebSection
 from monitor.document import ResultDocument
+from monitor.errors import MonitorError
 from monitor.files import link_problem, shown
 from monitor.ledger import LABEL_KINDS, NOTE_CHARS, VERDICT_FILTERS, WHO_CHARS, Label, LabelError, LedgerQueries, Row
 from monitor.model.images import ImageError, read_image
@@ -94,7 +95,7 @@ CSS_PATH = "/static/monitor.css"
 CSS_CACHE = "private, max-age=31536000, immutable"
 
 
-class WebError(RuntimeError):
+class WebError(MonitorError, RuntimeError):
     pass
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -40,7 +41,7 @@ class ScoreResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
 
-class Scorer:
+class Scorer(ABC):
     """What a method implements: ``fit``, ``score``, ``state`` and ``from_state``. The optional abilities have
     defaults here that a method overrides where it can do better: ``calibrate`` (position-dependent corrections
     from normal validation images, before the threshold), ``score_batch`` (several images at once) and
@@ -48,19 +49,22 @@ class Scorer:
 
     method: str = ""
 
+    @abstractmethod
     def fit(self, images: Sequence[np.ndarray], progress: Progress = QUIET) -> None:
-        raise NotImplementedError
+        """Learn from defect-free images."""
 
+    @abstractmethod
     def score(self, image: np.ndarray) -> ScoreResult:
-        raise NotImplementedError
+        """The anomaly map of one image, as the fitted scorer sees it."""
 
+    @abstractmethod
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
         """(JSON-able metadata, named arrays) that ``from_state`` turns back into an equal scorer."""
-        raise NotImplementedError
 
     @classmethod
+    @abstractmethod
     def from_state(cls, meta: dict, arrays: dict[str, np.ndarray], device: str = "auto") -> "Scorer":
-        raise NotImplementedError
+        """The scorer ``state`` saved."""
 
     def calibrate(self, images: Sequence[np.ndarray], progress: Progress = QUIET) -> None:
         """Nothing to calibrate by default."""
