@@ -4,19 +4,14 @@ hash-password."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import errno
 import json
 import logging
 import os
-import sqlite3
 import sys
-import time
 import warnings
 from pathlib import Path
-
-import numpy as np
 
 from monitor import __version__
 from monitor.commands.fit import bar, fit_model
@@ -24,11 +19,9 @@ from monitor.config import Config, ConfigError, in_export, load_config
 from monitor.errors import MonitorError
 from monitor.extras import need_torch
 from monitor.files import shown
-from monitor.ledger import LedgerError
-from monitor.model.images import ImageError, list_images, read_image
+from monitor.model.images import list_images, read_image
 from monitor.model.methods import METHOD_NAMES
 from monitor.passwords import ITERATIONS
-from monitor.times import iso_time, parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -64,52 +57,9 @@ def cmd_fit(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from monitor import judge
-    from monitor.daemon.alarm import caption_for
-    from monitor.model.model import Model, expectations
-    from monitor.model.overlay import render_overlay, render_unscored, write_png
-    from monitor.model.quality import QUALITY_REASONS
-    from monitor.times import local_time
+    from monitor.commands.score import score_images
 
-    cfg = _load_cfg(args)
-    model = Model.load(args.model, cfg.model.device, expectations(cfg.model.method_config) if args.config else None,
-                       runtime=cfg.model.runtime, precision=cfg.model.precision)
-    failed = 0
-    line = cfg.service.line if args.config else ""
-    for path in list_images(args.images):
-        t0 = time.perf_counter()
-        try:  # judged as the daemon judges it (monitor/judge.py), with the time of each step
-            img, info = judge.read(cfg, model, path)
-        except ImageError as exc:
-            print(json.dumps({"image": str(path), "error": exc.reason}))
-            failed += 1
-            continue
-        unfit = judge.check(cfg, model, img, info, t0)
-        if unfit is not None:  # not scored against a model it does not fit
-            doc = unfit.document.with_head(image=str(path), model_id=model.model_id)
-            if args.overlay and unfit.mismatch_reason in QUALITY_REASONS:  # an acquisition problem: image, reason
-                caption = caption_for(doc.with_head(scored_at=local_time(), line=line))
-                write_png(Path(args.overlay) / f"{path.stem}.png", render_unscored(img, caption))
-            print(doc.to_json())
-            continue
-        t1 = time.perf_counter()
-        ins = judge.inspect(cfg, model, [img])[0]
-        t2 = time.perf_counter()
-        j = judge.conclude(cfg, path, img, info, ins, t2 - t0)
-        t3 = time.perf_counter()  # after the fibre measurement (judge.conclude)
-        doc = j.document.with_head(image=str(path), model_id=model.model_id)
-        out = {**doc.to_dict(), "timings": {"load": round(t1 - t0, 4), "score": round(t2 - t1, 4),
-                                            "total": round(t3 - t0, 4),
-                                            **{k: round(v, 4) for k, v in ins.result.timings.items()}}}
-        if args.maps:
-            Path(args.maps).mkdir(parents=True, exist_ok=True)
-            np.save(Path(args.maps) / f"{path.stem}.npy", ins.result.anomaly_map.astype(np.float32))
-        if args.overlay:
-            caption = caption_for(doc.with_head(scored_at=local_time(), line=line))
-            pic = render_overlay(img, ins.result.anomaly_map, ins.report, caption, ins.threshold)
-            write_png(Path(args.overlay) / f"{path.stem}.png", pic)
-        print(json.dumps(out))
-    return 1 if failed else 0
+    return score_images(_load_cfg(args), args, check_model=bool(args.config or args.set))
 
 
 def cmd_measure(args) -> int:
@@ -257,99 +207,20 @@ def cmd_run(args) -> int:
     return Service(cfg, args.config).run()
 
 
-def parse_since(text: str) -> float:
-    """'90s', '15m', '1h', '2d', '1w' -> that long ago, as unix time."""
-    try:
-        return time.time() - parse_duration(text, "--since", zero=None)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def _open_ledger(path: Path):
-    """The ledger for a command that reads or adds a few rows: without the daemon's full check of every page
-    (``Ledger(check=False)``: 0.7 s on a year of images), which the daemon makes at each start."""
-    from monitor.ledger import Ledger
-
-    if not path.is_file():
-        raise FileNotFoundError(f"no ledger at {path} (output.ledger)")
-    return Ledger(path, check=False)
-
-
-@contextlib.contextmanager
-def _damage_said(path: Path):
-    """Damage a query meets (the commands open the ledger unchecked) as the clear error the daemon gives."""
-    try:
-        yield
-    except sqlite3.OperationalError as exc:  # not damage: locked for longer than the timeout, an I/O error
-        raise LedgerError(f"{path}: {exc}") from None
-    except sqlite3.DatabaseError as exc:
-        raise LedgerError(f"{path}: the ledger is damaged ({exc}); restore it from a backup (sqlite3 .recover can "
-                          "save what is left)") from None
-
-
 def _ledger_path(args) -> Path:
     return Path(args.ledger or _load_cfg(args).output.ledger)
 
 
 def cmd_history(args) -> int:
-    path = _ledger_path(args)
-    ledger = _open_ledger(path)
-    try:
-        with _damage_said(path):
-            rows = ledger.history(parse_since(args.since) if args.since else None, args.alarms, args.limit)
-            labels = ledger.current_labels([r.id for r in rows])
-    finally:
-        ledger.close()
-    if args.json:
-        for r in rows:
-            lab = labels.get(r.id)
-            print(json.dumps({**r.to_dict(), "seen": iso_time(r.seen_at),
-                              "finished": None if r.finished_at is None else iso_time(r.finished_at),
-                              "label": None if lab is None else {**lab.to_dict(), "at": iso_time(lab.at)}}))
-        return 0
-    # the verdict is the scorer's, the alarm the line's: an "ok" image can hold a defect below the alarm's coverage
-    print(f"{'id':>6}  {'seen':25}  {'state':7}  {'verdict':8}  {'alarm':5}  {'coverage':>9}  {'defects':>7}  "
-          f"{'score s':>7}  {'e2e s':>7}  {'label':11}  image / error")
-    for r in rows:
-        cov = "" if r.coverage is None else f"{r.coverage:.4%}"
-        alarm = "" if r.alarm is None else ("ALARM" if r.alarm else "-")
-        what = shown(Path(r.path).name) + (f"  [{r.error_kind}] {r.error}" if r.error else "")
-        lab = labels[r.id].kind if r.id in labels else ""
-        print(f"{r.id:>6}  {iso_time(r.seen_at):25}  {r.state:7}  {r.verdict or '':8}  {alarm:5}  {cov:>9}  "
-              f"{'' if r.n_defects is None else r.n_defects:>7}  "
-              f"{'' if r.score_seconds is None else f'{r.score_seconds:.2f}':>7}  "
-              f"{'' if r.e2e_seconds is None else f'{r.e2e_seconds:.2f}':>7}  {lab:11}  {what}")
-    return 0
+    from monitor.commands.history import print_history
+
+    return print_history(_ledger_path(args), args)
 
 
 def cmd_label(args) -> int:
-    """What an operator says of a result: a false alarm, or a confirmed defect (one the monitor missed, too)."""
-    import getpass
-    import pwd
+    from monitor.commands.history import label_result
 
-    from monitor.ledger import LabelError
-
-    path = _ledger_path(args)
-    owner = path.stat().st_uid if path.is_file() else 0
-    if os.geteuid() == 0 and owner != 0:  # root's write could leave the ledger's -wal/-shm files root's
-        name = pwd.getpwuid(owner).pw_name if owner in {p.pw_uid for p in pwd.getpwall()} else str(owner)
-        raise ConfigError(f"{path} belongs to {name}: run monitor label as that user (sudo -u {name} ...), so that "
-                          "the service can still write its ledger")
-    ledger = _open_ledger(path)
-    try:
-        try:
-            with _damage_said(path):
-                row = ledger.find(args.image)
-                lab = ledger.label(row.id, "false_alarm" if args.false_alarm else "confirmed",
-                                   args.by or os.environ.get("SUDO_USER") or getpass.getuser(), args.note or "", "cli")
-        except (LookupError, LabelError) as exc:
-            raise LabelError(f"label {args.image}: {exc}") from None
-    finally:
-        ledger.close()
-    print(json.dumps({**lab.to_dict(), "at": iso_time(lab.at), "image": row.path, "verdict": row.verdict}))
-    print(f"monitor: result {row.id} ({shown(Path(row.path).name)}, verdict {row.verdict}) labelled {lab.kind} by "
-          f"{lab.who}", file=sys.stderr)
-    return 0
+    return label_result(_ledger_path(args), args)
 
 
 def cmd_check_config(args) -> int:

@@ -159,3 +159,12 @@ def test_evaluate_ends_with_an_error_when_its_process_dies(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 1, r.stderr[-2000:]
     assert "its process ended without a result (exit code 9" in r.stderr
+
+
+def test_score_checks_the_model_against_a_configuration_given_with_set_alone(saved_model, tmp_path):
+    """`--set` is a configuration too: a model made for another mode is refused, as with --config."""
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), to_uint8(fiber_mat(SHAPE, seed=1)))
+    r = run_monitor("score", img, "--model", saved_model, "--set", "model.patch_dictionary.mode=crop")
+    assert r.returncode == 2 and "the configuration asks for mode='crop'" in r.stderr, r.stderr
+    assert monitor("score", img, "--model", saved_model).returncode == 0  # no configuration: the model as it is
