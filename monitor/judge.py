@@ -17,6 +17,7 @@ import numpy as np
 
 from monitor.config import Config
 from monitor.document import ResultDocument
+from monitor.kinds import Verdict
 from monitor.model.artifact import ArtifactError
 from monitor.model.fibres import FibreError, measure
 from monitor.model.images import ImageLimits, pixel_size_um, read_image
@@ -39,7 +40,7 @@ class Judgement:
 
     @property
     def alarm(self) -> bool:
-        return self.verdict == "defect"
+        return self.verdict == Verdict.DEFECT
 
     @property
     def mismatch_reason(self) -> str | None:
@@ -112,7 +113,7 @@ def conclude(cfg: Config, path: str | Path, image: np.ndarray, info: dict, ins: 
     summary.pop("verdict")
     defects = tuple({**d, "area_um2": round(d["area"] * um * um, 4)} if um else d for d in summary.pop("defects"))
     mismatch = reason = None
-    if ins.verdict == "mismatch":
+    if ins.verdict == Verdict.MISMATCH:
         mismatch = (f"the defect mask covers {100 * ins.report.coverage:.1f}% of the image, over "
                     f"mismatch.max_coverage {100 * cfg.mismatch.max_coverage:g}%: another material, another "
                     "magnification, or a focus or detector fault")
@@ -133,7 +134,7 @@ def conclude(cfg: Config, path: str | Path, image: np.ndarray, info: dict, ins: 
             why = f"not measured: internal error ({type(exc).__name__})"
         ins.result.timings["fibres"] = dt = time.perf_counter() - t
         seconds += dt
-    doc = ResultDocument(verdict=ins.verdict, alarm=ins.verdict == "defect", score_seconds=round(seconds, 4),
+    doc = ResultDocument(verdict=ins.verdict, alarm=ins.verdict == Verdict.DEFECT, score_seconds=round(seconds, 4),
                          defects=defects, coverage_threshold=cfg.alarm.coverage_threshold,
                          max_defect_area=cfg.alarm.max_defect_area, pixel_size_um=um, quality=info.get("quality"),
                          mismatch=mismatch, mismatch_reason=reason, fibres=fibres, fibres_reason=why, **summary)

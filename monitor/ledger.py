@@ -20,12 +20,13 @@ from pathlib import Path
 
 from monitor.errors import MonitorError
 from monitor.files import shown
+from monitor.kinds import LabelKind, State, Verdict
 
 # 2: operator labels (the labels table); 3: the meta table (watch.backlog's moment); older ledgers are upgraded in
 # place
 SCHEMA_VERSION = 3
-STATES = ("pending", "done", "failed")
-LABEL_KINDS = ("false_alarm", "confirmed")  # what an operator says of a result (Ledger.label)
+STATES = tuple(State)
+LABEL_KINDS = tuple(LabelKind)  # what an operator says of a result (Ledger.label)
 VERDICT_FILTERS = ("ok", "defect", "mismatch", "no-threshold", "failed", "pending")  # Ledger.results(verdict=...)
 
 _SCHEMA = """
@@ -150,9 +151,9 @@ def check_label(row: "Row | None", kind: str, who: str, note: str) -> None:
         raise LabelError(f"the label must be one of {', '.join(LABEL_KINDS)}, got {kind!r}")
     if row is None:
         raise LabelError("no such result in the ledger")
-    if row.state != "done":
+    if row.state != State.DONE:
         raise LabelError(f"result {row.id} was not scored ({row.state}); only scored results can be labelled")
-    if kind == "false_alarm" and row.verdict != "defect":
+    if kind == LabelKind.FALSE_ALARM and row.verdict != Verdict.DEFECT:
         raise LabelError(f"result {row.id} raised no alarm (verdict {row.verdict}); only a defect verdict can be a "
                          "false alarm (label a defect the monitor missed as confirmed)")
     if not who.strip() or len(who) > WHO_CHARS or not who.isprintable():

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "monitor"
 # lowest first; a module belongs to the layer of its longest matching prefix
 LAYERS = (
     ("base", ("monitor", "monitor.files", "monitor.passwords", "monitor.ledger", "monitor.times", "monitor.extras",
-              "monitor.errors")),
+              "monitor.errors", "monitor.kinds")),
     ("model", ("monitor.model",)),
     ("config", ("monitor.config",)),
     ("judge", ("monitor.judge", "monitor.document")),

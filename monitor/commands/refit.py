@@ -33,6 +33,7 @@ from monitor.commands.install import previous_link, versions_dir
 from monitor.config import Config, in_export
 from monitor.errors import MonitorError
 from monitor.files import atomic_write, file_sha256, shown
+from monitor.kinds import LabelKind, Verdict
 from monitor.ledger import Ledger, LedgerReader, Row
 from monitor.model.images import ImageError
 from monitor.model.threshold import ThresholdConfig
@@ -72,7 +73,7 @@ def gather(cfg: Config, model, ledger: Ledger, recent: int, seed: int = 0) -> di
     labels = ledger.current_labels()
     rows = {image_id: ledger.get(image_id) for image_id in labels}
     # by content, wherever the file lies: a training image is outside the export folder, its label on a copy in it
-    confirmed = {r.sha256 for i, r in rows.items() if labels[i].kind == "confirmed"}
+    confirmed = {r.sha256 for i, r in rows.items() if labels[i].kind == LabelKind.CONFIRMED}
 
     def original(paths, hashes, into, what):
         for i, p in enumerate(paths):
@@ -108,7 +109,7 @@ def gather(cfg: Config, model, ledger: Ledger, recent: int, seed: int = 0) -> di
             left_out.append({"image": row.path, "id": row.id, "source": label.kind, "why": why})
             continue
         labelled.append((row, label))
-        if label.kind == "false_alarm" and Path(row.path) not in fitted:
+        if label.kind == LabelKind.FALSE_ALARM and Path(row.path) not in fitted:
             normal.append(Path(row.path))
             sha[Path(row.path)] = row.sha256
             fitted.add(Path(row.path))
@@ -156,11 +157,11 @@ def validate(before, after, cfg: Config, labelled: list) -> tuple[list[dict], bo
     table, passed = [], True
     for row, label in labelled:
         b, a = _judge(before, cfg, row), _judge(after, cfg, row)
-        if label.kind == "confirmed":
-            need = "alarm" if b["verdict"] == "defect" else "(missed before)"
-            ok = a["verdict"] == "defect" if b["verdict"] == "defect" else True
+        if label.kind == LabelKind.CONFIRMED:
+            need = "alarm" if b["verdict"] == Verdict.DEFECT else "(missed before)"
+            ok = a["verdict"] == Verdict.DEFECT if b["verdict"] == Verdict.DEFECT else True
         else:
-            need, ok = "clear", a["verdict"] == "ok"
+            need, ok = "clear", a["verdict"] == Verdict.OK
         passed &= ok
         table.append({"id": row.id, "image": row.path, "label": label.kind, "by": label.who, "needs": need,
                       "before": b, "after": a, "pass": ok})

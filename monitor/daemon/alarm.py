@@ -12,6 +12,7 @@ from pathlib import Path
 from monitor.config import AlarmSection
 from monitor.document import ResultDocument
 from monitor.files import atomic_write, shown
+from monitor.kinds import Verdict
 from monitor.model.model import Inspection
 from monitor.model.overlay import Caption, render_overlay, render_unscored, write_png
 
@@ -40,7 +41,7 @@ def caption_for(result: ResultDocument) -> Caption:
                    line=result.line or "", coverage=result.coverage, coverage_threshold=result.coverage_threshold,
                    n_defects=result.n_defects, largest_area=result.defects[0].get("area") if result.defects else None,
                    pixel_size_um=result.pixel_size_um, model_id=result.model_id,
-                   note=result.mismatch or "" if result.verdict == "mismatch" else "")
+                   note=result.mismatch or "" if result.verdict == Verdict.MISMATCH else "")
 
 
 def write_outputs(out_dir: Path, stem: str, image, ins: Inspection | None, result: ResultDocument) -> Path:

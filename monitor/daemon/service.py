@@ -25,6 +25,7 @@ from monitor.daemon.retention import Retention
 from monitor.daemon.watcher import Intake
 from monitor.daemon.worker import Worker
 from monitor.judge import load_model, warm
+from monitor.kinds import State
 from monitor.ledger import LABEL_KINDS, Label, Ledger, LedgerError, Row, lock_ledger
 from monitor.model.model import Model
 from monitor.web.site import ResultsServer, WebError
@@ -176,7 +177,7 @@ class Service:
             self.metrics.images_received_total.inc()
             self.metrics.last_received_timestamp_seconds.set(row.seen_at)
             self.metrics.queue_depth.inc()
-        if row.state == "pending":
+        if row.state == State.PENDING:
             self.worker.wake.set()
 
     def _rejected(self, path: str, kind: str, reason: str, key: str, size: int = 0, mtime_ns: int = 0) -> bool:

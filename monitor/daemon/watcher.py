@@ -43,6 +43,7 @@ from watchdog.observers.polling import PollingObserver
 
 from monitor.config import WatchSection
 from monitor.files import file_sha256, link_problem, shown
+from monitor.kinds import State
 from monitor.ledger import Ledger, Row
 from monitor.model.images import ImageLimits
 from monitor.times import local_time
@@ -340,7 +341,7 @@ class Intake(threading.Thread):
             except sqlite3.Error as exc:  # a full disk: the re-scan every RETRY_SECONDS tries again
                 self._refused(row.path, exc)
                 continue
-            if new.state == "pending":
+            if new.state == State.PENDING:
                 log.info("%s: can be read now; taken again (ledger id %d)", shown(row.path), new.id)
             self.on_recorded(new, created)
             n += int(created)

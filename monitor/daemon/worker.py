@@ -25,6 +25,7 @@ from monitor.daemon.chart import FibreChart
 from monitor.daemon.metrics import Metrics
 from monitor.document import ResultDocument
 from monitor.files import fitting_stem, shown
+from monitor.kinds import State, Verdict
 from monitor.ledger import Ledger, Row
 from monitor.model.images import ImageError
 from monitor.model.model import Model
@@ -203,7 +204,7 @@ class Worker(threading.Thread):
         A mismatch says nothing of the material: it neither raises nor clears the alarm."""
         verdict, ins, secs = j.verdict, j.inspection, j.seconds
         before = (self.alarm.active, self.alarm.clean_run)
-        active = self.alarm.active if verdict == "mismatch" else self.alarm.update(j.alarm)
+        active = self.alarm.active if verdict == Verdict.MISMATCH else self.alarm.update(j.alarm)
         result = j.document.with_head(image=row.path, sha256=row.sha256, line=cfg.service.line,
                                       model_id=model.model_id, scored_at=local_time())
         reason = j.mismatch_reason
@@ -244,13 +245,13 @@ class Worker(threading.Thread):
             m.alarms_total.inc()
             log.warning("ALARM %s: coverage %.4f%%, %d defect(s), %.2f s, overlay %s", row.path,
                         100 * (r.coverage if r else 0), len(r.defects) if r else 0, secs, overlay)
-        elif verdict == "mismatch":
+        elif verdict == Verdict.MISMATCH:
             log.warning("MISMATCH %s: %s; %.2f s, overlay %s", row.path, result.mismatch, secs, overlay)
         else:  # one line per image: the journal shows the line's pace, not only its alarms
             log.info("%s: %s, coverage %s, %s defect(s), %.2f s", row.path, verdict,
                      "-" if r is None else f"{100 * r.coverage:.4f}%", "-" if r is None else len(r.defects), secs)
         m.alarm.set(int(active))
-        if verdict == "ok" and ins.level is not None and model is self.model:  # not a model swapped out meanwhile
+        if verdict == Verdict.OK and ins.level is not None and model is self.model:  # not a model swapped out meanwhile
             self.drift.add(ins.level)
             self._drift_gauges()
         self._fibres(result, cfg, model)
@@ -260,7 +261,7 @@ class Worker(threading.Thread):
         """The fibre metrics of a scored image, and the process chart of its mean diameter (ok images only)."""
         m, f = self.metrics, result.fibres
         if f is None:
-            if cfg.fibres.enabled and result.verdict != "mismatch":
+            if cfg.fibres.enabled and result.verdict != Verdict.MISMATCH:
                 m.fibre_unmeasured_total.inc()
             return
         um = f.pixel_size_um
@@ -274,7 +275,7 @@ class Worker(threading.Thread):
         m.fibre_porosity_ratio.set(f.porosity)
         m.fibre_beads_per_square_meter.set(f.beads_per_mm2 * 1e6 if f.beads_per_mm2 is not None else nan)
         m.fibre_beads_total.inc(len(f.beads))
-        if result.verdict == "ok" and model is self.model:
+        if result.verdict == Verdict.OK and model is self.model:
             self.chart.add(f.diameter_px.mean)
             self._chart_gauges()
 
@@ -321,7 +322,7 @@ class Worker(threading.Thread):
         """Fail ``row`` (with ``path``: only while the row still names it; None when it does not)."""
         kind, reason = failure
         done = self.ledger.fail(row.id, kind, reason, model.model_id, path=path)
-        if done.state != "failed":
+        if done.state != State.FAILED:
             return None
         self._in_hand.discard(row.id)
         log.error("%s: failed (%s): %s", row.path, kind, reason)

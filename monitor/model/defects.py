@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from monitor.kinds import Verdict
+
 
 @dataclass(frozen=True)
 class DefectConfig:
@@ -61,19 +63,19 @@ def find_defects(anomaly_map: np.ndarray, threshold: float, config: DefectConfig
     return DefectReport(mask, float(mask.mean()), tuple(defects))
 
 
-VERDICTS = ("ok", "defect", "no-threshold", "mismatch")  # every verdict there is (the metrics' labels too)
+VERDICTS = tuple(Verdict)  # every verdict there is (the metrics' labels too)
 
 
 def decide(report: DefectReport | None, coverage_threshold: float = 0.0, max_defect_area: int = 0,
-           mismatch_coverage: float = 0.0, min_peak: float = float("-inf")) -> str:
+           mismatch_coverage: float = 0.0, min_peak: float = float("-inf")) -> Verdict:
     """The one place a verdict is made: ``defect`` when the defect coverage exceeds ``coverage_threshold`` or (when
     set) one defect is larger than ``max_defect_area`` pixels with its peak score at least ``min_peak`` (per-defect
     evidence: a compact defect that scores well over the threshold); ``mismatch`` when (set) the coverage exceeds
     ``mismatch_coverage``: no defect covers most of an image, another material or a focus fault does;
     ``no-threshold`` for a model without a threshold."""
     if report is None:
-        return "no-threshold"
+        return Verdict.NO_THRESHOLD
     if mismatch_coverage and report.coverage > mismatch_coverage:
-        return "mismatch"
+        return Verdict.MISMATCH
     over_area = bool(max_defect_area) and any(d.area > max_defect_area and d.peak >= min_peak for d in report.defects)
-    return "defect" if report.defects and (report.coverage > coverage_threshold or over_area) else "ok"
+    return Verdict.DEFECT if report.defects and (report.coverage > coverage_threshold or over_area) else Verdict.OK

@@ -58,6 +58,7 @@ from monitor.config import RESULTS_MAX, Config, WebSection
 from monitor.document import ResultDocument
 from monitor.errors import MonitorError
 from monitor.files import link_problem, shown
+from monitor.kinds import LabelKind, State, Verdict
 from monitor.ledger import LABEL_KINDS, NOTE_CHARS, VERDICT_FILTERS, WHO_CHARS, Label, LabelError, LedgerQueries, Row
 from monitor.model.images import ImageError, read_image
 from monitor.model.quality import QUALITY_REASONS
@@ -224,15 +225,15 @@ def elide(name: str, n: int = NAME_CHARS) -> str:
 
 def verdict_of(row: Row) -> tuple[str, str]:
     """(badge text, css class) of a row."""
-    if row.state == "pending":
+    if row.state == State.PENDING:
         return "pending", "b-other"
-    if row.state == "failed":
+    if row.state == State.FAILED:
         return f"failed: {row.error_kind or '?'}", "b-other"
-    if row.verdict == "defect":
+    if row.verdict == Verdict.DEFECT:
         return "defect", "b-defect"
-    if row.verdict == "ok":
+    if row.verdict == Verdict.OK:
         return "ok", "b-ok"
-    if row.verdict == "mismatch":
+    if row.verdict == Verdict.MISMATCH:
         return "mismatch", "b-mismatch"
     return row.verdict or "no verdict", "b-other"
 
@@ -413,9 +414,9 @@ class ResultsSite:
         th_note = "" if th is not None else " (current setting)"
         th = th if th is not None else settings.alarm.coverage_threshold
         mismatch = None
-        if r.verdict == "mismatch" and result.mismatch and result.mismatch_reason in QUALITY_REASONS:
+        if r.verdict == Verdict.MISMATCH and result.mismatch and result.mismatch_reason in QUALITY_REASONS:
             mismatch = "acquisition"
-        elif r.verdict == "mismatch" and result.mismatch:
+        elif r.verdict == Verdict.MISMATCH and result.mismatch:
             mismatch = "model"
         acquisition = None
         q = result.quality
@@ -437,13 +438,13 @@ class ResultsSite:
     # ------------------------------------------------------------------------------------------------- labels
     def _labels(self, r: Row, error: str = "", form: dict | None = None, saved: bool = False) -> dict | None:
         """What the label section shows (``_labels.html``); None: no section (the image was not scored)."""
-        if r.state != "done":
+        if r.state != State.DONE:
             return None
         out = {"given": self.ledger.labels(r.id), "saved": saved, "form": self.writer is not None}
         if self.writer is not None:
             form = form or {}
             out.update(error=error, csrf=self.csrf_token(r.id), who_chars=WHO_CHARS, note_chars=NOTE_CHARS,
-                       kinds=[k for k in LABEL_KINDS if k != "false_alarm" or r.verdict == "defect"],
+                       kinds=[k for k in LABEL_KINDS if k != LabelKind.FALSE_ALARM or r.verdict == Verdict.DEFECT],
                        want=form.get("kind"),  # nothing chosen in advance: the operator says which
                        by=form.get("by", ""), note=form.get("note", ""))
         return out
@@ -517,10 +518,10 @@ class ResultsSite:
     @staticmethod
     def _overlay(r: Row, settings: Config) -> dict:
         """What the result page shows in place of the overlay, or the overlay (``_overlay.html``)."""
-        if r.state != "done":
-            why = "not scored yet" if r.state == "pending" else "the image could not be scored"
+        if r.state != State.DONE:
+            why = "not scored yet" if r.state == State.PENDING else "the image could not be scored"
             return {"show": "none", "why": why}
-        if r.verdict == "mismatch" and r.coverage is None and not r.overlay:
+        if r.verdict == Verdict.MISMATCH and r.coverage is None and not r.overlay:
             return {"show": "unscored"}
         if not r.overlay:
             mode = settings.output.overlays
@@ -532,14 +533,14 @@ class ResultsSite:
         if not os.path.isfile(r.overlay):
             return {"show": "gone"}
         # not scored: the image and its reason, no heat map
-        return {"show": "acquired" if r.verdict == "mismatch" and r.coverage is None else "heatmap",
+        return {"show": "acquired" if r.verdict == Verdict.MISMATCH and r.coverage is None else "heatmap",
                 "src": f"/result/{r.id}/overlay.png"}
 
     @staticmethod
     def _defects(r: Row, result: ResultDocument) -> dict | None:
         """The defect table's rows (``_defects.html``); None: no table (not scored)."""
         defects = result.defects
-        if r.state != "done" or (r.verdict == "mismatch" and r.coverage is None):  # not scored
+        if r.state != State.DONE or (r.verdict == Verdict.MISMATCH and r.coverage is None):  # not scored
             return None
         if not defects:
             return {"found": False, "rows": []}
@@ -558,7 +559,7 @@ class ResultsSite:
         """The fibre section (``_fibres.html``): the figures and the diameter histogram's bars; None: no section
         (not scored, or a result of a version that did not measure fibres)."""
         f = result.fibres
-        if r.state != "done" or (f is None and not result.fibres_reason):
+        if r.state != State.DONE or (f is None and not result.fibres_reason):
             return None
         if f is None:
             return {"reason": result.fibres_reason.removeprefix("not measured: ")}
@@ -619,7 +620,7 @@ class ResultsSite:
         the intake refuses (``watch.symlinks``: the page must not follow a link out of the folder either)."""
         gone = text(410, f"410 gone: the original of result {r.id} is no longer in the export folder "
                          "as it was scored (removed, or changed since)")
-        if r.state != "done":  # not scored: possibly refused before decoding (too large, a link out of the folder)
+        if r.state != State.DONE:  # not scored: possibly refused before decoding (too large, a link out of the folder)
             return text(404, f"404 not found: result {r.id} was not scored; its original is not shown")
         if not _SHA256.fullmatch(r.sha256):  # read by the worker, never hashed (unreadable when it was recorded)
             return text(410, f"410 gone: the original of result {r.id} cannot be shown as it was scored (no content "
