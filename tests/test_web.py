@@ -421,7 +421,9 @@ def test_an_installation_without_its_templates_leaves_the_page_off(tmp_path, mon
     monkeypatch.setattr(site.jinja2, "PackageLoader", lambda package, folder: site.jinja2.FileSystemLoader(
         str(tmp_path / folder)))  # the templates folder of this "package": absent
     site.assets.cache_clear()
-    server = site.ResultsServer(WebSection(port=0), Ledger(tmp_path / "l.sqlite"), lambda: parse_config({}))
+    from monitor.web.server import ResultsServer
+
+    server = ResultsServer(WebSection(port=0), Ledger(tmp_path / "l.sqlite"), lambda: parse_config({}))
     try:
         with pytest.raises(site.WebError, match="templates or style sheet cannot be read"):
             server.start()

@@ -28,7 +28,8 @@ from monitor.judge import load_model, warm
 from monitor.kinds import State
 from monitor.ledger import LABEL_KINDS, Label, Ledger, LedgerError, Row, lock_ledger
 from monitor.model.model import Model
-from monitor.web.site import ResultsServer, WebError
+from monitor.web.server import ResultsServer
+from monitor.web.site import WebError
 
 log = logging.getLogger(__name__)
 

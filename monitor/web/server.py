@@ -26,9 +26,17 @@ import socket
 import ssl
 import threading
 import time
-from http.server import ThreadingHTTPServer
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from monitor.config import Config, WebSection
+    from monitor.ledger import LedgerQueries
+    from monitor.web.site import Labeller
 
 log = logging.getLogger(__name__)
+page_log = logging.getLogger("monitor.web.site")  # one logger for everything the results page says (auth.py too)
 
 # how often the accept loop looks at a shutdown request (the stdlib's default of 0.5 s made every stop wait for it,
 # once per server); a select() wake-up ten times a second costs nothing measurable
@@ -230,3 +238,158 @@ class GuardedServer(ThreadingHTTPServer):
         self._closing.set()
         super().server_close()
         self._shut(None)
+
+
+# ----------------------------------------------------------------------------------------------- the results page
+# The page's HTTP side: what every reply carries, the request handler, and the server's life cycle. The pages
+# themselves are ``site.ResultsSite`` (imported when the page starts: the metrics endpoint, which shares
+# ``GuardedServer``, does not load the page).
+# no inline style or script anywhere: styles only from this site (the style sheet), no script at all
+CSP = ("default-src 'none'; img-src 'self'; style-src 'self'; form-action 'self'; base-uri 'none'; "
+       "frame-ancestors 'none'")
+SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+                    "X-Frame-Options": "DENY",
+                    # same-origin, not no-referrer: with no-referrer a browser sends "Origin: null" on the label form,
+                    # and the origin check needs the real one; other sites still get no referrer
+                    "Referrer-Policy": "same-origin"}
+CONNECTION_TIMEOUT = 15.0  # seconds a client may take over one read or write (the TLS handshake included)
+REQUEST_DEADLINE = 60.0  # seconds a connection may last, the request and the reply together (``server``)
+MAX_FORM_BYTES = 8192
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "text/html; charset=utf-8"
+    headers: dict = field(default_factory=dict)
+
+
+def text(status: int, message: str, **headers) -> Response:
+    return Response(status, (message + "\n").encode(), "text/plain; charset=utf-8", headers)
+
+
+class PageHandler(BaseHTTPRequestHandler):
+    """One request to the results page, answered by ``server.site`` (a ``site.ResultsSite``)."""
+
+    server_version = "sem-line-monitor"
+    sys_version = ""
+    protocol_version = "HTTP/1.0"  # one request per connection: no idle keep-alive threads at shutdown
+    timeout = CONNECTION_TIMEOUT
+
+    def do_GET(self):
+        self._serve()
+
+    def do_HEAD(self):
+        self._serve()
+
+    def do_POST(self):
+        self._serve()
+
+    def __getattr__(self, name: str):
+        if name.startswith("do_"):  # every other method: 405, not the stdlib's 501
+            return self._serve
+        raise AttributeError(name)
+
+    def _serve(self) -> None:
+        body = b""
+        if self.command == "POST":
+            length = self.headers.get("Content-Length", "")
+            if not (length.isascii() and length.isdigit()):
+                return self._reply(text(411, "411 length required"))
+            if int(length) > MAX_FORM_BYTES:
+                return self._reply(text(413, f"413 the form is larger than {MAX_FORM_BYTES} bytes"))
+            body = self.rfile.read(int(length))
+        try:
+            resp = self.server.site.handle(self.command, self.path, self.headers.get("Authorization"), self.headers,
+                                           body, self.client_address[0])
+        except Exception:
+            page_log.exception("results page: %s %s failed", self.command, self.path[:200])
+            resp = text(500, "500 internal error (see the daemon's log)")
+        self._reply(resp)
+
+    def _reply(self, resp: Response) -> None:
+        self.send_response(resp.status)
+        self.send_header("Content-Type", resp.content_type)
+        self.send_header("Content-Length", str(len(resp.body)))
+        if "Cache-Control" not in resp.headers:
+            self.send_header("Cache-Control", "no-store")
+        for k, v in resp.headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(resp.body)
+
+    def end_headers(self):  # also on the stdlib's own error replies (bad request lines)
+        for k, v in SECURITY_HEADERS.items():
+            self.send_header(k, v)
+        super().end_headers()
+
+    def log_message(self, format, *args):  # noqa: A002 (the stdlib's signature)
+        page_log.debug("results page: %s %s", self.address_string(), format % args)
+
+
+class ResultsServer:
+    """The results page in a daemon thread; ``start()`` binds and returns the port, ``close()`` stops it."""
+
+    def __init__(self, cfg: "WebSection", ledger: "LedgerQueries", settings: Callable[[], "Config"],
+                 labeller: "Labeller | None" = None, on_auth_failure: Callable[[str], None] | None = None):
+        from monitor.web.site import ResultsSite
+
+        self.cfg = cfg
+        self.site = ResultsSite(cfg, ledger, settings, labeller, on_auth_failure)
+        self._server: GuardedServer | None = None
+        self._thread: threading.Thread | None = None
+        self.port: int | None = None
+
+    def start(self) -> int:
+        import jinja2
+
+        from monitor.web.site import WebError, assets, exposure_warnings
+
+        cfg = self.cfg
+        try:
+            assets()
+        except (OSError, ValueError, jinja2.TemplateError) as exc:
+            raise WebError(f"results page: its templates or style sheet cannot be read from the package "
+                           f"monitor.web (a broken installation?): {exc}") from None
+        tls = None
+        if cfg.certfile:
+            try:
+                tls = server_tls(cfg.certfile, cfg.keyfile)
+            except (OSError, ssl.SSLError) as exc:
+                raise WebError(f"results page: cannot load web.certfile {cfg.certfile} / web.keyfile {cfg.keyfile}: "
+                               f"{getattr(exc, 'strerror', None) or exc}") from None
+        try:
+            self._server = GuardedServer((cfg.address, cfg.port), PageHandler, tls, name="results page",
+                                         timeout=CONNECTION_TIMEOUT, deadline=REQUEST_DEADLINE)
+            self._server.site = self.site
+        except OSError as exc:
+            raise WebError(f"results page {cfg.address}:{cfg.port}: {exc.strerror or exc} "
+                           "(web.address / web.port)") from None
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="web", daemon=True)
+        self._thread.start()
+        for warning in exposure_warnings(cfg):
+            page_log.warning("results page: %s", warning)
+        return self.port
+
+    @property
+    def url(self) -> str:
+        """The URL operators reach the page at: web.external_url, else built from the bound address."""
+        if self.cfg.external_url:
+            return self.cfg.external_url.rstrip("/")
+        host = self.cfg.address
+        if host in ("", "0.0.0.0", "::"):
+            host = socket.getfqdn()
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http{'s' if self.cfg.certfile else ''}://{host}:{self.port}"
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join()
+            self._server = None
+        self.site.ledger.close()

@@ -38,13 +38,11 @@ import logging
 import os
 import re
 import socket
-import ssl
 import stat
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from typing import Callable
 from urllib.parse import parse_qsl, urlsplit
@@ -52,40 +50,28 @@ from urllib.parse import parse_qsl, urlsplit
 import cv2
 import jinja2
 import numpy as np
-from markupsafe import Markup
 
 from monitor.config import RESULTS_MAX, Config, WebSection
 from monitor.document import ResultDocument
 from monitor.errors import MonitorError
-from monitor.files import link_problem, shown
+from monitor.files import link_problem
 from monitor.kinds import LabelKind, State, Verdict
 from monitor.ledger import LABEL_KINDS, NOTE_CHARS, VERDICT_FILTERS, WHO_CHARS, Label, LabelError, LedgerQueries, Row
 from monitor.model.images import ImageError, read_image
 from monitor.model.quality import QUALITY_REASONS
 from monitor.times import local
 from monitor.web.auth import BasicAuth, Locked, Password
-from monitor.web.server import GuardedServer, server_tls
+from monitor.web.filters import elide, fmt_pct, fmt_secs, printable, short_model, thousands, utc_offset, verdict_of
+from monitor.web.server import CONNECTION_TIMEOUT, MAX_FORM_BYTES, REQUEST_DEADLINE, SECURITY_HEADERS, Response, text  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 REALM = "SEM line monitor"
-# no inline style or script anywhere: styles only from this site (the style sheet), no script at all
-CSP = ("default-src 'none'; img-src 'self'; style-src 'self'; form-action 'self'; base-uri 'none'; "
-       "frame-ancestors 'none'")
-SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
-                    "X-Frame-Options": "DENY",
-                    # same-origin, not no-referrer: with no-referrer a browser sends "Origin: null" on the label form,
-                    # and the origin check needs the real one; other sites still get no referrer
-                    "Referrer-Policy": "same-origin"}
-CONNECTION_TIMEOUT = 15.0  # seconds a client may take over one read or write (the TLS handshake included)
-REQUEST_DEADLINE = 60.0  # seconds a connection may last, the request and the reply together (``server``)
-NAME_CHARS = 28  # longer file names are elided in the middle on the list
 _ROUTE = re.compile(r"/result/([1-9][0-9]{0,17})(?:/(overlay|image)\.png)?")
 # a Host header: a name or an IPv4 address, or an IPv6 address in brackets, and an optional port; nothing else
 _HOST = re.compile(r"(?:\[([0-9a-f:.]+)\]|([a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9.])?))(?::([0-9]{1,5}))?")
 _LABEL_ROUTE = re.compile(r"/result/([1-9][0-9]{0,17})/label")
 CSRF_SECONDS = 8 * 3600  # a label form stays valid this long (a shift); a restart of the daemon expires it too
-MAX_FORM_BYTES = 8192
 LABEL_TEXT = {"false_alarm": "false alarm", "confirmed": "confirmed defect"}
 Labeller = Callable[[int, str, str, str], Label]  # (result id, kind, who, note) -> the label written
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -102,18 +88,6 @@ class WebError(MonitorError, RuntimeError):
 
 class BadRequest(ValueError):
     pass
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes
-    content_type: str = "text/html; charset=utf-8"
-    headers: dict = field(default_factory=dict)
-
-
-def text(status: int, message: str, **headers) -> Response:
-    return Response(status, (message + "\n").encode(), "text/plain; charset=utf-8", headers)
 
 
 def exposure_warnings(cfg: WebSection) -> list[str]:
@@ -196,60 +170,6 @@ def _local_input(dt: datetime | None) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S" if dt.second or dt.microsecond else "%Y-%m-%dT%H:%M")
 
 
-# ---------------------------------------------------------------------------------------------------- formatting
-# Plain text in, plain text out: the templates escape what these return (the markup is the templates' own).
-def fmt_pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.3f} %"
-
-
-def fmt_secs(x: float | None) -> str:
-    return "–" if x is None else f"{x:.2f} s"
-
-
-def thousands(n) -> str:
-    return f"{n:,}"
-
-
-def utc_offset(dt: datetime) -> str:
-    """+01:00"""
-    off = dt.strftime("%z")
-    return f"{off[:3]}:{off[3:]}"
-
-
-def elide(name: str, n: int = NAME_CHARS) -> str:
-    if len(name) <= n:
-        return name
-    keep = (n - 1) // 2
-    return name[:keep] + "…" + name[-(n - 1 - keep):]
-
-
-def verdict_of(row: Row) -> tuple[str, str]:
-    """(badge text, css class) of a row."""
-    if row.state == State.PENDING:
-        return "pending", "b-other"
-    if row.state == State.FAILED:
-        return f"failed: {row.error_kind or '?'}", "b-other"
-    if row.verdict == Verdict.DEFECT:
-        return "defect", "b-defect"
-    if row.verdict == Verdict.OK:
-        return "ok", "b-ok"
-    if row.verdict == Verdict.MISMATCH:
-        return "mismatch", "b-mismatch"
-    return row.verdict or "no verdict", "b-other"
-
-
-def short_model(model_id: str | None) -> str:
-    return (model_id or "–")[:8]
-
-
-def _printable(value):
-    """Jinja's finalize: every value a template prints, as ``files.shown`` shows it (bytes of a file name that are not
-    UTF-8 as \\xNN, control characters escaped); autoescape then escapes it. Markup (a macro's) is left as it is."""
-    if isinstance(value, Markup):
-        return value
-    return shown(str(value))
-
-
 PAGES = ("list.html", "result.html", "message.html")  # the templates the site renders (they include the others)
 
 
@@ -266,7 +186,7 @@ def assets() -> Assets:
     as a checkout: ``templates/`` and ``static/`` beside this module). OSError, ValueError (no templates folder) or
     jinja2.TemplateError when the installation lacks one: ``ResultsServer.start`` then leaves the page off."""
     env = jinja2.Environment(loader=jinja2.PackageLoader("monitor.web", "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined, finalize=_printable, trim_blocks=True,
+                             undefined=jinja2.StrictUndefined, finalize=printable, trim_blocks=True,
                              lstrip_blocks=True, keep_trailing_newline=True, auto_reload=False)
     env.filters.update(pct=fmt_pct, secs=fmt_secs, thousands=thousands, elide=elide, verdict=verdict_of,
                        short_model=short_model, basename=os.path.basename, local=local, utc_offset=utc_offset)
@@ -652,120 +572,3 @@ class ResultsSite:
         return stat.S_ISREG(st.st_mode) and st.st_size == r.size and st.st_mtime_ns == r.mtime_ns
 
 
-# ---------------------------------------------------------------------------------------------------------- server
-class _Handler(BaseHTTPRequestHandler):
-    server_version = "sem-line-monitor"
-    sys_version = ""
-    protocol_version = "HTTP/1.0"  # one request per connection: no idle keep-alive threads at shutdown
-    timeout = CONNECTION_TIMEOUT
-
-    def do_GET(self):
-        self._serve()
-
-    def do_HEAD(self):
-        self._serve()
-
-    def do_POST(self):
-        self._serve()
-
-    def __getattr__(self, name: str):
-        if name.startswith("do_"):  # every other method: 405, not the stdlib's 501
-            return self._serve
-        raise AttributeError(name)
-
-    def _serve(self) -> None:
-        body = b""
-        if self.command == "POST":
-            length = self.headers.get("Content-Length", "")
-            if not (length.isascii() and length.isdigit()):
-                return self._reply(text(411, "411 length required"))
-            if int(length) > MAX_FORM_BYTES:
-                return self._reply(text(413, f"413 the form is larger than {MAX_FORM_BYTES} bytes"))
-            body = self.rfile.read(int(length))
-        try:
-            resp = self.server.site.handle(self.command, self.path, self.headers.get("Authorization"), self.headers,
-                                           body, self.client_address[0])
-        except Exception:
-            log.exception("results page: %s %s failed", self.command, self.path[:200])
-            resp = text(500, "500 internal error (see the daemon's log)")
-        self._reply(resp)
-
-    def _reply(self, resp: Response) -> None:
-        self.send_response(resp.status)
-        self.send_header("Content-Type", resp.content_type)
-        self.send_header("Content-Length", str(len(resp.body)))
-        if "Cache-Control" not in resp.headers:
-            self.send_header("Cache-Control", "no-store")
-        for k, v in resp.headers.items():
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(resp.body)
-
-    def end_headers(self):  # also on the stdlib's own error replies (bad request lines)
-        for k, v in SECURITY_HEADERS.items():
-            self.send_header(k, v)
-        super().end_headers()
-
-    def log_message(self, format, *args):  # noqa: A002 (the stdlib's signature)
-        log.debug("results page: %s %s", self.address_string(), format % args)
-
-
-class ResultsServer:
-    """The results page in a daemon thread; ``start()`` binds and returns the port, ``close()`` stops it."""
-
-    def __init__(self, cfg: WebSection, ledger: LedgerQueries, settings: Callable[[], Config],
-                 labeller: Labeller | None = None, on_auth_failure: Callable[[str], None] | None = None):
-        self.cfg = cfg
-        self.site = ResultsSite(cfg, ledger, settings, labeller, on_auth_failure)
-        self._server: GuardedServer | None = None
-        self._thread: threading.Thread | None = None
-        self.port: int | None = None
-
-    def start(self) -> int:
-        cfg = self.cfg
-        try:
-            assets()
-        except (OSError, ValueError, jinja2.TemplateError) as exc:
-            raise WebError(f"results page: its templates or style sheet cannot be read from the package "
-                           f"monitor.web (a broken installation?): {exc}") from None
-        tls = None
-        if cfg.certfile:
-            try:
-                tls = server_tls(cfg.certfile, cfg.keyfile)
-            except (OSError, ssl.SSLError) as exc:
-                raise WebError(f"results page: cannot load web.certfile {cfg.certfile} / web.keyfile {cfg.keyfile}: "
-                               f"{getattr(exc, 'strerror', None) or exc}") from None
-        try:
-            self._server = GuardedServer((cfg.address, cfg.port), _Handler, tls, name="results page",
-                                         timeout=CONNECTION_TIMEOUT, deadline=REQUEST_DEADLINE)
-            self._server.site = self.site
-        except OSError as exc:
-            raise WebError(f"results page {cfg.address}:{cfg.port}: {exc.strerror or exc} "
-                           "(web.address / web.port)") from None
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="web", daemon=True)
-        self._thread.start()
-        for warning in exposure_warnings(cfg):
-            log.warning("results page: %s", warning)
-        return self.port
-
-    @property
-    def url(self) -> str:
-        """The URL operators reach the page at: web.external_url, else built from the bound address."""
-        if self.cfg.external_url:
-            return self.cfg.external_url.rstrip("/")
-        host = self.cfg.address
-        if host in ("", "0.0.0.0", "::"):
-            host = socket.getfqdn()
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http{'s' if self.cfg.certfile else ''}://{host}:{self.port}"
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join()
-            self._server = None
-        self.site.ledger.close()
