@@ -29,3 +29,28 @@ class LabelKind(StrEnum):
 
     FALSE_ALARM = "false_alarm"
     CONFIRMED = "confirmed"
+
+
+class FailureKind(StrEnum):
+    """Why an image could not be judged (the ledger's ``error_kind``, the failed-images metric's ``reason``): the
+    file (``ImageError``) or the monitor."""
+
+    MISSING = "missing"
+    PERMISSION = "permission"
+    EMPTY = "empty"
+    TOO_LARGE = "too_large"
+    TOO_SMALL = "too_small"
+    UNREADABLE = "unreadable"
+    CORRUPT = "corrupt"
+    CHANGED = "changed"
+    SYMLINK = "symlink"
+    CRASHED = "crashed"  # the daemon stopped while scoring it, too many times
+    OUT_OF_MEMORY = "out_of_memory"
+    DEVICE = "device"  # a torch or CUDA error
+    INTERNAL = "internal"  # anything else (logged with its traceback)
+
+
+FILE_FAILURES = (FailureKind.MISSING, FailureKind.PERMISSION, FailureKind.EMPTY, FailureKind.TOO_LARGE,
+                 FailureKind.TOO_SMALL, FailureKind.UNREADABLE, FailureKind.CORRUPT, FailureKind.CHANGED,
+                 FailureKind.SYMLINK)  # the file's: ImageError's kinds
+

@@ -153,7 +153,8 @@ def _dies(job, args_ns, queue):
 def test_evaluate_ends_with_an_error_when_its_process_dies(tmp_path):
     """It waited forever on the dead process's queue. `monitor evaluate` in a process of its own, with an
     evaluation job that dies before it reports."""
-    code = ("import sys, monitor.cli as cli, tests.test_cli as t; cli._evaluate_job = t._dies; "
+    code = ("import sys, monitor.cli as cli, monitor.commands.evaluate as ev, tests.test_cli as t; "
+            "ev.evaluate_job = t._dies; "
             f"sys.exit(cli.main(['evaluate', '--data', {str(NANOTWICE)!r}, '--model', {str(tmp_path / 'm')!r}, "
             f"'--out', {str(tmp_path / 'ev')!r}]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)

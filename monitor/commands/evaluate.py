@@ -6,6 +6,9 @@ except the per-defect coverage, which uses the threshold giving ``fpr`` of the n
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +18,9 @@ import cv2
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from monitor.model.images import list_images
+from monitor.commands.fit import bar, fit_model
+from monitor.config import ConfigError, load_config
+from monitor.model.images import list_images, read_image
 
 LAYOUTS = ("nanotwice", "mvtec")
 # The Napoletano et al. 2018 protocol drops the 8th, 15th, 27th, 31st and 35th anomalous image.
@@ -206,3 +211,121 @@ def roc_plot(maps, masks, path: str | Path, title: str = "pixel ROC", size: int 
     cv2.putText(img, "TPR", (8, m0 + side // 2), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), img)
+
+
+# ------------------------------------------------------------------------------------------------ `monitor evaluate`
+def evaluate_job(job: tuple[str, str], args_ns: dict, queue) -> None:
+    """One model (``("model", DIR)``) or one method fitted on the data set's own split (``("fit", METHOD)``),
+    evaluated in its own process so that its peak memory is its own. Whatever goes wrong is put on the queue, the
+    failed imports too."""
+    try:
+        import resource
+
+        import torch
+
+        from monitor.model.images import read_mask
+        from monitor.model.model import Model
+
+        cfg = load_config(args_ns["config"], args_ns["set"])
+        ds = load_dataset(args_ns["data"], args_ns["layout"])
+        out_dir = Path(args_ns["out"])
+        kind, what = job
+        if kind == "fit":
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, method=what))
+            mdir = out_dir / "models" / what
+            fit_model(cfg, list(ds.train), list(ds.val), mdir, quiet=False)
+        else:
+            mdir = Path(what)
+        model = Model.load(mdir, cfg.model.device, runtime=cfg.model.runtime, precision=cfg.model.precision)
+        name = what if kind == "fit" else Path(what).name
+
+        def score(p):
+            r = model.scorer.score(model.prepare(read_image(p, cfg.image)))  # as the daemon scores
+            return r.anomaly_map, r.image_score
+
+        n = min(args_ns["limit"], len(ds.test)) if args_ns["limit"] else len(ds.test)
+        progress = bar(n, f"evaluate {name}", "images")
+        try:
+            rep, raw = evaluate(score, ds, read_mask, args_ns["limit"], progress.update)
+        finally:
+            progress.close()
+        rep.update(model_id=model.model_id, model_dir=str(mdir), method=model.meta.method,
+                   config=model.meta.scorer["config"], fit_seconds=model.meta.fit_seconds,
+                   device=str(model.scorer.device),
+                   peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                   peak_cuda_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available()
+                   else None)
+        roc_plot(raw["maps"], raw["masks"], out_dir / f"roc_{name}.png", f"{name} pixel ROC")
+        queue.put((name, rep))
+    except Exception as exc:  # reported by the parent, which goes on with the next job
+        queue.put((job[1], {"error": f"{type(exc).__name__}: {exc}"}))
+
+
+def run_evaluation(args) -> int:
+    """`monitor evaluate`: each job (``--model DIR``, ``--fit METHOD``) in a process of its own (its peak memory
+    its own), its report gathered; evaluation.json, evaluation.md and the table printed. 1 when a job failed."""
+    import multiprocessing as mp
+
+    load_dataset(args.data, args.layout)  # fail early on a wrong path
+    jobs = [("model", m) for m in args.model or []] + [("fit", m) for m in args.fit or []]
+    if not jobs:
+        raise ConfigError("nothing to evaluate: give --model DIR and/or --fit METHOD")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args_ns = {"config": args.config, "set": args.set or [], "data": args.data, "layout": args.layout,
+               "out": str(out_dir), "limit": args.limit}
+    ctx = mp.get_context("spawn")
+    reports, failed = {}, 0
+    for job in jobs:
+        q = ctx.Queue()
+        proc = ctx.Process(target=evaluate_job, args=(job, args_ns, q))
+        proc.start()
+        name, rep = _result_of(proc, q, job)
+        proc.join()
+        if "error" in rep:
+            print(f"monitor: evaluate {name}: {rep['error']}", file=sys.stderr)
+            failed += 1
+            continue
+        reports[name] = rep
+    (out_dir / "evaluation.json").write_text(json.dumps(reports, indent=2) + "\n")
+    (out_dir / "evaluation.md").write_text(markdown_table(reports))
+    print(markdown_table(reports))
+    return 1 if failed else 0
+
+
+def _result_of(proc, q, job: tuple[str, str]) -> tuple[str, dict]:
+    """The job's (name, report) from its process; an error report when the process ends without one (killed,
+    out of memory, a crash in native code), instead of waiting for it forever."""
+    import queue
+
+    while True:
+        try:
+            return q.get(timeout=2.0)
+        except queue.Empty:
+            if not proc.is_alive():
+                try:  # the result may have come just before the process ended
+                    return q.get(timeout=1.0)
+                except queue.Empty:
+                    return job[1], {"error": f"its process ended without a result (exit code {proc.exitcode}: "
+                                             "killed, out of memory, or a crash)"}
+
+
+def markdown_table(reports: dict) -> str:
+    rows = ["| model | method | images | pixel ROC-AUC | pixel ROC-AUC (paper 35) | PRO-AUC 30% | "
+            "median defect coverage @5% FPR | (defects < 200 px) | image AUROC | fit | time/image p50 | p95 | "
+            "peak memory |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in reports.items():
+        a, t = r["all"], r["time_per_image_seconds"]
+        p35 = r.get("paper35", {}).get("pixel_auroc")
+        c = a["coverage_at_5pct_fpr"]
+        small = c.get("small", {}).get("median")
+        img = a.get("image_auroc")
+        fit = r.get("fit_seconds")
+        mem = r.get("peak_rss_mb")
+        rows.append(f"| {name} | {r.get('method', '')} | {a['n_images']} | {a['pixel_auroc']:.4f} | "
+                    f"{'n/a' if p35 is None else f'{p35:.4f}'} | {a['pro_auc_30']:.4f} | {c['median']:.3f} | "
+                    f"{'n/a' if small is None else f'{small:.3f}'} | "
+                    f"{'n/a' if img is None else f'{img:.3f}'} | {'n/a' if fit is None else f'{fit:.0f} s'} | "
+                    f"{t['p50']:.3f} s | {t['p95']:.3f} s | {'n/a' if mem is None else f'{mem:.0f} MB'} |")
+    return "\n".join(rows) + "\n"

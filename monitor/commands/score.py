@@ -19,9 +19,9 @@ def score_images(cfg: Config, args, check_model: bool) -> int:
     configuration's backbone and mode (a configuration was given, as a file or with --set). Exit code: 1 when an
     image could not be read, else 0."""
     from monitor import judge
-    from monitor.daemon.alarm import caption_for
+    from monitor.daemon.alarm import picture
     from monitor.model.model import Model, expectations
-    from monitor.model.overlay import render_overlay, render_unscored, write_png
+    from monitor.model.overlay import write_png
     from monitor.model.quality import QUALITY_REASONS
     from monitor.times import local_time
 
@@ -41,8 +41,8 @@ def score_images(cfg: Config, args, check_model: bool) -> int:
         if unfit is not None:  # not scored against a model it does not fit
             doc = unfit.document.with_head(image=str(path), model_id=model.model_id)
             if args.overlay and unfit.mismatch_reason in QUALITY_REASONS:  # an acquisition problem: image, reason
-                caption = caption_for(doc.with_head(scored_at=local_time(), line=line))
-                write_png(Path(args.overlay) / f"{path.stem}.png", render_unscored(img, caption))
+                write_png(Path(args.overlay) / f"{path.stem}.png",
+                          picture(img, None, doc.with_head(scored_at=local_time(), line=line)))
             print(doc.to_json())
             continue
         t1 = time.perf_counter()
@@ -58,8 +58,7 @@ def score_images(cfg: Config, args, check_model: bool) -> int:
             Path(args.maps).mkdir(parents=True, exist_ok=True)
             np.save(Path(args.maps) / f"{path.stem}.npy", ins.result.anomaly_map.astype(np.float32))
         if args.overlay:
-            caption = caption_for(doc.with_head(scored_at=local_time(), line=line))
-            pic = render_overlay(img, ins.result.anomaly_map, ins.report, caption, ins.threshold)
-            write_png(Path(args.overlay) / f"{path.stem}.png", pic)
+            write_png(Path(args.overlay) / f"{path.stem}.png",
+                      picture(img, ins, doc.with_head(scored_at=local_time(), line=line)))
         print(json.dumps(out))
     return 1 if failed else 0

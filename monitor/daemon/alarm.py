@@ -44,16 +44,20 @@ def caption_for(result: ResultDocument) -> Caption:
                    note=result.mismatch or "" if result.verdict == Verdict.MISMATCH else "")
 
 
+def picture(image, ins: Inspection | None, result: ResultDocument):
+    """The operator's picture of a result: the image with its heat map, defect outlines and banner; ``ins`` None: an
+    image that was not scored (a mismatch of acquisition quality), shown with its banner and no heat map. The one
+    rule the worker's overlays and `monitor score --overlay` draw by."""
+    if ins is None:
+        return render_unscored(image, caption_for(result))
+    return render_overlay(image, ins.result.anomaly_map, ins.report, caption_for(result), ins.threshold)
+
+
 def write_outputs(out_dir: Path, stem: str, image, ins: Inspection | None, result: ResultDocument) -> Path:
-    """Overlay PNG + result JSON named ``stem``; returns the overlay path. ``ins`` None: an image that was not
-    scored (a mismatch of acquisition quality), shown with its banner and no heat map."""
+    """Overlay PNG (``picture``) + result JSON named ``stem``; returns the overlay path."""
     overlay, js = out_dir / f"{stem}.png", out_dir / f"{stem}.json"
     try:
-        if ins is None:
-            write_png(overlay, render_unscored(image, caption_for(result)))
-        else:
-            write_png(overlay, render_overlay(image, ins.result.anomaly_map, ins.report, caption_for(result),
-                                              ins.threshold))
+        write_png(overlay, picture(image, ins, result))
         atomic_write(js, (result.with_head(overlay=str(overlay)).to_json(indent=2) + "\n").encode())
     except BaseException:  # no half pair left behind: retention only knows the files of a recorded overlay
         for f in (overlay, js):

@@ -25,9 +25,9 @@ from prometheus_client.metrics_core import Metric
 
 from monitor import __version__
 from monitor.errors import MonitorError
+from monitor.kinds import FailureKind
 from monitor.ledger import LABEL_KINDS
 from monitor.model.defects import VERDICTS
-from monitor.model.images import ERROR_KINDS
 from monitor.model.mismatch import MISMATCH_REASONS
 from monitor.web.server import GuardedServer, server_tls
 
@@ -39,7 +39,7 @@ COVERAGE_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.0
 DIAMETER_BUCKETS = (5e-8, 1e-7, 1.5e-7, 2e-7, 3e-7, 4e-7, 5e-7, 6e-7, 8e-7, 1e-6, 1.5e-6, 2e-6, 3e-6, 5e-6, 1e-5,
                     2e-5)
 # failures that are not about the file: out of memory, a CUDA/torch error, anything else
-FAILURE_KINDS = ERROR_KINDS + ("crashed", "out_of_memory", "device", "internal")
+FAILURE_KINDS = tuple(FailureKind)
 
 # a scrape connection: seconds per read or write, and in all (Prometheus' default scrape_timeout is 10 s)
 SCRAPE_TIMEOUT, SCRAPE_DEADLINE = 10.0, 20.0
@@ -164,7 +164,7 @@ class Metrics:
         for verdict, n in totals["done"].items():
             self.images_processed_total.labels(verdict=verdict or "no-threshold").inc(n)
         for kind, n in totals["failed"].items():
-            self.images_failed_total.labels(reason=kind if kind in FAILURE_KINDS else "internal").inc(n)
+            self.images_failed_total.labels(reason=kind if kind in FAILURE_KINDS else FailureKind.INTERNAL).inc(n)
         self.alarms_total.inc(totals["alarms"])
         for reason, n in totals.get("mismatches", {}).items():
             if reason in MISMATCH_REASONS:

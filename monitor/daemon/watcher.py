@@ -34,6 +34,7 @@ import sqlite3
 import stat
 import threading
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Callable
 
@@ -50,7 +51,17 @@ from monitor.times import local_time
 
 log = logging.getLogger(__name__)
 
-COMPLETE, CANDIDATE, WRITING, MOVED, ATTRIB = "complete", "candidate", "writing", "moved", "attrib"
+class Event(StrEnum):
+    """What the observer's handler puts on the intake's queue about a path."""
+
+    COMPLETE = "complete"  # closed after writing, or moved in (native): take it
+    CANDIDATE = "candidate"  # created or changed (polling): take it once its size and time settle
+    WRITING = "writing"  # opened for writing here (native): its close will follow
+    MOVED = "moved"  # renamed inside the folder: (old path, new path)
+    ATTRIB = "attrib"  # its mode or owner changed: readable now, perhaps
+
+
+COMPLETE, CANDIDATE, WRITING, MOVED, ATTRIB = Event  # the names the handler and the intake use
 EMPTY_SETTLE_FACTOR = 5  # a 0-byte candidate is recorded (and fails "empty") after 5 x settle_seconds unchanged
 FOLDER_CHECK_SECONDS = 1.0  # how often the intake checks that watch.dir is still the folder it watches
 RETRY_SECONDS = 5.0  # after the ledger refused a write (a full disk), the folder is re-scanned this much later

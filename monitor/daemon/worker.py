@@ -25,7 +25,7 @@ from monitor.daemon.chart import FibreChart
 from monitor.daemon.metrics import Metrics
 from monitor.document import ResultDocument
 from monitor.files import fitting_stem, shown
-from monitor.kinds import State, Verdict
+from monitor.kinds import FailureKind, State, Verdict
 from monitor.ledger import Ledger, Row
 from monitor.model.images import ImageError
 from monitor.model.model import Model
@@ -136,8 +136,9 @@ class Worker(threading.Thread):
         for row in rows:
             if row.id not in self._in_hand:  # attempts count the processes that died scoring it, not retries here
                 if row.attempts >= cfg.service.max_attempts:
-                    done.append(self._failed(row, Failure("crashed", f"the daemon stopped {row.attempts} times "
-                                             "while scoring this image; not retried (service.max_attempts)"), model))
+                    why = (f"the daemon stopped {row.attempts} times while scoring this image; not retried "
+                           "(service.max_attempts)")
+                    done.append(self._failed(row, Failure(FailureKind.CRASHED, why), model))
                     continue
                 self.ledger.start(row.id)
                 self._in_hand.add(row.id)
@@ -152,12 +153,12 @@ class Worker(threading.Thread):
             except ImageError as exc:
                 # a file gone is failed only if its row still names that path: renamed meanwhile, it stays pending
                 failed = self._failed(row, Failure(exc.kind, exc.reason), model,
-                                      row.path if exc.kind == "missing" else None)
+                                      row.path if exc.kind == FailureKind.MISSING else None)
                 if failed is not None:
                     done.append(failed)
             except Exception as exc:  # a reader bug must fail this image, never stop the worker for the next ones
                 log.exception("%s: reading failed", row.path)
-                done.append(self._failed(row, Failure("internal", f"{type(exc).__name__}: {exc}"), model))
+                done.append(self._failed(row, Failure(FailureKind.INTERNAL, f"{type(exc).__name__}: {exc}"), model))
         if not ready:
             return done
         t0 = time.monotonic()
@@ -186,7 +187,7 @@ class Worker(threading.Thread):
             return judge.read(cfg, model, row.path, _content_hash(row))
         except ImageError as exc:
             now = self.ledger.get(row.id)
-            if exc.kind != "missing" or now is None or now.path == row.path:
+            if exc.kind != FailureKind.MISSING or now is None or now.path == row.path:
                 raise
             return judge.read(cfg, model, now.path, _content_hash(now))
 
@@ -371,7 +372,7 @@ def _content_hash(row: Row) -> str | None:
 class Failure(NamedTuple):
     """An image that could not be judged: ``kind`` (the failed-images metric's label) and its reason."""
 
-    kind: str
+    kind: FailureKind
     reason: str
 
 
@@ -380,10 +381,10 @@ def _failure(exc: BaseException) -> Failure:
     torch = sys.modules.get("torch")  # loaded only where the scorer runs on torch (CUDA, other methods)
     if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
         torch.cuda.empty_cache()
-        return Failure("out_of_memory", f"out of memory: {exc}".splitlines()[0][:500])
+        return Failure(FailureKind.OUT_OF_MEMORY, f"out of memory: {exc}".splitlines()[0][:500])
     if isinstance(exc, MemoryError):
-        return Failure("out_of_memory", "out of memory (host)")
+        return Failure(FailureKind.OUT_OF_MEMORY, "out of memory (host)")
     if isinstance(exc, RuntimeError):  # torch/CUDA errors surface as RuntimeError
-        return Failure("device", f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
+        return Failure(FailureKind.DEVICE, f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
     log.error("unexpected scoring error", exc_info=exc)
-    return Failure("internal", f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
+    return Failure(FailureKind.INTERNAL, f"{type(exc).__name__}: {exc}".splitlines()[0][:500])

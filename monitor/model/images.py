@@ -20,6 +20,7 @@ from PIL import Image
 
 from monitor.errors import MonitorError
 from monitor.files import FileTooLarge, NotRegularFile, open_regular, read_regular
+from monitor.kinds import FILE_FAILURES
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
@@ -27,8 +28,7 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 BYTES_PER_PIXEL = 8  # the most an uncompressed pixel takes (16-bit RGBA, float64 gray)
 
 # the bounded set of ImageError kinds (a metric label; the free-text reason goes to the ledger)
-ERROR_KINDS = ("missing", "permission", "empty", "too_large", "too_small", "unreadable", "corrupt", "changed",
-               "symlink")
+ERROR_KINDS = FILE_FAILURES  # what sort of failure an ImageError is (kinds.FailureKind)
 
 
 class ImageError(MonitorError, ValueError):
