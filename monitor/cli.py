@@ -17,7 +17,7 @@ from monitor import __version__
 from monitor.commands.fit import fit_model
 from monitor.config import Config, ConfigError, in_export, load_config
 from monitor.errors import MonitorError
-from monitor.extras import need_torch
+from monitor.extras import installed, need_torch
 from monitor.files import shown
 from monitor.model.images import list_images
 from monitor.model.methods import METHOD_NAMES
@@ -192,14 +192,8 @@ def cmd_hash_password(args) -> int:
 
 def version_line() -> str:
     """``monitor 0.4.0 (Python 3.11.7, torch 2.14.1, openvino 2026.4.1)``, without importing torch."""
-    from importlib.metadata import PackageNotFoundError, version
-
     parts = [f"Python {sys.version.split()[0]}"]
-    for dist in ("torch", "openvino"):
-        try:
-            parts.append(f"{dist} {version(dist)}")
-        except PackageNotFoundError:
-            parts.append(f"{dist} not installed")
+    parts += [f"{dist} {installed(dist) or 'not installed'}" for dist in ("torch", "openvino")]
     return f"monitor {__version__} ({', '.join(parts)})"
 
 

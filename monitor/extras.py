@@ -17,6 +17,17 @@ class MissingExtra(MonitorError, RuntimeError):
     """This installation lacks the packages a command needs."""
 
 
+def installed(dist: str) -> str | None:
+    """The installed version of the distribution ``dist``, None when it is not installed; without importing it
+    (torch and OpenVINO take seconds to import)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
 def has_torch() -> bool:
     return importlib.util.find_spec("torch") is not None
 

@@ -7,7 +7,6 @@ the ledger's totals, so after a restart they agree with the ledger (and never go
 
 from __future__ import annotations
 
-import importlib.metadata
 import platform
 import ssl
 import threading
@@ -25,6 +24,7 @@ from prometheus_client.metrics_core import Metric
 
 from monitor import __version__
 from monitor.errors import MonitorError
+from monitor.extras import installed
 from monitor.kinds import FailureKind
 from monitor.ledger import LABEL_KINDS
 from monitor.model.defects import VERDICTS
@@ -149,12 +149,8 @@ class Metrics:
                   self.fibre_diameter_upper_limit_ratio, self.fibre_coherency_ratio, self.fibre_orientation_radians,
                   self.fibre_porosity_ratio, self.fibre_beads_per_square_meter):
             g.set(float("nan"))  # nothing measured yet
-        versions = {}
-        for dist in ("torch", "openvino"):  # the installed distributions' versions, "" when not installed (torch
-            try:  # on a line PC without the fitting extra); importing them would cost seconds
-                versions[dist] = importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:
-                versions[dist] = ""
+        # the installed distributions' versions, "" when not installed (torch on a line PC without the fitting extra)
+        versions = {dist: installed(dist) or "" for dist in ("torch", "openvino")}
         self.build.info({"version": __version__, "python": platform.python_version(), **versions})
         self._server = None
 

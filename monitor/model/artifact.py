@@ -43,14 +43,10 @@ def compute_model_id(meta: dict, arrays: dict[str, np.ndarray]) -> str:
 
 
 def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    from monitor.extras import installed
 
     out = {"python": platform.python_version(), "numpy": np.__version__}
-    for dist in ("torch", "scikit-learn", "openvino"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
+    out.update({dist: v for dist in ("torch", "scikit-learn", "openvino") if (v := installed(dist))})
     return out
 
 

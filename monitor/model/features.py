@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from monitor.model.backbones import Backbone
-from monitor.model.grid import dense_map
+from monitor.model.grid import blurred, dense_map
 from monitor.model.methods import MODES  # noqa: F401 (re-exported)
 
 
@@ -169,10 +169,5 @@ def grid_to_map(scores: torch.Tensor, grid: FeatureGrid, sigma: float = 0.0) -> 
         acc = acc.cumsum(0).cumsum(1)[:H, :W]
         cnt = cnt.cumsum(0).cumsum(1)[:H, :W]
         out = (acc / cnt.clamp_min(1)).float()
-        m = out.cpu().numpy().astype(np.float32, copy=False)
-        if sigma > 0:
-            import cv2
-
-            m = cv2.GaussianBlur(m, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
-        return np.ascontiguousarray(m)
+        return blurred(out.cpu().numpy().astype(np.float32, copy=False), sigma)
     return dense_map(s.cpu().numpy(), (H, W), grid.cell, sigma)

@@ -182,7 +182,7 @@ def check(scorer, image: np.ndarray):
         log.error("the inference graph could not be built (%s: %s); the model is saved without it and needs torch "
                   "to score", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
         return None
-    want = _raw_distances(scorer, scorer.extract(image))
+    want = scorer.distances(scorer.extract(image))
     worst = _difference(got, want, float(scorer.coarse_limit[0]) if len(scorer.coarse_limit) else None)
     if not worst <= TOLERANCE:
         log.error("the inference graph's distances differ from torch's by %.2g of their range (allowed %.0e); "
@@ -218,16 +218,6 @@ def _difference(got: np.ndarray, want: np.ndarray, limit: float | None) -> float
         if edge.sum() <= 0.001 * edge.size:
             diff = np.where(edge, 0, diff)
     return float(diff.max())
-
-
-def _raw_distances(scorer, grid) -> np.ndarray:
-    """The torch scorer's distances before the border calibration."""
-    offset, gain = scorer.border_offset, scorer.border_gain
-    scorer.border_offset = scorer.border_gain = offset[:0]
-    try:
-        return scorer.patch_scores(grid)
-    finally:
-        scorer.border_offset, scorer.border_gain = offset, gain
 
 
 def _omp_threads() -> int | None:

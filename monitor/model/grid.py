@@ -63,7 +63,11 @@ def dense_map(scores: np.ndarray, image_shape: tuple[int, int], cell: float, sig
                    interpolation=cv2.INTER_LINEAR)
     if m.shape[0] < H or m.shape[1] < W:
         m = np.pad(m, ((0, max(0, H - m.shape[0])), (0, max(0, W - m.shape[1]))), mode="edge")
-    m = m[:H, :W]
+    return blurred(m[:H, :W], sigma)
+
+
+def blurred(m: np.ndarray, sigma: float) -> np.ndarray:
+    """The pixel map with a Gaussian blur of ``sigma`` pixels (0: none), the border reflected; contiguous."""
     if sigma > 0:
         m = cv2.GaussianBlur(m, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
     return np.ascontiguousarray(m)

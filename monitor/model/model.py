@@ -94,18 +94,6 @@ class ModelMeta:
         return {k: getattr(self, k) for k in self.SAVED}
 
 
-def _keep_the_coarse_search_under(scorer, threshold: float) -> None:
-    """The coarse search's distances are upper bounds under its limit: keep them under the map's threshold in every
-    border zone (gain x limit + offset), or search every cell against every word."""
-    limit = float(scorer.coarse_limit[0])
-    gain, offset = scorer.border_gain.cpu().numpy(), scorer.border_offset.cpu().numpy()
-    highest = max([limit] + ([float(v) for v in (gain * limit + offset)] if len(gain) == len(offset) else []))
-    if highest >= threshold:
-        log.warning("the coarse search's limit (%.2f, %.2f in the border zones) is not under the threshold %.2f: "
-                    "every cell is searched against every word", limit, highest, threshold)
-        scorer.coarse_limit = scorer.coarse_limit[:0]
-
-
 LEVEL_QUANTILE = 0.99  # the drift gauge compares this quantile of an image's patch scores with the validation images'
 
 
@@ -172,11 +160,12 @@ class Model:
         if val:
             meta.drift_reference = {"quantile": LEVEL_QUANTILE, "median": float(np.median(levels)),
                                     "levels": [round(v, 6) for v in levels]}
-        if th is not None and len(getattr(scorer, "coarse_limit", ())):
-            _keep_the_coarse_search_under(scorer, th.value)
         model = cls(scorer, th, defects, meta, runtime)
         if method == "patch_dictionary":
             from monitor.model import graph
+
+            if th is not None:
+                scorer.keep_coarse_search_under(th.value)
 
             built = graph.check(scorer, (val or normal)[0])
             if built:
@@ -287,7 +276,8 @@ class Model:
             if key in cfg and cfg[key] != want:
                 raise ArtifactError(f"{directory}: model was made with {key}={cfg[key]!r}, "
                                     f"the configuration asks for {key}={want!r}; refit or change the configuration")
-        if meta.graph and runtime != "torch" and not cuda_wanted(device):
+        cuda = cuda_wanted(device)
+        if meta.graph and runtime != "torch" and not cuda:
             from monitor.model.graph import GraphScorer
             from monitor.model.methods import PatchDictionaryConfig
 
@@ -303,9 +293,8 @@ class Model:
                 raise ArtifactError(f"{directory}: cannot load the inference graph: {first}") from None
             runtime = "openvino"
         else:
-            need_torch(f"scoring this model ({method}" + (", on CUDA)" if cuda_wanted(device) else
-                                                          ", saved without an inference graph)"
-                                                          if not meta.graph else ", runtime torch)"))
+            why = "on CUDA" if cuda else "runtime torch" if meta.graph else "saved without an inference graph"
+            need_torch(f"scoring this model ({method}, {why})")
             scorer_cls, _ = scorers.METHODS[method]
             try:
                 scorer = scorer_cls.from_state(meta.scorer, arrays, device)

@@ -15,6 +15,7 @@ calibrate (on normal validation images, before the threshold): the outer ``borde
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict
 from typing import Sequence
@@ -28,6 +29,8 @@ from monitor.model.grid import border_rings, border_zones, calibrated  # noqa: F
 from monitor.model.methods import PatchDictionaryConfig
 
 from .base import QUIET, Progress, Scorer, ScoreResult, Tick
+
+log = logging.getLogger(__name__)
 
 STATE_ARRAYS = ("mean", "components", "scale", "words", "border_offset", "border_gain", "coarse_words", "coarse_limit")
 OPTIONAL_ARRAYS = ("border_offset", "border_gain", "coarse_words", "coarse_limit")  # older models lack them
@@ -278,7 +281,7 @@ class PatchDictionary(Scorer):
         n, s1, s2 = np.zeros(n_zones), np.zeros(n_zones), np.zeros(n_zones)
         raw = []
         for img in images:
-            s = self.patch_scores(self.extract(img)).astype(np.float64)
+            s = self.distances(self.extract(img)).astype(np.float64)
             raw.append(s.ravel())
             if R == 0:
                 tick(1)
@@ -317,6 +320,12 @@ class PatchDictionary(Scorer):
     # -------------------------------------------------------------------------------------------------------- score
     def patch_scores(self, grid: FeatureGrid) -> np.ndarray:
         """(h, w) float32: each cell's distance to its nearest words, the border zones calibrated."""
+        return calibrated(self.distances(grid), self.border_offset.cpu().numpy(), self.border_gain.cpu().numpy(),
+                          self.config.border_rings)
+
+    def distances(self, grid: FeatureGrid) -> np.ndarray:
+        """(h, w) float32: each cell's distance to its nearest words, before the border calibration (what the
+        inference graph computes)."""
         if not self.fitted:
             raise RuntimeError("the scorer is not fitted")
         f = grid.features.reshape(-1, grid.features.shape[-1])
@@ -329,9 +338,20 @@ class PatchDictionary(Scorer):
             d = self._coarse_to_fine(z)
         else:
             d = nearest_distances(z, self.words, self.config.m, self._w2, self._nn_buf)
-        d = d.reshape(grid.grid_shape)
-        return calibrated(d.cpu().numpy(), self.border_offset.cpu().numpy(), self.border_gain.cpu().numpy(),
-                          self.config.border_rings)
+        return d.reshape(grid.grid_shape).cpu().numpy()
+
+    def keep_coarse_search_under(self, threshold: float) -> None:
+        """The coarse search's distances are upper bounds under its limit: keep them under the map's threshold in
+        every border zone (gain x limit + offset), or search every cell against every word."""
+        if not len(self.coarse_limit):
+            return
+        limit = float(self.coarse_limit[0])
+        gain, offset = self.border_gain.cpu().numpy(), self.border_offset.cpu().numpy()
+        highest = max([limit] + ([float(v) for v in (gain * limit + offset)] if len(gain) == len(offset) else []))
+        if highest >= threshold:
+            log.warning("the coarse search's limit (%.2f, %.2f in the border zones) is not under the threshold %.2f: "
+                        "every cell is searched against every word", limit, highest, threshold)
+            self.coarse_limit = self.coarse_limit[:0]
 
     def _coarse_to_fine(self, z: torch.Tensor) -> torch.Tensor:
         """Each cell's distance to its nearest word among the ``coarse_words`` most used, then among all words
