@@ -5,10 +5,11 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test install clean install-service uninstall-service tools
 
-# the full install (fitting, every method, CUDA, the tests): torch and its CUDA libraries, about 6 GB
+# the full install (fitting, every method, CUDA, the backtest's Ray cluster, the tests): torch and its CUDA libraries,
+# about 6 GB
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[fit,test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[fit,cluster,test]'
 	touch $@
 
 # the line PC's install (`pip install .`: scoring, the daemon, the page; no torch, about 0.5 GB) with pytest, on
@@ -29,7 +30,7 @@ test: $(BIN)/.installed $(SLIM)/.installed tools
 	$(BIN)/ruff check monitor tests bench
 	$(BIN)/python -m pytest -q -n 3 --dist loadfile
 	rm -rf .slim-models && $(BIN)/python -m tests.slim_model .slim-models >/dev/null
-	MONITOR_TEST_MODEL=$(CURDIR)/.slim-models $(SLIM)/bin/python -m pytest -q -n 3 -p no:cacheprovider $(SLIM_TESTS)
+	MONITOR_TEST_MODEL=$(CURDIR)/.slim-models $(SLIM)/bin/python -m pytest -q -n 3 -p no:cacheprovider -m line_pc $(SLIM_TESTS)
 
 # The real Prometheus, promtool, Alertmanager and amtool the tests run against: Debian's packages unpacked into
 # .tools/ (apt-get download + dpkg-deb -x), never installed, so no service is created or enabled on this host.

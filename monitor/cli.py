@@ -62,6 +62,22 @@ def cmd_score(args) -> int:
     return score_images(_load_cfg(args), args, check_model=bool(args.config or args.set))
 
 
+def cmd_backtest(args) -> int:
+    from monitor.commands.backtest import backtest
+
+    if not args.archive and not args.from_ledger:
+        raise ConfigError("name archive folders or --from-ledger LEDGER")
+    if args.baseline and args.against:
+        raise ConfigError("--baseline and --against compare with two different things; give one")
+    if min(args.batch, args.flush_rows, args.cpus_per_actor, args.actors or 1) < 1:
+        raise ConfigError("--batch, --flush-rows, --actors and --cpus-per-actor must be >= 1")
+    cfg = _load_cfg(args)
+    if in_export(args.out, cfg.watch.dir):
+        raise ConfigError(f"--out {args.out} lies inside the export folder watch.dir ({cfg.watch.dir}); the monitor "
+                          "never writes there")
+    return backtest(cfg, args)
+
+
 def cmd_measure(args) -> int:
     from monitor.commands.measure import measure_images
 
@@ -234,6 +250,32 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--pixel-size-um", type=float, help="micrometres per pixel (default: image.pixel_size_um, else the "
                                                         "SEM's TIFF tags; without either, sizes in pixels only)")
     sp.set_defaults(func=cmd_measure)
+
+    sp = sub.add_parser("backtest", help="what a new model would have said of an archive of images (or a ledger's): "
+                                         "the verdicts against the line's or a baseline model's, a Parquet row per "
+                                         "image, a report; on a Ray cluster")
+    common(sp)
+    sp.add_argument("archive", nargs="*", help="archive folders (read recursively, by watch.patterns) or images")
+    sp.add_argument("--model", required=True, help="the new model's folder")
+    sp.add_argument("--baseline", help="a model to score the same images with, in the same run, for comparison")
+    sp.add_argument("--against", help="a ledger whose verdicts (and labels) the new model's are compared with")
+    sp.add_argument("--from-ledger", help="score the images this ledger recorded (checked against its sha256); "
+                                          "compared with its verdicts unless --baseline is given")
+    sp.add_argument("--since", help="with --from-ledger: only images seen in the last N s/m/h/d/w, e.g. 30d")
+    sp.add_argument("--out", required=True, help="folder for rows.parquet, report.html and the overlays; a rerun "
+                                                 "into it scores only what is not done")
+    sp.add_argument("--ray", default="local", help="local (default: a Ray cluster on this machine for the job), off "
+                                                   "(in this process), or a cluster's address (auto, ray://head:10001)")
+    sp.add_argument("--actors", type=int, help="scoring actors (default: one per --cpus-per-actor CPUs of the "
+                                               "cluster, or one per GPU)")
+    sp.add_argument("--cpus-per-actor", type=int, default=1, help="CPUs (threads) of each actor (default 1)")
+    sp.add_argument("--batch", type=int, default=8, help="images per batch (default 8)")
+    sp.add_argument("--flush-rows", type=int, default=256, help="rows per Parquet part (default 256; a part is also "
+                                                                "written every 10 s): a killed run scores at most "
+                                                                "these again")
+    sp.add_argument("--no-overlays", action="store_true", help="no overlays of the images whose verdict changes")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_backtest)
 
     sp = sub.add_parser("evaluate", help="pixel ROC-AUC, PRO, per-defect coverage and time on a labelled data set")
     common(sp)

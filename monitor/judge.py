@@ -3,24 +3,27 @@
 all judge through here, so that a verdict cannot differ between them.
 
 A daemon that scores images in batches splits the same steps: ``check`` (read already), one batched
-``Model.inspect_batch``, then ``conclude`` per image. ``judge`` does the three for one file.
+``Model.inspect_batch``, then ``conclude`` per image. ``judge`` does the three for one file, ``judge_files`` for a
+batch of files (`monitor backtest`), with a ``Failure`` for each image that cannot be judged.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from monitor.config import Config
 from monitor.document import ResultDocument
-from monitor.kinds import Verdict
+from monitor.kinds import FailureKind, Verdict
 from monitor.model.artifact import ArtifactError
 from monitor.model.fibres import FibreError, measure
-from monitor.model.images import ImageLimits, pixel_size_um, read_image
+from monitor.model.images import ImageError, ImageLimits, pixel_size_um, read_image
 from monitor.model.mismatch import misfit
 from monitor.model.model import Inspection, Model, expectations
 
@@ -150,3 +153,76 @@ def judge(cfg: Config, model: Model, path: str | Path, sha256: str | None = None
         return unfit
     ins = inspect(cfg, model, [image])[0]
     return conclude(cfg, path, image, info, ins, time.perf_counter() - t0)
+
+
+class Failure(NamedTuple):
+    """An image that could not be judged: ``kind`` (the failed-images metric's label) and its reason."""
+
+    kind: FailureKind
+    reason: str
+
+
+def failure_of(exc: BaseException) -> Failure:
+    """The failure of a scoring error, for the ledger and the failed-images metric."""
+    torch = sys.modules.get("torch")  # loaded only where the scorer runs on torch (CUDA, other methods)
+    if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()
+        return Failure(FailureKind.OUT_OF_MEMORY, f"out of memory: {exc}".splitlines()[0][:500])
+    if isinstance(exc, MemoryError):
+        return Failure(FailureKind.OUT_OF_MEMORY, "out of memory (host)")
+    if isinstance(exc, RuntimeError):  # torch/CUDA errors surface as RuntimeError
+        return Failure(FailureKind.DEVICE, f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
+    log.error("unexpected scoring error", exc_info=exc)
+    return Failure(FailureKind.INTERNAL, f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
+
+
+def inspect_each(cfg: Config, model: Model, images: list[np.ndarray], clock=time.perf_counter
+                 ) -> list[tuple[Inspection, float] | Failure]:
+    """(inspection, seconds) of each image from one batched pass; when the batch fails, one by one, so that only
+    the culprit gets its ``Failure``."""
+    t0 = clock()
+    try:
+        inspections = inspect(cfg, model, images)
+        share = (clock() - t0) / len(images)
+        return [(ins, share) for ins in inspections]
+    except Exception as exc:
+        if len(images) == 1:
+            return [failure_of(exc)]
+    out: list = []
+    for image in images:
+        t0 = clock()
+        try:
+            out.append((inspect(cfg, model, [image])[0], clock() - t0))
+        except Exception as exc:
+            out.append(failure_of(exc))
+    return out
+
+
+def judge_files(cfg: Config, model: Model, files: list[tuple[str, str | None]]) -> list[tuple[Judgement | Failure,
+                                                                                                dict]]:
+    """Judge a batch of ``(path, sha256 or None)`` as the worker does: read and check each (a file that cannot be
+    read gets its ``Failure``, never stopping the others), one batched inspection of those that can be scored,
+    ``conclude`` for each. Returns (judgement or failure, info) per file, in order; ``info`` holds the sha256 of
+    the bytes read, when they could be read."""
+    out: list = [None] * len(files)
+    ready = []  # (index, path, image, info, seconds reading)
+    for i, (path, sha256) in enumerate(files):
+        t0 = time.perf_counter()
+        info: dict = {}
+        try:
+            image = read_image(path, limits(cfg, model), sha256, info)
+            unfit = check(cfg, model, image, info, t0)
+            if unfit is not None:
+                out[i] = (unfit, info)
+            else:
+                ready.append((i, path, image, info, time.perf_counter() - t0))
+        except ImageError as exc:
+            out[i] = (Failure(exc.kind, exc.reason), info)
+        except Exception as exc:  # a reader bug fails this image only
+            log.exception("%s: reading failed", path)
+            out[i] = (Failure(FailureKind.INTERNAL, f"{type(exc).__name__}: {exc}"[:500]), info)
+    if ready:
+        for (i, path, image, info, secs), res in zip(ready, inspect_each(cfg, model, [r[2] for r in ready])):
+            out[i] = (res if isinstance(res, Failure) else conclude(cfg, path, image, info, res[0], secs + res[1]),
+                      info)
+    return out

@@ -66,6 +66,7 @@ def daemon(make_daemon):
     return make_daemon()
 
 
+@pytest.mark.line_pc
 def test_slowly_written_image_is_scored_once_after_it_is_complete(daemon, clean_png):
     daemon.start()
     data = clean_png[0]
@@ -111,6 +112,7 @@ def test_polling_observer_waits_for_the_file_to_settle(make_daemon, clean_png):
         d.stop()
 
 
+@pytest.mark.line_pc
 def test_backlog_is_scored_at_start_oldest_first(daemon, clean_png):
     for i, data in enumerate(clean_png[:4]):
         p = daemon.export / f"early_{3 - i}.png"
@@ -122,6 +124,7 @@ def test_backlog_is_scored_at_start_oldest_first(daemon, clean_png):
     assert all(r["state"] == "done" for r in rows)
 
 
+@pytest.mark.line_pc
 def test_sigkill_in_a_burst_then_restart_loses_nothing_and_scores_nothing_twice(make_daemon, clean_png):
     daemon = make_daemon(service={"batch": 4})  # batches of 4 through the network
     daemon.start()
@@ -198,6 +201,7 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.line_pc
 def test_bad_inputs_fail_one_by_one_with_a_reason_and_the_daemon_goes_on(daemon, clean_png):
     daemon.start()
     for name, (make, _, _) in BAD_INPUTS.items():
@@ -232,6 +236,7 @@ def test_bad_inputs_fail_one_by_one_with_a_reason_and_the_daemon_goes_on(daemon,
     assert daemon.stop() == 0
 
 
+@pytest.mark.line_pc
 def test_metrics_show_counts_alarm_on_and_off_and_histograms(make_daemon, clean_png, defect_png):
     d = make_daemon(alarm={"coverage_threshold": 0.005})
     try:
@@ -320,6 +325,7 @@ def test_sighup_with_a_new_model_switches_model_id(daemon, clean_png, normal_ima
     assert daemon.stop() == 0
 
 
+@pytest.mark.line_pc
 def test_notify_socket_gets_ready_watchdog_and_stopping(daemon):
     daemon.start(watchdog_usec=400_000)  # pings every 0.2 s
     wait_for(lambda: daemon.messages.count("WATCHDOG=1") >= 3, 10, "three watchdog pings")

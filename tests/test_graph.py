@@ -14,6 +14,8 @@ from monitor.model.model import Model
 from monitor.model.synth import defective_image, fiber_mat
 from tests.conftest import SHAPE, needs_fit
 
+pytestmark = pytest.mark.line_pc  # run again on the line PC's install (make test)
+
 # the maps of the two paths: float32 kernels that sum in another order (the torch scorer's backbone on OpenVINO
 # too, op by op; the graph compiled whole)
 MAP_TOLERANCE = 1e-4

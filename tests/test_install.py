@@ -22,6 +22,8 @@ from tests.commands import monitor
 from tests.conftest import FIT, ROOT, needs_fit
 from tests.daemon import Daemon, wait_for
 
+pytestmark = pytest.mark.line_pc  # run again on the line PC's install (make test)
+
 
 def test_metadata_admits_python_3_11_to_3_13():
     from packaging.specifiers import SpecifierSet

@@ -13,7 +13,8 @@ import pytest
 from tests.commands import monitor
 from tests.conftest import FIT
 
-pytestmark = pytest.mark.skipif(FIT, reason="checks the line PC's install, which has no torch (make test runs it)")
+pytestmark = [pytest.mark.line_pc,
+              pytest.mark.skipif(FIT, reason="checks the line PC's install, which has no torch (make test runs it)")]
 
 MAX_MB = 600  # the service's virtualenv on a line PC (the full install with torch and CUDA: 6.2 GB)
 
@@ -50,6 +51,14 @@ def test_fitting_commands_name_the_extra(tmp_path):
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert r.returncode == 2 and len(lines) == 1, (args, r.stderr)
         assert "needs torch" in lines[0] and "pip install 'sem-line-monitor[fit]'" in lines[0], lines[0]
+
+
+def test_backtest_names_the_cluster_extra(tmp_path, saved_model):
+    """The line PC's install has neither Ray nor pyarrow: a backtest says which extra brings them, in one line."""
+    r = monitor("backtest", tmp_path, "--model", saved_model, "--out", tmp_path / "bt")
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "pip install 'sem-line-monitor[cluster]'" in lines[0], lines[0]
 
 
 def test_check_config_install_model_and_rollback_on_the_line_pc(tmp_path, saved_model, other_model):

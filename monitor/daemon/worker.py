@@ -11,12 +11,11 @@ import logging
 import math
 import sqlite3
 import statistics
-import sys
 import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 
 from monitor import judge
 from monitor.config import Config
@@ -25,6 +24,7 @@ from monitor.daemon.chart import FibreChart
 from monitor.daemon.metrics import Metrics
 from monitor.document import ResultDocument
 from monitor.files import fitting_stem, shown
+from monitor.judge import Failure
 from monitor.kinds import FailureKind, State, Verdict
 from monitor.ledger import Ledger, Row
 from monitor.model.images import ImageError
@@ -161,18 +161,10 @@ class Worker(threading.Thread):
                 done.append(self._failed(row, Failure(FailureKind.INTERNAL, f"{type(exc).__name__}: {exc}"), model))
         if not ready:
             return done
-        t0 = time.monotonic()
-        try:
-            inspections = judge.inspect(cfg, model, [im for _, im, _, _ in ready])
-            share = (time.monotonic() - t0) / len(ready)
-            results = [(ins, read + share) for (_, _, _, read), ins in zip(ready, inspections)]
-        except Exception as exc:
-            if len(ready) > 1:  # find the culprit: one by one, so that only it fails
-                results = [self._inspect_one(model, cfg, im, read) for _, im, _, read in ready]
-            else:
-                results = [_failure(exc)]
-        finally:
-            self.last_progress = time.monotonic()
+        results = judge.inspect_each(cfg, model, [im for _, im, _, _ in ready], time.monotonic)
+        self.last_progress = time.monotonic()
+        results = [res if isinstance(res, Failure) else (res[0], read + res[1])
+                   for (_, _, _, read), res in zip(ready, results)]
         for (row, image, info, _), res in zip(ready, results):
             if isinstance(res, Failure):
                 done.append(self._failed(row, res, model))
@@ -190,15 +182,6 @@ class Worker(threading.Thread):
             if exc.kind != FailureKind.MISSING or now is None or now.path == row.path:
                 raise
             return judge.read(cfg, model, now.path, _content_hash(now))
-
-    @staticmethod
-    def _inspect_one(model: Model, cfg: Config, image, read: float):
-        """(inspection, seconds) of one image, or its Failure."""
-        t0 = time.monotonic()
-        try:
-            return judge.inspect(cfg, model, [image])[0], read + time.monotonic() - t0
-        except Exception as exc:
-            return _failure(exc)
 
     def _record(self, row: Row, j: judge.Judgement, model: Model, cfg: Config) -> Row:
         """Record a judgement: the alarm state, the output files, the ledger row, the metrics and the log line.
@@ -319,7 +302,7 @@ class Worker(threading.Thread):
         self.metrics.drift_images.set(len(self.drift))
         self.metrics.drift_ratio.set(self.drift.ratio(self.cfg.drift.min_images))
 
-    def _failed(self, row: Row, failure: "Failure", model: Model, path: str | None = None) -> Row | None:
+    def _failed(self, row: Row, failure: Failure, model: Model, path: str | None = None) -> Row | None:
         """Fail ``row`` (with ``path``: only while the row still names it; None when it does not)."""
         kind, reason = failure
         done = self.ledger.fail(row.id, kind, reason, model.model_id, path=path)
@@ -367,24 +350,3 @@ def _chart(cfg: Config, model: Model) -> FibreChart:
 def _content_hash(row: Row) -> str | None:
     """The sha256 the image must still have when it is read (None for rows recorded without one)."""
     return row.sha256 if len(row.sha256) == 64 and ":" not in row.sha256 else None
-
-
-class Failure(NamedTuple):
-    """An image that could not be judged: ``kind`` (the failed-images metric's label) and its reason."""
-
-    kind: FailureKind
-    reason: str
-
-
-def _failure(exc: BaseException) -> Failure:
-    """The failure of a scoring error, for the ledger and the failed-images metric."""
-    torch = sys.modules.get("torch")  # loaded only where the scorer runs on torch (CUDA, other methods)
-    if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
-        torch.cuda.empty_cache()
-        return Failure(FailureKind.OUT_OF_MEMORY, f"out of memory: {exc}".splitlines()[0][:500])
-    if isinstance(exc, MemoryError):
-        return Failure(FailureKind.OUT_OF_MEMORY, "out of memory (host)")
-    if isinstance(exc, RuntimeError):  # torch/CUDA errors surface as RuntimeError
-        return Failure(FailureKind.DEVICE, f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
-    log.error("unexpected scoring error", exc_info=exc)
-    return Failure(FailureKind.INTERNAL, f"{type(exc).__name__}: {exc}".splitlines()[0][:500])

@@ -118,7 +118,8 @@ def read_image(path: str | os.PathLike, limits: ImageLimits = ImageLimits(), sha
     """Read ``path`` as float32 gray (H, W) in [0, 1]. Raises :class:`ImageError`.
 
     ``info``, when given, receives what the pixels no longer say: ``bits`` (the file's bit depth per sample: 1, 8,
-    16 or 32 for floating point) and ``pixel_size_um`` (from the SEM's TIFF tags, None when they do not carry it).
+    16 or 32 for floating point), ``pixel_size_um`` (from the SEM's TIFF tags, None when they do not carry it) and
+    ``sha256`` (of the bytes read).
 
     With ``sha256`` (the content the ledger recorded), the bytes are read once, checked against it and decoded
     from memory: what is scored is exactly what was recorded, even if the file is replaced meanwhile (kind
@@ -137,6 +138,8 @@ def read_image(path: str | os.PathLike, limits: ImageLimits = ImageLimits(), sha
         # can take (BYTES_PER_PIXEL: 16-bit RGBA or float64, uncompressed), and, with ``sha256``, exactly the
         # content that was recorded
         data = read_regular(path, limits.max_file_bytes)
+        if info is not None:
+            info["sha256"] = sha256 or hashlib.sha256(data).hexdigest()
         if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
             raise ImageError(path, "the file changed after it was recorded (another content under the same "
                              "name); that content is recorded as an image of its own", "changed")

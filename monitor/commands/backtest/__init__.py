@@ -1,0 +1,144 @@
+"""`monitor backtest ARCHIVE... --model NEW --out DIR`: what a new model would have said of the plant's archive.
+
+Every image of the archive folders (the intake's rules) or of a ledger (``--from-ledger``) is judged as the daemon
+judges it, by the new model and, with ``--baseline``, by the old one in the same run; one row per image goes to
+Parquet (``rows.parquet``) and a report compares the verdicts with the baseline's or the ledger's
+(``report.html``, ``report.json``). A rerun into the same ``--out`` scores only what has no row yet. The scoring
+runs on a local Ray cluster by default, in this process with ``--ray off`` (or when Ray is not installed), or on
+an existing cluster (``--ray ADDRESS``)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+
+from monitor import __version__
+from monitor.commands.backtest import archive, report
+from monitor.commands.backtest.engine import Cluster, in_process, ray_installed
+from monitor.commands.backtest.scoring import COLUMNS, FAILED, BacktestError, ModelFiles
+from monitor.commands.backtest.store import RowStore
+from monitor.config import Config
+from monitor.files import atomic_write, fitting_stem
+from monitor.times import local_time
+
+log = logging.getLogger(__name__)
+
+
+def overlay_name(path: str) -> str:
+    """The overlay file of an image, unique per path (archives repeat names across days)."""
+    digest = hashlib.sha256(os.fsencode(path)).hexdigest()[:10]
+    return f"overlays/{fitting_stem(Path(path).stem, f'-{digest}.png')}-{digest}.png"
+
+
+def gather(cfg: Config, args) -> tuple[list[archive.Item], list[archive.Refused], str]:
+    """The images to judge, what is refused, and what they are compared with."""
+    items: dict[str, archive.Item] = {}
+    if args.from_ledger:
+        from monitor.commands.history import parse_since
+
+        items.update(archive.line_said(args.from_ledger, parse_since(args.since) if args.since else None))
+    found, refused = archive.from_folders(args.archive, cfg.watch) if args.archive else ([], [])
+    for it in found:
+        items.setdefault(it.path, it)
+    ledger = args.against or args.from_ledger
+    if args.baseline:
+        what = f"baseline model {args.baseline}"
+    elif ledger:
+        what = f"the ledger {ledger}"
+        if args.archive:
+            items = {i.path: i for i in archive.against(list(items.values()), archive.line_said(ledger))}
+    else:
+        what = "nothing (give --baseline or --against)"
+    return list(items.values()), refused, what
+
+
+def backtest(cfg: Config, args) -> int:
+    out = Path(args.out)
+    store = RowStore(out, args.flush_rows)
+    new = ModelFiles.read(args.model)
+    base = ModelFiles.read(args.baseline) if args.baseline else None
+    items, refused, against = gather(cfg, args)
+    if not items and not refused:
+        raise BacktestError("no images to score: the archive folders hold no image the intake would take"
+                            + (" and the ledger has no rows in that time" if args.from_ledger else ""))
+    done = sum(i.path in store.done for i in items) + sum(r.path in store.done for r in refused)
+    todo = [{"path": i.path, "sha256": i.sha256 or "", "old_verdict": i.old_verdict or "",
+             "old_coverage": i.old_coverage, "old_sha256": i.old_sha256 or "", "label": i.label or ""}
+            for i in items if i.path not in store.done]
+    fresh = [r for r in refused if r.path not in store.done]
+    for r in fresh:  # the intake's refusals (links, not regular files): a row of their own, never read
+        store.add(_refused_row(r))
+    print(f"{len(items) + len(refused)} images: {done} done already, {len(todo)} to score, {len(fresh)} refused "
+          "(not read)", flush=True)
+    mode = args.ray
+    if mode != "off" and not ray_installed():
+        print("Ray is not installed: scoring in this process (pip install 'sem-line-monitor[cluster]' for a "
+              "cluster)", flush=True)
+        mode = "off"
+    judge_args = (cfg, new, base, not args.no_overlays, __version__)
+    (out / "overlays").mkdir(exist_ok=True)
+    t0 = time.monotonic()
+    engine = "this process"
+    if todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), unit="images", desc="backtest", disable=args.quiet, smoothing=0.1)
+        try:
+            if mode == "off":
+                _take(in_process(judge_args, todo, args.batch), store, out, bar)
+            else:
+                with Cluster(mode) as cluster:
+                    engine = (f"a local Ray cluster ({cluster.total_cpus} CPU)" if mode == "local" else
+                              f"the Ray cluster {mode} ({cluster.total_cpus} CPU, {cluster.total_gpus} GPU)")
+                    _take(cluster.run(judge_args, todo, args.batch, args.actors, args.cpus_per_actor), store, out,
+                          bar)
+        finally:
+            store.flush()  # what was scored is kept, also when the job fails or is interrupted
+            bar.close()
+    rows = store.join()
+    for r in rows:
+        f = overlay_name(r["path"])
+        r["overlay_file"] = f if (out / f).exists() else None
+    meta = {"new_model": new.model_id, "new_model_dir": str(args.model), "against": against,
+            "baseline_model": base.model_id if base else None, "archive": [str(a) for a in args.archive or []]
+            + ([f"ledger {args.from_ledger}" + (f" (last {args.since})" if args.since else "")]
+               if args.from_ledger else []), "engine": engine, "finished_at": local_time(),
+            "wall_seconds": round(time.monotonic() - t0, 1), "scored_now": len(todo),
+            "duplicates_dropped": store.duplicates}
+    summary = report.summarize(rows, base is not None, meta)
+    report.write(out, summary)
+    print(report.text(summary))
+    print(f"rows: {out / 'rows.parquet'}\nreport: {out / 'report.html'}")
+    return 0
+
+
+def _take(batches, store: RowStore, out: Path, bar) -> None:
+    """Each scored batch's rows into the store (an image that has a row already is not written twice), the
+    overlays of changed verdicts beside them."""
+    for batch in batches:
+        n = len(batch["path"])
+        for i in range(n):
+            row = {c: _plain(batch[c][i]) for c in COLUMNS}
+            png = batch["overlay"][i]
+            if store.add(row) and png is not None and len(png):
+                atomic_write(out / overlay_name(row["path"]), bytes(png))
+        bar.update(n)
+
+
+def _plain(v):
+    """A numpy scalar or NaN as the Python value Parquet takes (None for missing)."""
+    if v is None:
+        return None
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and v != v:
+        return None
+    return v
+
+
+def _refused_row(r: archive.Refused) -> dict:
+    return {**dict.fromkeys(COLUMNS), "path": r.path, "sha256": "", "verdict": FAILED,
+            "reason": f"{r.kind}: {r.reason}"}
