@@ -81,20 +81,21 @@ def backtest(cfg: Config, args) -> int:
     judge_args = (cfg, new, base, not args.no_overlays, __version__)
     (out / "overlays").mkdir(exist_ok=True)
     t0 = time.monotonic()
-    engine = "this process"
+    engine = "in this process"
+    clock: dict = {}
     if todo:
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), unit="images", desc="backtest", disable=args.quiet, smoothing=0.1)
         try:
             if mode == "off":
-                _take(in_process(judge_args, todo, args.batch), store, out, bar)
+                _take(in_process(judge_args, todo, args.batch), store, out, bar, clock)
             else:
                 with Cluster(mode) as cluster:
-                    engine = (f"a local Ray cluster ({cluster.total_cpus} CPU)" if mode == "local" else
-                              f"the Ray cluster {mode} ({cluster.total_cpus} CPU, {cluster.total_gpus} GPU)")
+                    engine = (f"on a local Ray cluster ({cluster.total_cpus} CPU)" if mode == "local" else
+                              f"on the Ray cluster {mode} ({cluster.total_cpus} CPU, {cluster.total_gpus} GPU)")
                     _take(cluster.run(judge_args, todo, args.batch, args.actors, args.cpus_per_actor), store, out,
-                          bar)
+                          bar, clock)
         finally:
             store.flush()  # what was scored is kept, also when the job fails or is interrupted
             bar.close()
@@ -107,7 +108,7 @@ def backtest(cfg: Config, args) -> int:
             + ([f"ledger {args.from_ledger}" + (f" (last {args.since})" if args.since else "")]
                if args.from_ledger else []), "engine": engine, "finished_at": local_time(),
             "wall_seconds": round(time.monotonic() - t0, 1), "scored_now": len(todo),
-            "duplicates_dropped": store.duplicates}
+            "duplicates_dropped": store.duplicates, **_throughput(clock, t0, len(todo))}
     summary = report.summarize(rows, base is not None, meta)
     report.write(out, summary)
     print(report.text(summary))
@@ -115,11 +116,16 @@ def backtest(cfg: Config, args) -> int:
     return 0
 
 
-def _take(batches, store: RowStore, out: Path, bar) -> None:
+def _take(batches, store: RowStore, out: Path, bar, clock: dict) -> None:
     """Each scored batch's rows into the store (an image that has a row already is not written twice), the
-    overlays of changed verdicts beside them."""
+    overlays of changed verdicts beside them. ``clock`` gets when the first and the last batch arrived and the
+    first one's size (the start-up and the steady throughput)."""
     for batch in batches:
         n = len(batch["path"])
+        now = time.monotonic()
+        if "first" not in clock:
+            clock["first"], clock["first_n"] = now, n
+        clock["last"] = now
         for i in range(n):
             row = {c: _plain(batch[c][i]) for c in COLUMNS}
             png = batch["overlay"][i]
@@ -142,3 +148,13 @@ def _plain(v):
 def _refused_row(r: archive.Refused) -> dict:
     return {**dict.fromkeys(COLUMNS), "path": r.path, "sha256": "", "verdict": FAILED,
             "reason": f"{r.kind}: {r.reason}"}
+
+
+def _throughput(clock: dict, t0: float, n: int) -> dict:
+    """The start-up (to the first batch: the cluster, the actors, the models' loading) and the steady rate after
+    it (images per second from the first batch to the last)."""
+    if "first" not in clock:
+        return {}
+    steady = clock["last"] - clock["first"]
+    return {"startup_seconds": round(clock["first"] - t0, 2), "steady_seconds": round(steady, 2),
+            "steady_images_per_second": round((n - clock["first_n"]) / steady, 3) if steady > 0 else None}

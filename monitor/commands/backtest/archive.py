@@ -45,10 +45,10 @@ def from_folders(roots: list[str | os.PathLike], watch: WatchSection) -> tuple[l
     items, refused, seen = [], [], set()
     for root in map(Path, roots):
         if root.is_file():
-            paths = [str(root.absolute())]
-            top = str(root.absolute().parent)
+            paths = [os.path.abspath(root)]
+            top = os.path.dirname(paths[0])
         elif root.is_dir():
-            top = str(root.absolute())
+            top = os.path.abspath(root)
             paths = sorted(os.path.join(d, n) for d, _, names in os.walk(top) for n in names if wanted(n, watch))
         else:
             raise FileNotFoundError(f"no such file or folder: {root}")

@@ -96,7 +96,7 @@ class Cluster:
 
         cfg, new, base, *rest = judge_args
         refs = [ray.put(new)] + ([ray.put(base)] if base is not None else [])  # held until the job ends
-        judge_args = (cfg, refs[:1], refs[1:] or None, *rest)
+        judge_args = (cfg, refs[:1], refs[1:] or None, *rest, cpus_per_actor)
         gpus = 1 if self.total_gpus else 0
         size = actors or (self.total_gpus or max(1, self.total_cpus // cpus_per_actor))
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 10_000)))

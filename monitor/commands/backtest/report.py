@@ -100,15 +100,17 @@ def _bars(s: dict) -> str:
     """The two coverage distributions as one SVG bar chart (share of the images in each bin)."""
     new, old = s["coverage"]["new"], s["coverage"]["before"]
     tn, to = max(sum(new), 1), max(sum(old), 1)
+    top = max([v / tn for v in new] + [v / to for v in old] + [1e-9])  # the tallest bar fills the chart
     w, h, bw = 640, 200, 64
     out = [f'<svg viewBox="0 0 {w} {h + 40}" width="{w}" height="{h + 40}" role="img" '
            'aria-label="Coverage distributions of the new model and before">']
     for i, (a, b) in enumerate(zip(new, old)):
         x = i * bw
         for j, (v, tot, cls) in enumerate(((b, to, "before"), (a, tn, "new"))):
-            bh = round(h * v / tot)
+            bh = round((h - 14) * v / tot / top)  # room for the count above the tallest
             out.append(f'<rect class="{cls}" x="{x + 6 + j * 26}" y="{h - bh}" width="24" height="{bh}">'
-                       f'<title>{cls}: {v} images</title></rect>')
+                       f'<title>{cls}: {v} images</title></rect><text x="{x + 18 + j * 26}" y="{h - bh - 3}" '
+                       f'text-anchor="middle">{v}</text>')
         lo = COVERAGE_BINS[i] * 100
         out.append(f'<text x="{x + 32}" y="{h + 16}" text-anchor="middle">{lo:g}%</text>')
     out.append(f'<text x="{w - 4}" y="{h + 34}" text-anchor="end">defect coverage (bins from)</text></svg>')
@@ -133,11 +135,12 @@ def page(s: dict) -> str:
     p = s["seconds_per_image"]
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Backtest of {e(s['new_model'])}</title>
 <style>body{{font:14px system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
+td:first-child{{text-align:left;max-width:22em;word-break:break-all}}
 rect.new{{fill:#c0392b}}rect.before{{fill:#7f8c8d}}text{{font-size:11px}}.key span{{padding:0 6px;color:#fff}}</style>
 </head><body><h1>Backtest of model {e(s['new_model'])}</h1>
 <p>{s['images']} images of {e(', '.join(s['archive']))}, against {e(s['against'])}; scored {e(s['finished_at'])}
-on {e(s['engine'])}. Reading and scoring per image: p50 {p['p50']} s, p95 {p['p95']} s.</p>
+{e(s['engine'])}. Reading and scoring per image: p50 {p['p50']} s, p95 {p['p95']} s.</p>
 <h2>Verdicts: before (rows) and the new model (columns)</h2><table><tr><th>before \\ new</th>{head}</tr>{body}</table>
 <h2>Verdicts that change ({len(s['changed'])})</h2><table><tr><th>image</th><th>before</th><th>new</th>
 <th>coverage before</th><th>coverage new</th><th>reason</th><th>overlay (new model)</th></tr>{changed}</table>

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -70,7 +71,7 @@ class ModelFiles:
 # the columns of a row, in order: the image, the new model's judgement, the baseline model's, what the line said
 COLUMNS = ("path", "sha256", "verdict", "coverage", "defects", "level", "max_score", "reason", "seconds",
            "fibre_diameter_px", "baseline_verdict", "baseline_coverage", "baseline_defects", "baseline_level",
-           "baseline_reason", "old_verdict", "old_coverage", "old_sha256", "label", "document")
+           "baseline_reason", "old_verdict", "old_coverage", "old_sha256", "label", "scored_by", "document")
 FAILED = "failed"  # the verdict column of an image that could not be judged
 
 
@@ -94,8 +95,14 @@ class BatchJudge:
     label in, the rows' columns out, plus ``overlay``: the PNG of an image whose verdict the new model changes,
     else empty). One per process or Ray actor: the models are loaded once, in its constructor."""
 
-    def __init__(self, cfg: Config, new, baseline=None, overlays: bool = True, version: str | None = None):
+    def __init__(self, cfg: Config, new, baseline=None, overlays: bool = True, version: str | None = None,
+                 threads: int | None = None):
         from monitor import __version__
+
+        if threads is not None:  # a Ray actor's CPUs: OpenVINO reads OMP_NUM_THREADS, OpenCV has its own pool
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+        if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+            cv2.setNumThreads(max(1, int(os.environ["OMP_NUM_THREADS"])))
 
         if version is not None and version != __version__:
             raise BacktestError(f"this node has sem-line-monitor {__version__}, the job's is {version}: install the "
@@ -105,6 +112,7 @@ class BatchJudge:
         self.model = _files(new).load(cfg, self._dir.name)
         self.baseline = _files(baseline).load(cfg, self._dir.name) if baseline is not None else None
         self.overlays = overlays
+        self.name = f"{socket.gethostname()}:{os.getpid()}"  # the host and process that scored a row
         from monitor.judge import warm
 
         warm(self.model)
@@ -121,7 +129,7 @@ class BatchJudge:
         base = judge_files(self.cfg, self.baseline, list(zip(paths, wants))) if self.baseline else [(None, {})] * n
         rows: dict[str, list] = {c: [] for c in (*COLUMNS, "overlay")}
         for i, ((res, info), (bres, _)) in enumerate(zip(judged, base)):
-            row = {"path": paths[i], "sha256": info.get("sha256", ""),
+            row = {"path": paths[i], "sha256": info.get("sha256", ""), "scored_by": self.name,
                    "seconds": round(res.seconds if not isinstance(res, Failure) else per_image, 4),
                    **judgement_columns(res), "max_score": None, "fibre_diameter_px": None, "document": None,
                    **(judgement_columns(bres, "baseline_") if bres is not None else
