@@ -89,6 +89,6 @@ def test_graph_speed_compares_the_paths_and_their_verdicts(saved_model, tmp_path
 
 @pytest.mark.nanotwice
 @pytest.mark.skipif(not NANOTWICE.exists(), reason="NanoTWICE data not present")
-def test_soak_on_forty_crops(tmp_path):
-    out = _run(BENCH / "soak.py", "--images", "40", "--first", "10", "--work", tmp_path / "w")
+def test_soak_on_twenty_crops(tmp_path):
+    out = _run(BENCH / "soak.py", "--images", "20", "--first", "5", "--work", tmp_path / "w")
     assert '"agree": true' in out
