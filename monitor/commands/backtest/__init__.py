@@ -18,7 +18,7 @@ from pathlib import Path
 from monitor import __version__
 from monitor.commands.backtest import archive, report
 from monitor.commands.backtest.engine import Cluster, in_process, ray_installed
-from monitor.commands.backtest.scoring import COLUMNS, FAILED, BacktestError, ModelFiles
+from monitor.commands.backtest.scoring import COLUMNS, FAILED, BacktestError, ModelFiles, plain
 from monitor.commands.backtest.store import RowStore
 from monitor.config import Config
 from monitor.files import atomic_write, fitting_stem
@@ -35,23 +35,20 @@ def overlay_name(path: str) -> str:
 
 def gather(cfg: Config, args) -> tuple[list[archive.Item], list[archive.Refused], str]:
     """The images to judge, what is refused, and what they are compared with."""
+    ledger = None if args.baseline else args.against or args.from_ledger
+    said = archive.line_said(ledger) if ledger else {}  # what the line said, by path (read once)
     items: dict[str, archive.Item] = {}
     if args.from_ledger:
         from monitor.commands.history import parse_since
 
-        items.update(archive.line_said(args.from_ledger, parse_since(args.since) if args.since else None))
+        since = parse_since(args.since) if args.since else None
+        items.update(said if args.from_ledger == ledger and since is None else
+                     archive.line_said(args.from_ledger, since))
     found, refused = archive.from_folders(args.archive, cfg.watch) if args.archive else ([], [])
-    for it in found:
+    for it in archive.against(found, said):
         items.setdefault(it.path, it)
-    ledger = args.against or args.from_ledger
-    if args.baseline:
-        what = f"baseline model {args.baseline}"
-    elif ledger:
-        what = f"the ledger {ledger}"
-        if args.archive:
-            items = {i.path: i for i in archive.against(list(items.values()), archive.line_said(ledger))}
-    else:
-        what = "nothing (give --baseline or --against)"
+    what = (f"baseline model {args.baseline}" if args.baseline else f"the ledger {ledger}" if ledger else
+            "nothing (give --baseline or --against)")
     return list(items.values()), refused, what
 
 
@@ -78,7 +75,7 @@ def backtest(cfg: Config, args) -> int:
         print("Ray is not installed: scoring in this process (pip install 'sem-line-monitor[cluster]' for a "
               "cluster)", flush=True)
         mode = "off"
-    judge_args = (cfg, new, base, not args.no_overlays, __version__)
+    judge = {"cfg": cfg, "new": new, "baseline": base, "overlays": not args.no_overlays, "version": __version__}
     (out / "overlays").mkdir(exist_ok=True)
     t0 = time.monotonic()
     engine = "in this process"
@@ -89,12 +86,12 @@ def backtest(cfg: Config, args) -> int:
         bar = tqdm(total=len(todo), unit="images", desc="backtest", disable=args.quiet, smoothing=0.1)
         try:
             if mode == "off":
-                _take(in_process(judge_args, todo, args.batch), store, out, bar, clock)
+                _take(in_process(judge, todo, args.batch), store, out, bar, clock)
             else:
                 with Cluster(mode) as cluster:
                     engine = (f"on a local Ray cluster ({cluster.total_cpus} CPU)" if mode == "local" else
                               f"on the Ray cluster {mode} ({cluster.total_cpus} CPU, {cluster.total_gpus} GPU)")
-                    _take(cluster.run(judge_args, todo, args.batch, args.actors, args.cpus_per_actor), store, out,
+                    _take(cluster.run(judge, todo, args.batch, args.actors, args.cpus_per_actor), store, out,
                           bar, clock)
         finally:
             store.flush()  # what was scored is kept, also when the job fails or is interrupted
@@ -127,22 +124,11 @@ def _take(batches, store: RowStore, out: Path, bar, clock: dict) -> None:
             clock["first"], clock["first_n"] = now, n
         clock["last"] = now
         for i in range(n):
-            row = {c: _plain(batch[c][i]) for c in COLUMNS}
+            row = {c: plain(batch[c][i]) for c in COLUMNS}
             png = batch["overlay"][i]
             if store.add(row) and png is not None and len(png):
                 atomic_write(out / overlay_name(row["path"]), bytes(png))
         bar.update(n)
-
-
-def _plain(v):
-    """A numpy scalar or NaN as the Python value Parquet takes (None for missing)."""
-    if v is None:
-        return None
-    if hasattr(v, "item"):
-        v = v.item()
-    if isinstance(v, float) and v != v:
-        return None
-    return v
 
 
 def _refused_row(r: archive.Refused) -> dict:

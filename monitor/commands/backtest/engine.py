@@ -32,9 +32,9 @@ def ray_installed() -> bool:
     return importlib.util.find_spec("ray") is not None
 
 
-def in_process(judge_args: tuple, items: list[dict], batch_size: int) -> Iterator[dict]:
-    """The batches' rows, scored here by one ``BatchJudge``."""
-    judge = BatchJudge(*judge_args)
+def in_process(judge_kwargs: dict, items: list[dict], batch_size: int) -> Iterator[dict]:
+    """The batches' rows, scored here by one ``BatchJudge(**judge_kwargs)``."""
+    judge = BatchJudge(**judge_kwargs)
     for i in range(0, len(items), batch_size):
         chunk = items[i:i + batch_size]
         yield judge({k: [it[k] for it in chunk] for k in chunk[0]})
@@ -42,12 +42,11 @@ def in_process(judge_args: tuple, items: list[dict], batch_size: int) -> Iterato
 
 @dataclass
 class Cluster:
-    """A Ray cluster for the job: ``address`` "local" starts one on this machine (``cpus``: its size, default all)
-    and stops it at the end; any other address (``auto``, ``ray://head:10001``, ``head:6379``) joins that one."""
+    """A Ray cluster for the job: ``address`` "local" starts one on this machine, of all its CPUs and without a
+    dashboard, and stops it at the end; any other address (``auto``, ``ray://head:10001``, ``head:6379``) joins
+    that one."""
 
     address: str = "local"
-    cpus: int | None = None
-    dashboard: bool = False
 
     def __enter__(self) -> "Cluster":
         os.environ.update(QUIET_ENV)
@@ -63,7 +62,7 @@ class Cluster:
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notes on progress bars and deprecations
         if self.address == "local":
             self._tmp = tempfile.mkdtemp(prefix="ray-")  # the cluster's sockets and logs, removed at the end
-            ray.init(num_cpus=self.cpus or os.cpu_count() or 1, include_dashboard=self.dashboard,
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False,
                      _temp_dir=self._tmp, log_to_driver=False, logging_level=logging.WARNING)
         else:
             try:
@@ -86,7 +85,7 @@ class Cluster:
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def run(self, judge_args: tuple, items: list[dict], batch_size: int, actors: int | None = None,
+    def run(self, judge_kwargs: dict, items: list[dict], batch_size: int, actors: int | None = None,
             cpus_per_actor: int = 1) -> Iterator[dict]:
         """The batches' rows, scored by a pool of actors (``actors``, default: one per ``cpus_per_actor`` CPUs of
         the cluster, or one per GPU where it has GPUs), streamed back as they are done. An actor that dies (its
@@ -94,16 +93,17 @@ class Cluster:
         import ray
         import ray.data
 
-        cfg, new, base, *rest = judge_args
-        refs = [ray.put(new)] + ([ray.put(base)] if base is not None else [])  # held until the job ends
-        judge_args = (cfg, refs[:1], refs[1:] or None, *rest, cpus_per_actor)
+        base = judge_kwargs["baseline"]
+        judge_kwargs = {**judge_kwargs, "threads": cpus_per_actor, "new": [ray.put(judge_kwargs["new"])],
+                        "baseline": None if base is None else [ray.put(base)]}  # the references held until the end
         gpus = 1 if self.total_gpus else 0
         size = actors or (self.total_gpus or max(1, self.total_cpus // cpus_per_actor))
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 10_000)))
         # an actor pool's actors are restarted and their tasks retried without end by default (max_restarts and
         # max_task_retries -1): a killed actor costs its batch, not the job (tests/test_backtest.py kills one)
-        ds = ds.map_batches(BatchJudge, fn_constructor_args=judge_args, batch_size=batch_size, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=size), num_cpus=cpus_per_actor, num_gpus=gpus)
+        ds = ds.map_batches(BatchJudge, fn_constructor_kwargs=judge_kwargs, batch_size=batch_size,
+                            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=size),
+                            num_cpus=cpus_per_actor, num_gpus=gpus)
         log.info("scoring on %d actor(s), %d CPU%s each", size, cpus_per_actor, " and 1 GPU" if gpus else "")
         try:
             yield from ds.iter_batches(batch_size=None, batch_format="numpy")

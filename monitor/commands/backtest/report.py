@@ -70,7 +70,7 @@ def summarize(rows: list[dict], baseline: bool, meta: dict) -> dict:
 
 
 def _hist(values: list[float]) -> list[int]:
-    return np.histogram(np.clip(values, 0, 1), bins=COVERAGE_BINS)[0].tolist() if values else [0] * 10
+    return np.histogram(np.clip(values, 0, 1), bins=COVERAGE_BINS)[0].tolist()
 
 
 def _q(values, q) -> float | None:

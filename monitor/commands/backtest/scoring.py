@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from monitor.config import Config
 from monitor.errors import MonitorError
@@ -76,9 +75,12 @@ FAILED = "failed"  # the verdict column of an image that could not be judged
 
 
 def judgement_columns(res, prefix: str = "") -> dict:
-    """The row's columns of one judgement (``judge.Judgement``) or ``judge.Failure``."""
+    """The row's columns of one judgement (``judge.Judgement``) or ``judge.Failure``; all None for None (no
+    baseline)."""
     from monitor.judge import Failure
 
+    if res is None:
+        return dict.fromkeys(f"{prefix}{c}" for c in ("verdict", "coverage", "defects", "level", "reason"))
     if isinstance(res, Failure):
         return {f"{prefix}verdict": FAILED, f"{prefix}coverage": None, f"{prefix}defects": None,
                 f"{prefix}level": None, f"{prefix}reason": f"{res.kind}: {res.reason}"}
@@ -122,23 +124,20 @@ class BatchJudge:
 
         n = len(batch["path"])
         paths = [str(p) for p in batch["path"]]
-        wants = [s or None for s in _column(batch, "sha256", n)]
+        said = {c: _column(batch, c, n) for c in ("sha256", "old_verdict", "old_coverage", "old_sha256", "label")}
+        files = list(zip(paths, [s or None for s in said["sha256"]]))
         t0 = time.perf_counter()
-        judged = judge_files(self.cfg, self.model, list(zip(paths, wants)))
+        judged = judge_files(self.cfg, self.model, files)
         per_image = (time.perf_counter() - t0) / max(n, 1)
-        base = judge_files(self.cfg, self.baseline, list(zip(paths, wants))) if self.baseline else [(None, {})] * n
+        base = judge_files(self.cfg, self.baseline, files) if self.baseline else [(None, {})] * n
         rows: dict[str, list] = {c: [] for c in (*COLUMNS, "overlay")}
         for i, ((res, info), (bres, _)) in enumerate(zip(judged, base)):
             row = {"path": paths[i], "sha256": info.get("sha256", ""), "scored_by": self.name,
                    "seconds": round(res.seconds if not isinstance(res, Failure) else per_image, 4),
                    **judgement_columns(res), "max_score": None, "fibre_diameter_px": None, "document": None,
-                   **(judgement_columns(bres, "baseline_") if bres is not None else
-                      dict.fromkeys(("baseline_verdict", "baseline_coverage", "baseline_defects", "baseline_level",
-                                     "baseline_reason"))),
-                   "old_verdict": _column(batch, "old_verdict", n)[i] or None,
-                   "old_coverage": _number(_column(batch, "old_coverage", n)[i]),
-                   "old_sha256": _column(batch, "old_sha256", n)[i] or None,
-                   "label": _column(batch, "label", n)[i] or None}
+                   **judgement_columns(bres, "baseline_"),
+                   **{c: said[c][i] or None for c in ("old_verdict", "old_sha256", "label")},
+                   "old_coverage": said["old_coverage"][i]}
             overlay = b""
             if not isinstance(res, Failure):
                 doc = res.document.with_head(image=paths[i], sha256=row["sha256"], model_id=self.model.model_id)
@@ -173,9 +172,13 @@ def _files(m) -> ModelFiles:
 
 
 def _column(batch: dict, name: str, n: int) -> list:
+    """A column of a batch as Python values (``plain``); all None where the batch lacks it."""
     col = batch.get(name)
-    return [None] * n if col is None else [None if isinstance(v, float) and np.isnan(v) else v for v in col]
+    return [None] * n if col is None else [plain(v) for v in col]
 
 
-def _number(v) -> float | None:
-    return None if v is None else float(v)
+def plain(v):
+    """A numpy scalar as its Python value, NaN as None (a batch's columns come as numpy arrays from Ray)."""
+    if hasattr(v, "item"):
+        v = v.item()
+    return None if isinstance(v, float) and v != v else v

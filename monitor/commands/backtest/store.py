@@ -43,28 +43,34 @@ class RowStore:
         self._waiting: list[dict] = []
         self._last = time.monotonic()
         self._n = 0
-        self.done: set[str] = {r["path"] for r in self.read(columns=["path"])}
+        self.done: set[str] = set(self.table(["path"]).column("path").to_pylist())
         self.duplicates = 0  # rows of images that had one already (a retried batch's): not written
 
     def files(self) -> list[Path]:
         whole = self.out / "rows.parquet"
         return ([whole] if whole.exists() else []) + sorted(self.parts.glob("part-*.parquet"))
 
-    def read(self, columns: list[str] | None = None) -> list[dict]:
-        """Every row written, each image once (the first row written of it)."""
+    def table(self, columns: list[str] | None = None):
+        """Every row written, as one Arrow table, each image once (the first row written of it)."""
         _, pq = _pa()
-        rows, seen = [], set()
+        tables = []
         for f in self.files():
             try:
-                table = pq.read_table(f, columns=columns)
+                tables.append(pq.read_table(f, columns=columns))
             except Exception as exc:
                 raise BacktestError(f"{f}: not a readable Parquet file ({exc}); move it away to score its images "
                                     "again") from None
-            for r in table.to_pylist():
-                if r["path"] not in seen:
-                    seen.add(r["path"])
-                    rows.append(r)
-        return rows
+        if not tables:
+            empty = schema().empty_table()
+            return empty if columns is None else empty.select(columns)
+        import pyarrow as pa
+
+        t = pa.concat_tables(tables)
+        paths = t.column("path").to_pylist()
+        if len(set(paths)) < len(paths):  # a part that was joined already (killed between the join and its unlink)
+            seen: set[str] = set()
+            t = t.take([i for i, p in enumerate(paths) if not (p in seen or seen.add(p))])
+        return t
 
     def add(self, row: dict) -> bool:
         """Keep a row for the next part; False (and not kept) when its image has a row already."""
@@ -93,15 +99,16 @@ class RowStore:
         self._last = time.monotonic()
 
     def join(self) -> list[dict]:
-        """All rows into ``rows.parquet`` (written whole, then the parts removed); returns them."""
+        """All rows into ``rows.parquet`` (written whole, then the parts removed); returns them without their result
+        documents (the report's rows)."""
         self.flush()
-        rows = self.read()
+        t = self.table()
         parts = sorted(self.parts.glob("part-*.parquet"))
         if parts or not (self.out / "rows.parquet").exists():
-            pa, pq = _pa()
+            _, pq = _pa()
             tmp = self.out / ".rows.parquet.tmp"
-            pq.write_table(pa.Table.from_pylist(rows, schema=schema()), tmp)
+            pq.write_table(t, tmp)
             os.replace(tmp, self.out / "rows.parquet")
             for p in parts:
                 p.unlink()
-        return rows
+        return t.drop_columns(["document"]).to_pylist()
