@@ -163,13 +163,13 @@ class Worker(threading.Thread):
             return done
         results = judge.inspect_each(cfg, model, [im for _, im, _, _ in ready], time.monotonic)
         self.last_progress = time.monotonic()
-        results = [res if isinstance(res, Failure) else (res[0], read + res[1])
-                   for (_, _, _, read), res in zip(ready, results)]
-        for (row, image, info, _), res in zip(ready, results):
+        for (row, image, info, read), res in zip(ready, results):
             if isinstance(res, Failure):
                 done.append(self._failed(row, res, model))
             else:  # outside the scoring's try: a bug from here on leaves the row pending, retried, as any other
-                done.append(self._record(row, judge.conclude(cfg, row.path, image, info, *res), model, cfg))
+                ins, secs = res
+                done.append(self._record(row, judge.conclude(cfg, row.path, image, info, ins, read + secs), model,
+                                         cfg))
         return done
 
     def _read(self, row: Row, model: Model, cfg: Config):
