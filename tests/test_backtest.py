@@ -218,3 +218,32 @@ def test_a_local_ray_cluster_survives_a_killed_worker_touches_no_network_and_lea
     assert all(x["baseline_verdict"] for x in rows if not x["path"].endswith("outside.png"))  # the link: not read
     wait_for(lambda: not set(_ray_processes()) - before, 30, "the local cluster's processes to end")
     assert not list(home.rglob("*")), "nothing written in the home folder (Ray's token goes to ~/.ray by default)"
+
+
+def test_a_scoring_error_fails_only_its_image_and_its_batch_mates_are_judged(tmp_path, saved_model):
+    """``judge.judge_files`` (the backtest's, sharing ``inspect_each`` with the daemon's worker): when the batched
+    inspection fails, the images are inspected one by one and only the culprit gets its failure."""
+    from monitor.config import Config
+    from monitor.judge import Failure, judge_files
+    from monitor.model.model import Model
+
+    model = Model.load(saved_model, "cpu")
+    batched = model.inspect_batch
+
+    def picky(images, *a, **k):  # a device error on the image whose first pixel is white
+        if any(im[0, 0] == 1.0 for im in images):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return batched(images, *a, **k)
+
+    model.inspect_batch = picky
+    files = []
+    for i in range(3):
+        img = fiber_mat(SHAPE, seed=400 + i)
+        if i == 1:
+            img[0, 0] = 1.0
+        files.append(tmp_path / f"{i}.png")
+        files[-1].write_bytes(png_bytes(img))
+    out = judge_files(Config(), model, [(str(f), None) for f in files])
+    assert isinstance(out[1][0], Failure) and out[1][0].kind == "device" and "illegal memory" in out[1][0].reason
+    assert [out[i][0].verdict for i in (0, 2)] == ["ok", "ok"]
+    assert all(len(info["sha256"]) == 64 for _, info in out)
