@@ -125,6 +125,7 @@ def test_a_run_killed_mid_way_resumes_and_scores_nothing_twice(tmp_path, saved_m
         p.wait()
     written = sum(pq.read_metadata(f).num_rows for f in (out / "parts").glob("part-*.parquet"))
     assert 12 <= written < 134
+    (out / "parts" / ".part-1-2-000099.parquet.tmp").write_bytes(b"PAR1 half a part")  # killed while writing one
     r = monitor("backtest", arch, "--model", saved_model, "--out", out, "--ray", "off", "--quiet", check=True)
     assert f"134 images: {written} done already, {134 - written} to score" in r.stdout, r.stdout
     rows = _rows(out)

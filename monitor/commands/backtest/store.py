@@ -39,6 +39,8 @@ class RowStore:
     def __init__(self, out: Path, flush_rows: int = 256, flush_seconds: float = 10.0):
         self.out, self.parts = out, out / "parts"
         self.parts.mkdir(parents=True, exist_ok=True)
+        for tmp in self.parts.glob(".part-*.tmp"):  # a part a killed run was writing: its rows are scored again
+            tmp.unlink()
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
         self._waiting: list[dict] = []
         self._last = time.monotonic()
